@@ -1,0 +1,281 @@
+"""Convolutional Block Attention Module (Woo et al., "CBAM: Convolutional Block Attention
+Module", ECCV 2018, arXiv 1807.06521).
+
+Paper, Eq. 1-3: F' = M_c(F) ⊗ F, F'' = M_s(F') ⊗ F', with
+M_c(F) = σ(MLP(AvgPool(F)) + MLP(MaxPool(F))) (one shared MLP C → C/r → C, ReLU, r = 16) and
+M_s(F) = σ(f^{7×7}([AvgPool(F); MaxPool(F)])) (pooling across channels).
+
+Where the authors' code differs from the paper, ``preset`` chooses:
+
+- ``"official"`` (default; the authors' code, which produced the published results and the
+  28.09M parameters of ResNet-50 + CBAM): spatial pooling order [max, mean] and a BatchNorm
+  (eps 1e-5, momentum 0.01) after the 7×7 conv whose weight starts at 0, so M_s starts at 0.5.
+- ``"paper"``: [mean, max] as in Eq. 3, no BatchNorm.
+- ``"yolo"``: the YOLOv4-tiny attention repositories: r = 8, bias-free MLP, [mean, max], no BN.
+
+Any argument given explicitly overrides the preset.
+
+Example:
+    >>> import torch
+    >>> from attnlab.layers import CBAM
+    >>> CBAM(256)(torch.randn(2, 256, 13, 17)).shape
+    torch.Size([2, 256, 13, 17])
+    >>> cbam_paper = CBAM(256, preset="paper", order="parallel")
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+
+from ..registry import register_attention
+from ._ops import check_batch_statistics, check_channels, check_choice, check_input
+from ._ops import check_odd_kernel, norm_or_identity, reduced_channels, resolve_preset
+from .maps import MapTap
+
+CHANNEL_POOLS = ("avg", "max")
+SPATIAL_POOLS = ("mean", "max")
+ORDERS = ("channel-spatial", "spatial-channel", "parallel")
+
+# The authors' spatial BN: BatchNorm2d(1, eps=1e-5, momentum=0.01), weight initialised to 0.
+OFFICIAL_SPATIAL_NORM = partial(nn.BatchNorm2d, eps=1e-5, momentum=0.01)
+
+PRESETS = {
+    "official": dict(
+        rd_ratio=1 / 16, bias=True, spatial_pool_order=("max", "mean"), spatial_norm=True
+    ),
+    "paper": dict(
+        rd_ratio=1 / 16, bias=True, spatial_pool_order=("mean", "max"), spatial_norm=False
+    ),
+    "yolo": dict(rd_ratio=1 / 8, bias=False, spatial_pool_order=("mean", "max"), spatial_norm=False),
+}
+
+
+class ChannelGate(nn.Module):
+    """CBAM's channel attention M_c: pooled descriptors through one shared MLP, summed.
+
+    Args:
+        channels: input channels C.
+        rd_ratio: 1/r (paper: 1/16).
+        rd_channels: hidden width given directly; overrides ``rd_ratio``.
+        rd_divisor: round the hidden width to a multiple of this (1 = floor).
+        pool_types: which global pools feed the MLP: ``("avg", "max")`` (paper), ``("avg",)``
+            (= SE) or ``("max",)`` — the paper's Table 1 ablation.
+        bias: bias in the MLP's Linear layers (authors' code: True).
+        act_layer: hidden activation class (ReLU).
+        gate_layer: gating function class (Sigmoid).
+
+    Observable map: ``channel_map`` (kind ``"channel"``), M_c as B×C×1×1.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        rd_ratio: float = 1 / 16,
+        rd_channels: int | None = None,
+        rd_divisor: int = 1,
+        pool_types: tuple[str, ...] = ("avg", "max"),
+        bias: bool = True,
+        act_layer: type[nn.Module] = nn.ReLU,
+        gate_layer: type[nn.Module] = nn.Sigmoid,
+    ) -> None:
+        super().__init__()
+        self.channels = check_channels("ChannelGate", channels)
+        pool_types = tuple(pool_types)
+        if not pool_types or len(set(pool_types)) != len(pool_types):
+            raise ValueError(
+                f"ChannelGate: pool_types must be a non-empty tuple of distinct names from "
+                f"{list(CHANNEL_POOLS)}, got {pool_types!r}"
+            )
+        for pool in pool_types:
+            check_choice("ChannelGate", "pool_types entry", pool, CHANNEL_POOLS)
+        self.pool_types = pool_types
+        hidden = reduced_channels("ChannelGate", channels, rd_ratio, rd_channels, rd_divisor)
+        self.fc1 = nn.Linear(channels, hidden, bias=bias)
+        self.act = act_layer()
+        self.fc2 = nn.Linear(hidden, channels, bias=bias)
+        self.gate = gate_layer()
+        self.channel_map = MapTap("channel")
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """M_c(x) as B×C×1×1 (no input validation)."""
+        pooled = [x.mean((2, 3)) if p == "avg" else x.amax((2, 3)) for p in self.pool_types]
+        # One MLP call for all descriptors: P×B×C → P×B×C, then sum over P.
+        logits = self.fc2(self.act(self.fc1(torch.stack(pooled)))).sum(0)  # B×C
+        return self.channel_map(self.gate(logits)[:, :, None, None])  # B×C×1×1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x)
+        return x * self.attention(x)
+
+
+class SpatialGate(nn.Module):
+    """CBAM's spatial attention M_s: channel-wise mean and max maps → k×k conv → σ.
+
+    Args:
+        channels: input channels C (used to validate inputs only; the gate has no
+            per-channel parameters).
+        kernel_size: k of the conv, odd (paper: 7, which beats 3 in its Table 2).
+        pool_order: order of the two pooled maps fed to the conv: ``("mean", "max")`` (paper,
+            Eq. 3) or ``("max", "mean")`` (authors' code). The order matters once weights are
+            trained: a checkpoint from one order is wrong under the other.
+        norm_layer: normalisation after the conv, or None (paper). The authors' code uses
+            BatchNorm2d(1, eps=1e-5, momentum=0.01), ``OFFICIAL_SPATIAL_NORM``.
+        norm_zero_init: initialise the norm's weight to 0 (authors' code), so the gate starts
+            at σ(0) = 0.5 everywhere.
+        conv_bias: bias on the conv (authors' code and paper: none).
+        gate_layer: gating function class (Sigmoid).
+
+    Observable map: ``spatial_map`` (kind ``"spatial"``), M_s as B×1×H×W.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        kernel_size: int = 7,
+        pool_order: tuple[str, str] = ("mean", "max"),
+        norm_layer: type[nn.Module] | None = None,
+        norm_zero_init: bool = True,
+        conv_bias: bool = False,
+        gate_layer: type[nn.Module] = nn.Sigmoid,
+    ) -> None:
+        super().__init__()
+        self.channels = check_channels("SpatialGate", channels)
+        self.kernel_size = check_odd_kernel("SpatialGate", "kernel_size", kernel_size)
+        pool_order = tuple(pool_order)
+        if sorted(pool_order) != sorted(SPATIAL_POOLS):
+            raise ValueError(
+                f"SpatialGate: pool_order must be ('mean', 'max') or ('max', 'mean'), "
+                f"got {pool_order!r}"
+            )
+        self.pool_order = pool_order
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=conv_bias)
+        self.norm = norm_or_identity(norm_layer, 1)
+        if norm_zero_init and getattr(self.norm, "weight", None) is not None:
+            nn.init.zeros_(self.norm.weight)
+        self.gate = gate_layer()
+        self.spatial_map = MapTap("spatial")
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """M_s(x) as B×1×H×W (no input validation)."""
+        check_batch_statistics(
+            "SpatialGate",
+            self.norm,
+            x.shape[0] * x.shape[2] * x.shape[3],
+            "use a batch or map with more than one position, call .eval(), or norm_layer=None",
+        )
+        maps = {"mean": x.mean(1, keepdim=True), "max": x.amax(1, keepdim=True)}  # B×1×H×W
+        pooled = torch.cat([maps[p] for p in self.pool_order], dim=1)  # B×2×H×W
+        return self.spatial_map(self.gate(self.norm(self.conv(pooled))))  # B×1×H×W
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x)
+        return x * self.attention(x)
+
+
+@register_attention(
+    "cbam",
+    paper="CBAM: Convolutional Block Attention Module (ECCV 2018)",
+    arxiv="1807.06521",
+    year=2018,
+    kind="hybrid",
+)
+class CBAM(nn.Module):
+    """Channel gate then spatial gate (or another arrangement), as in the CBAM paper.
+
+    Args:
+        channels: input channels C.
+        preset: ``"official"`` (default, authors' code), ``"paper"`` or ``"yolo"``; see the
+            module docstring. Arguments left as None take the preset's value.
+        rd_ratio: 1/r of the channel MLP (preset: 1/16; yolo 1/8).
+        rd_channels: hidden width given directly; overrides ``rd_ratio``.
+        rd_divisor: round the hidden width to a multiple of this.
+        pool_types: channel-gate pools, ``("avg", "max")`` by default (paper Table 1).
+        bias: bias in the channel MLP (preset: True; yolo False).
+        kernel_size: spatial conv size, odd (paper: 7).
+        spatial_pool_order: ``("mean", "max")`` (paper) or ``("max", "mean")`` (official).
+        spatial_norm: BatchNorm after the spatial conv (official: True, zero-initialised).
+        order: ``"channel-spatial"`` (default, paper's best), ``"spatial-channel"`` or
+            ``"parallel"`` (paper Table 3). The paper gives no formula for "parallel"; here both
+            gates are computed from the same input and applied together, F' = F ⊗ M_c(F) ⊗
+            M_s(F), which keeps the output on the scale of the sequential arrangements.
+        spatial: False for a channel-only CBAM (channel gate with avg and max pooling).
+        act_layer: MLP hidden activation class.
+        gate_layer: gating function class for both gates.
+        spatial_norm_layer: the norm class used when ``spatial_norm`` is on.
+
+    Observable maps: ``channel_gate.channel_map`` and ``spatial_gate.spatial_map``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        preset: str = "official",
+        rd_ratio: float | None = None,
+        rd_channels: int | None = None,
+        rd_divisor: int = 1,
+        pool_types: tuple[str, ...] = ("avg", "max"),
+        bias: bool | None = None,
+        kernel_size: int = 7,
+        spatial_pool_order: tuple[str, str] | None = None,
+        spatial_norm: bool | None = None,
+        order: str = "channel-spatial",
+        spatial: bool = True,
+        act_layer: type[nn.Module] = nn.ReLU,
+        gate_layer: type[nn.Module] = nn.Sigmoid,
+        spatial_norm_layer: type[nn.Module] = OFFICIAL_SPATIAL_NORM,
+    ) -> None:
+        super().__init__()
+        self.channels = check_channels("CBAM", channels)
+        cfg = resolve_preset(
+            "CBAM",
+            PRESETS,
+            preset,
+            rd_ratio=rd_ratio,
+            bias=bias,
+            spatial_pool_order=spatial_pool_order,
+            spatial_norm=spatial_norm,
+        )
+        self.preset = preset
+        self.order = check_choice("CBAM", "order", order, ORDERS)
+        self.channel_gate = ChannelGate(
+            channels,
+            rd_ratio=cfg["rd_ratio"],
+            rd_channels=rd_channels,
+            rd_divisor=rd_divisor,
+            pool_types=pool_types,
+            bias=cfg["bias"],
+            act_layer=act_layer,
+            gate_layer=gate_layer,
+        )
+        self.spatial_gate = (
+            SpatialGate(
+                channels,
+                kernel_size=kernel_size,
+                pool_order=cfg["spatial_pool_order"],
+                norm_layer=spatial_norm_layer if cfg["spatial_norm"] else None,
+                gate_layer=gate_layer,
+            )
+            if spatial
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x)
+        if self.spatial_gate is None:
+            return x * self.channel_gate.attention(x)
+        if self.order == "channel-spatial":
+            x = x * self.channel_gate.attention(x)
+            return x * self.spatial_gate.attention(x)
+        if self.order == "spatial-channel":
+            x = x * self.spatial_gate.attention(x)
+            return x * self.channel_gate.attention(x)
+        return x * self.channel_gate.attention(x) * self.spatial_gate.attention(x)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, preset={self.preset!r}, order={self.order!r}"

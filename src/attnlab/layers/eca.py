@@ -1,0 +1,90 @@
+"""Efficient Channel Attention (Wang et al., "ECA-Net: Efficient Channel Attention for Deep
+Convolutional Neural Networks", CVPR 2020, arXiv 1910.03151).
+
+Paper, Eq. 12-14: ω = σ(C1D_k(y)), y = GAP(x), a 1-D convolution of kernel k across the
+channel axis (one input and one output channel, no bias, padding (k-1)/2), no reduction.
+The adaptive kernel: k = ψ(C) = |log₂(C)/γ + b/γ|_odd with γ = 2, b = 1, i.e.
+t = int(|log₂ C + b| / γ), k = t if t is odd else t + 1.
+
+The authors' released ResNet checkpoints fix k per stage by hand (ResNet-50: 3, 5, 5, 7),
+where the formula gives 5, 5, 5, 7 at the bottleneck outputs (C = 256, 512, 1024, 2048); pass
+an int ``k_size`` to use the authors' values.
+
+Example:
+    >>> import torch
+    >>> from attnlab.layers import ECA, eca_kernel_size
+    >>> [eca_kernel_size(c) for c in (64, 128, 256, 512, 1024, 2048)]
+    [3, 5, 5, 5, 5, 7]
+    >>> ECA(512)(torch.randn(1, 512, 7, 9)).shape
+    torch.Size([1, 512, 7, 9])
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..registry import register_attention
+from ._ops import check_channels, check_input, check_odd_kernel
+from .maps import MapTap
+
+
+def eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> int:
+    """The paper's adaptive kernel size ψ(C) = |log₂(C)/γ + b/γ|_odd (Eq. 14)."""
+    t = int(abs(math.log2(channels) + beta) / gamma)
+    return t if t % 2 == 1 else t + 1
+
+
+@register_attention(
+    "eca",
+    paper="ECA-Net: Efficient Channel Attention for Deep CNNs (CVPR 2020)",
+    arxiv="1910.03151",
+    year=2020,
+    kind="channel",
+)
+class ECA(nn.Module):
+    """Efficient Channel Attention: a k-wide 1-D convolution across pooled channels.
+
+    Args:
+        channels: input channels C.
+        k_size: ``"adaptive"`` (default, the paper's ψ(C)) or an explicit odd kernel size
+            (the authors' per-stage checkpoints use 3, 5, 5, 7 for ResNet-50).
+        gamma: γ of the adaptive rule (paper: 2).
+        beta: b of the adaptive rule (paper: 1).
+        gate_layer: σ, the gating function class (paper: Sigmoid).
+
+    Observable map: ``channel_map`` (kind ``"channel"``), ω as B×C×1×1.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        k_size: int | str = "adaptive",
+        gamma: float = 2,
+        beta: float = 1,
+        gate_layer: type[nn.Module] = nn.Sigmoid,
+    ) -> None:
+        super().__init__()
+        self.channels = check_channels("ECA", channels)
+        if k_size == "adaptive":
+            k_size = eca_kernel_size(channels, gamma, beta)
+        self.k_size = check_odd_kernel("ECA", "k_size", k_size)
+        self.conv = nn.Conv1d(1, 1, self.k_size, padding=(self.k_size - 1) // 2, bias=False)
+        self.gate = gate_layer()
+        self.channel_map = MapTap("channel")
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """The gate ω for ``x``, as B×C×1×1 (no input validation)."""
+        y = x.mean((2, 3))[:, None, :]  # B×1×C: channels as a 1-D sequence
+        w = self.gate(self.conv(y))  # B×1×C
+        return self.channel_map(w.reshape(x.shape[0], self.channels, 1, 1))  # B×C×1×1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x)
+        return x * self.attention(x)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, k_size={self.k_size}"

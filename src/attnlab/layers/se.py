@@ -1,0 +1,84 @@
+"""Squeeze-and-Excitation (Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018,
+arXiv 1709.01507).
+
+Paper, Eq. 2-4: z = F_sq(u) = GAP(u); s = σ(W₂ δ(W₁ z)); x̃ = s · u, with W₁ ∈ R^{C/r × C},
+W₂ ∈ R^{C × C/r}, δ = ReLU, r = 16. The authors' released models give both FC layers a bias
+(default ``bias=True``) and no normalisation.
+
+Example:
+    >>> import torch
+    >>> from attnlab.layers import SE
+    >>> se = SE(256)                      # r = 16 → 16 hidden units
+    >>> se(torch.randn(2, 256, 14, 14)).shape
+    torch.Size([2, 256, 14, 14])
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..registry import register_attention
+from ._ops import check_batch_statistics, check_channels, check_input, norm_or_identity
+from ._ops import reduced_channels
+from .maps import MapTap
+
+
+@register_attention(
+    "se",
+    paper="Squeeze-and-Excitation Networks (CVPR 2018)",
+    arxiv="1709.01507",
+    year=2018,
+    kind="channel",
+)
+class SE(nn.Module):
+    """Squeeze-and-Excitation channel gate.
+
+    Args:
+        channels: input channels C.
+        rd_ratio: 1/r of the paper (default 1/16).
+        rd_channels: hidden width C/r given directly; overrides ``rd_ratio``.
+        rd_divisor: round the hidden width to a multiple of this (1 = floor C·rd_ratio).
+        bias: bias in both FC layers (authors' code: True).
+        act_layer: δ, the hidden activation class (paper: ReLU).
+        gate_layer: σ, the gating function class (paper: Sigmoid).
+        norm_layer: optional 1-D normalisation after W₁ (e.g. ``nn.BatchNorm1d``); the paper
+            has none.
+
+    Observable map: ``channel_map`` (kind ``"channel"``), the gate s as B×C×1×1.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        rd_ratio: float = 1 / 16,
+        rd_channels: int | None = None,
+        rd_divisor: int = 1,
+        bias: bool = True,
+        act_layer: type[nn.Module] = nn.ReLU,
+        gate_layer: type[nn.Module] = nn.Sigmoid,
+        norm_layer: type[nn.Module] | None = None,
+    ) -> None:
+        super().__init__()
+        self.channels = check_channels("SE", channels)
+        hidden = reduced_channels("SE", channels, rd_ratio, rd_channels, rd_divisor)
+        self.fc1 = nn.Linear(channels, hidden, bias=bias)  # W₁
+        self.norm = norm_or_identity(norm_layer, hidden)
+        self.act = act_layer()
+        self.fc2 = nn.Linear(hidden, channels, bias=bias)  # W₂
+        self.gate = gate_layer()
+        self.channel_map = MapTap("channel")
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """The gate s for ``x``, as B×C×1×1 (no input validation)."""
+        check_batch_statistics(
+            "SE", self.norm, x.shape[0], "use batch size >= 2, call .eval(), or norm_layer=None"
+        )
+        z = x.mean((2, 3))  # B×C
+        s = self.gate(self.fc2(self.act(self.norm(self.fc1(z)))))
+        return self.channel_map(s[:, :, None, None])  # B×C×1×1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(self, x)
+        return x * self.attention(x)

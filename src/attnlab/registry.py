@@ -1,0 +1,153 @@
+"""One small registry for named components (attention modules now, models later).
+
+A registry maps short names to factories plus metadata. Registering a name twice raises, and
+looking up an unknown name raises a ValueError that lists the valid ones.
+
+Example:
+    >>> import attnlab
+    >>> attnlab.list_attention()
+    ['bam', 'ca', 'cam', 'cbam', 'eca', 'pam', 'se']
+    >>> cbam = attnlab.create_attention("cbam", 256, preset="paper")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+ATTENTION_KINDS = ("channel", "spatial", "hybrid", "self-attention")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered component: its name, factory and metadata."""
+
+    name: str
+    factory: Callable[..., Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry:
+    """Name → factory map that refuses duplicates.
+
+    Args:
+        kind: what is registered ("attention", "model"), used in messages.
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, **metadata: Any) -> Callable[[Callable], Callable]:
+        """Decorator registering a class or function under ``name``."""
+        if not isinstance(name, str) or not name or name != name.strip().lower():
+            raise ValueError(f"{self.kind} registry: names are non-empty lower case, got {name!r}")
+
+        def decorator(factory: Callable) -> Callable:
+            if name in self._entries:
+                existing = self._entries[name].factory
+                raise ValueError(
+                    f"{self.kind} registry: {name!r} is already registered "
+                    f"(to {existing.__module__}.{existing.__qualname__})"
+                )
+            self._entries[name] = Entry(name, factory, dict(metadata))
+            return factory
+
+        return decorator
+
+    def get(self, name: str) -> Entry:
+        """The entry for ``name``; ValueError listing valid names if unknown."""
+        if name not in self._entries:
+            raise ValueError(
+                f"unknown {self.kind} {name!r}; valid names: {', '.join(self.names())}"
+            )
+        return self._entries[name]
+
+    def names(self, **filters: Any) -> list[str]:
+        """Sorted names, optionally only those whose metadata match ``filters``."""
+        return sorted(
+            name
+            for name, entry in self._entries.items()
+            if all(entry.metadata.get(k) == v for k, v in filters.items())
+        )
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+ATTENTION = Registry("attention")
+
+
+def register_attention(
+    name: str, *, paper: str, arxiv: str, year: int, kind: str
+) -> Callable[[Callable], Callable]:
+    """Registers an attention module class under a short name with its paper's metadata.
+
+    Args:
+        name: short name used by ``create_attention``, the CLI and model options.
+        paper: paper title (and venue).
+        arxiv: arXiv identifier.
+        year: publication year.
+        kind: one of ``"channel"``, ``"spatial"``, ``"hybrid"``, ``"self-attention"``.
+    """
+    if kind not in ATTENTION_KINDS:
+        raise ValueError(f"register_attention: kind must be one of {ATTENTION_KINDS}, got {kind!r}")
+    return ATTENTION.register(name, paper=paper, arxiv=arxiv, year=year, kind=kind)
+
+
+def list_attention(kind: str | None = None) -> list[str]:
+    """Names of the registered attention modules, optionally of one ``kind``."""
+    if kind is None:
+        return ATTENTION.names()
+    if kind not in ATTENTION_KINDS:
+        raise ValueError(f"list_attention: kind must be one of {ATTENTION_KINDS}, got {kind!r}")
+    return ATTENTION.names(kind=kind)
+
+
+def attention_info(name: str) -> dict[str, Any]:
+    """Metadata of a registered module: name, class, paper, arxiv, year, kind."""
+    entry = ATTENTION.get(name)
+    return {"name": entry.name, "class": entry.factory.__name__, **entry.metadata}
+
+
+def create_attention(
+    attn: str | type[nn.Module] | Callable[..., nn.Module] | None, channels: int, **kwargs: Any
+) -> nn.Module | None:
+    """Builds an attention module for ``channels`` input channels.
+
+    Args:
+        attn: a registered short name (``"se"``, ``"cbam"``, …), a module class or any callable
+            taking ``(channels, **kwargs)``; ``None``, ``False``, ``""`` or ``"none"`` mean no
+            attention and return None.
+        channels: input channels.
+        **kwargs: keyword options of the module (e.g. ``preset="paper"``, ``rd_ratio=1/8``).
+
+    Returns:
+        The module, or None when ``attn`` asks for no attention.
+    """
+    if attn is None or attn is False or attn == "" or attn == "none":
+        return None
+    if isinstance(attn, str):
+        factory = ATTENTION.get(attn).factory
+    elif isinstance(attn, nn.Module):
+        raise TypeError(
+            f"create_attention: pass a name or a class, not a module instance ({type(attn).__name__})"
+        )
+    elif callable(attn):
+        factory = attn
+    else:
+        raise TypeError(
+            f"create_attention: attn must be a name, a class or None, got {type(attn).__name__}"
+        )
+    module = factory(channels, **kwargs)
+    if not isinstance(module, nn.Module):
+        raise TypeError(
+            f"create_attention: {attn!r} returned {type(module).__name__}, not an nn.Module"
+        )
+    return module
