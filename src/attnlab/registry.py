@@ -137,7 +137,8 @@ def create_attention(
         factory = ATTENTION.get(attn).factory
     elif isinstance(attn, nn.Module):
         raise TypeError(
-            f"create_attention: pass a name or a class, not a module instance ({type(attn).__name__})"
+            "create_attention: pass a name or a class, not a module instance "
+            f"({type(attn).__name__})"
         )
     elif callable(attn):
         factory = attn

@@ -23,5 +23,7 @@ def run(args: argparse.Namespace) -> int:
     table = [header] + [tuple(str(row[key]) for key in header) for row in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(header) - 1)]
     for row in table:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+        print(
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[-1]
+        )
     return 0

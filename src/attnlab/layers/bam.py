@@ -32,8 +32,15 @@ import torch
 from torch import nn
 
 from ..registry import register_attention
-from ._ops import check_batch_statistics, check_channels, check_choice, check_input
-from ._ops import norm_or_identity, reduced_channels, resolve_preset
+from ._ops import (
+    check_batch_statistics,
+    check_channels,
+    check_choice,
+    check_input,
+    norm_or_identity,
+    reduced_channels,
+    resolve_preset,
+)
 from .maps import MapTap
 
 FUSIONS = ("sum", "product")

@@ -31,8 +31,16 @@ import torch
 from torch import nn
 
 from ..registry import register_attention
-from ._ops import check_batch_statistics, check_channels, check_choice, check_input
-from ._ops import check_odd_kernel, norm_or_identity, reduced_channels, resolve_preset
+from ._ops import (
+    check_batch_statistics,
+    check_channels,
+    check_choice,
+    check_input,
+    check_odd_kernel,
+    norm_or_identity,
+    reduced_channels,
+    resolve_preset,
+)
 from .maps import MapTap
 
 CHANNEL_POOLS = ("avg", "max")
@@ -49,7 +57,9 @@ PRESETS = {
     "paper": dict(
         rd_ratio=1 / 16, bias=True, spatial_pool_order=("mean", "max"), spatial_norm=False
     ),
-    "yolo": dict(rd_ratio=1 / 8, bias=False, spatial_pool_order=("mean", "max"), spatial_norm=False),
+    "yolo": dict(
+        rd_ratio=1 / 8, bias=False, spatial_pool_order=("mean", "max"), spatial_norm=False
+    ),
 }
 
 

@@ -24,8 +24,7 @@ import torch
 from torch import nn
 
 from ..registry import register_attention
-from ._ops import check_channels, check_input, norm_or_identity, reduced_channels
-from ._ops import resolve_preset
+from ._ops import check_channels, check_input, norm_or_identity, reduced_channels, resolve_preset
 from .maps import MapTap
 
 PRESETS = {

@@ -19,8 +19,13 @@ import torch
 from torch import nn
 
 from ..registry import register_attention
-from ._ops import check_batch_statistics, check_channels, check_input, norm_or_identity
-from ._ops import reduced_channels
+from ._ops import (
+    check_batch_statistics,
+    check_channels,
+    check_input,
+    norm_or_identity,
+    reduced_channels,
+)
 from .maps import MapTap
 
 
