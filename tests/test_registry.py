@@ -1,0 +1,98 @@
+"""The attention registry: names, metadata, creation, and its refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import attnlab
+from attnlab.registry import ATTENTION_KINDS, Registry
+
+EXPECTED = {
+    "se": ("SE", "1709.01507", "channel"),
+    "cbam": ("CBAM", "1807.06521", "hybrid"),
+    "eca": ("ECA", "1910.03151", "channel"),
+    "bam": ("BAM", "1807.06514", "hybrid"),
+    "pam": ("PositionAttention", "1809.02983", "self-attention"),
+    "cam": ("ChannelAttention", "1809.02983", "self-attention"),
+    "ca": ("CoordAttention", "2103.02907", "hybrid"),
+}
+
+
+def test_short_names_and_metadata():
+    assert set(EXPECTED) <= set(attnlab.list_attention())
+    for name, (cls, arxiv, kind) in EXPECTED.items():
+        info = attnlab.attention_info(name)
+        assert (info["class"], info["arxiv"], info["kind"]) == (cls, arxiv, kind)
+        assert info["paper"] and 2017 <= info["year"] <= 2021
+        assert type(attnlab.create_attention(name, 16)).__name__ == cls
+
+
+def test_list_by_kind():
+    assert attnlab.list_attention("channel") == ["eca", "se"]
+    assert attnlab.list_attention("self-attention") == ["cam", "pam"]
+    for kind in ATTENTION_KINDS:
+        for name in attnlab.list_attention(kind):
+            assert attnlab.attention_info(name)["kind"] == kind
+    with pytest.raises(ValueError, match="kind must be one of"):
+        attnlab.list_attention("sideways")
+
+
+def test_unknown_name_lists_the_valid_ones():
+    with pytest.raises(ValueError) as info:
+        attnlab.create_attention("cbma", 64)
+    message = str(info.value)
+    assert "'cbma'" in message
+    for name in EXPECTED:
+        assert name in message
+
+
+@pytest.mark.parametrize("none", [None, False, "", "none"])
+def test_no_attention(none):
+    assert attnlab.create_attention(none, 64) is None
+
+
+def test_class_and_callable_and_kwargs():
+    m = attnlab.create_attention(attnlab.SE, 64, rd_ratio=1 / 4)
+    assert isinstance(m, attnlab.SE) and m.fc1.out_features == 16
+    m = attnlab.create_attention(lambda c, **kw: nn.Identity(), 64)
+    assert isinstance(m, nn.Identity)
+    m = attnlab.create_attention("cbam", 64, preset="paper", order="parallel")
+    assert m.order == "parallel" and m.spatial_gate.pool_order == ("mean", "max")
+
+
+def test_refusals():
+    with pytest.raises(TypeError, match="not a module instance"):
+        attnlab.create_attention(attnlab.SE(8), 8)
+    with pytest.raises(TypeError, match="must be a name, a class or None"):
+        attnlab.create_attention(3, 8)
+    with pytest.raises(TypeError, match="not an nn.Module"):
+        attnlab.create_attention(lambda c: torch.zeros(c), 8)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        attnlab.create_attention("se", 8, reduction=4)
+    with pytest.raises(ValueError, match="preset must be one of"):
+        attnlab.create_attention("cbam", 8, preset="mine")
+
+
+def test_registry_refuses_duplicates_and_bad_names():
+    registry = Registry("thing")
+
+    @registry.register("a", colour="red")
+    def make_a():
+        return 1
+
+    assert registry.names() == ["a"] and registry.names(colour="red") == ["a"]
+    assert registry.get("a").factory is make_a and "a" in registry and len(registry) == 1
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register("a")(make_a)
+    with pytest.raises(ValueError, match="lower case"):
+        registry.register("A")
+    with pytest.raises(ValueError, match="unknown thing 'b'; valid names: a"):
+        registry.get("b")
+    with pytest.raises(ValueError, match="already registered"):
+        attnlab.register_attention("se", paper="x", arxiv="0", year=2000, kind="channel")(
+            attnlab.SE
+        )
+    with pytest.raises(ValueError, match="kind must be one of"):
+        attnlab.register_attention("new", paper="x", arxiv="0", year=2000, kind="odd")
