@@ -96,3 +96,19 @@ def test_registry_refuses_duplicates_and_bad_names():
         )
     with pytest.raises(ValueError, match="kind must be one of"):
         attnlab.register_attention("new", paper="x", arxiv="0", year=2000, kind="odd")
+
+
+def test_preset_selects_paper_or_authors_code_wherever_they_differ():
+    paper = {
+        "cbam": lambda m: m.spatial_gate.pool_order == ("mean", "max"),
+        "bam": lambda m: m.fusion == "sum",
+        "cam": lambda m: m.variant == "paper",
+        "ca": lambda m: m.conv1.out_channels == 8,
+    }
+    for name, is_paper in paper.items():
+        assert is_paper(attnlab.create_attention(name, 64, preset="paper")), name
+    assert attnlab.create_attention("cam", 8, preset="paper", variant="official").variant == (
+        "official"
+    )
+    with pytest.raises(ValueError, match="ChannelAttention: preset must be one of"):
+        attnlab.create_attention("cam", 8, preset="yolo")
