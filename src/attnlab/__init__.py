@@ -1,6 +1,6 @@
 """attnlab: attention modules for convolutional networks, checked against their papers."""
 
-from . import layers
+from . import layers, models
 from .layers import (
     BAM,
     CBAM,
@@ -13,7 +13,17 @@ from .layers import (
     SpatialGate,
     capture_maps,
 )
-from .registry import attention_info, create_attention, list_attention, register_attention
+from .registry import (
+    attention_info,
+    create_attention,
+    create_model,
+    list_attention,
+    list_models,
+    register_attention,
+    register_model,
+)
+from .surgery import insert_attention
+from .weights import load_weights
 
 __version__ = "0.1.0"
 
@@ -31,7 +41,13 @@ __all__ = [
     "attention_info",
     "capture_maps",
     "create_attention",
+    "create_model",
+    "insert_attention",
     "layers",
     "list_attention",
+    "list_models",
+    "load_weights",
+    "models",
     "register_attention",
+    "register_model",
 ]

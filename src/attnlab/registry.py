@@ -1,4 +1,4 @@
-"""One small registry for named components (attention modules now, models later).
+"""One small registry for named components: attention modules and models.
 
 A registry maps short names to factories plus metadata. Registering a name twice raises, and
 looking up an unknown name raises a ValueError that lists the valid ones.
@@ -82,6 +82,7 @@ class Registry:
 
 
 ATTENTION = Registry("attention")
+MODELS = Registry("model")
 
 
 def register_attention(
@@ -152,3 +153,27 @@ def create_attention(
             f"create_attention: {attn!r} returned {type(module).__name__}, not an nn.Module"
         )
     return module
+
+
+def register_model(name: str, **metadata: Any) -> Callable[[Callable], Callable]:
+    """Registers a model factory under ``name``; the factory returns a model with ``config``."""
+    return MODELS.register(name, **metadata)
+
+
+def list_models(**filters: Any) -> list[str]:
+    """Names of the registered models, optionally filtered by metadata (e.g. family="resnet")."""
+    return MODELS.names(**filters)
+
+
+def create_model(name: str, *, attn: Any = None, **kwargs: Any) -> nn.Module:
+    """Builds a registered model.
+
+    Args:
+        name: registered model name (``"resnet50"``, ``"resnet20"``, …).
+        attn: attention inside every block: a registered attention name, or None.
+        **kwargs: the model's options (``num_classes``, ``attn_kwargs``, ``stage_attn``, …).
+
+    Returns:
+        The model; ``create_model(**model.config)`` rebuilds it exactly.
+    """
+    return MODELS.get(name).factory(attn=attn, **kwargs)

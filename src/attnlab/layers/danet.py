@@ -196,6 +196,9 @@ class PositionAttention(nn.Module):
     receives averaged over all queries, B×1×H×W (computed only while a hook is attached).
     """
 
+    # γ starts at 0, so the module is an identity at init (used by insert_attention).
+    identity_at_init = True
+
     def __init__(
         self,
         channels: int,
@@ -269,6 +272,9 @@ class ChannelAttention(nn.Module):
     Observable map: ``channel_map`` (kind ``"channel-affinity"``), the attention matrix
     x_ji as B×C×C.
     """
+
+    # γ starts at 0, so the module is an identity at init (used by insert_attention).
+    identity_at_init = True
 
     def __init__(
         self, channels: int, *, variant: str | None = None, preset: str = "official"
