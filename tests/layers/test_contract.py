@@ -154,7 +154,9 @@ def test_compile_fullgraph_matches_eager(name):
     y_compiled.square().sum().backward()
     # Inductor fuses and reorders float32 reductions; results agree to rounding.
     torch.testing.assert_close(y_compiled, y_eager, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(x_compiled.grad, x_eager.grad, rtol=1e-4, atol=1e-5)
+    # Gradients pass through BatchNorm's batch reductions, whose order inductor picks by thread
+    # count: seen 1.07e-5 apart on an element of ~5e-3 with one thread.
+    torch.testing.assert_close(x_compiled.grad, x_eager.grad, rtol=1e-4, atol=5e-5)
 
 
 BAD_INPUTS = [

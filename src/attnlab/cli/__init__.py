@@ -7,9 +7,22 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from . import list_cmd
 
-COMMANDS = {"list": list_cmd}
+
+class UsageError(Exception):
+    """Bad command-line input: reported as one line on stderr with exit code 2."""
+
+
+# Imported after UsageError so the commands can import it at module level.
+from . import compare_cmd, eval_cmd, list_cmd, predict_cmd, train_cmd  # noqa: E402
+
+COMMANDS = {
+    "compare": compare_cmd,
+    "eval": eval_cmd,
+    "list": list_cmd,
+    "predict": predict_cmd,
+    "train": train_cmd,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,4 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return COMMANDS[args.command].run(args)
+    try:
+        return COMMANDS[args.command].run(args)
+    except (UsageError, ValueError, OSError) as err:
+        # Bad input (names, values, files, folders, downloads) gets one line and exit code 2;
+        # a bug elsewhere still shows its traceback.
+        print(f"attnlab: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,144 @@
+"""Datasets: built-in synthetic scenes, CIFAR-10/100, image folders, tensor transforms.
+
+:func:`build_datasets` is what the engine and the CLI call: one name, a folder, and it returns
+train and validation datasets with augmentation and normalisation already applied.
+
+Example:
+    >>> from attnlab.data import build_datasets
+    >>> train, val, info = build_datasets("synthetic", train_size=64, val_size=32)
+    >>> image, label = train[0]
+    >>> tuple(image.shape), info["num_classes"]
+    ((3, 32, 32), 6)
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+DATASETS = ("synthetic", "cifar10", "cifar100", "folder")
+
+# Channel statistics of the training sets (CIFAR: the usual published values; folders: ImageNet).
+_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "folder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+def _synthetic_stats(dataset: Dataset, count: int = 256) -> tuple[tuple, tuple]:
+    """Per-channel mean and std over the first ``count`` scenes (deterministic)."""
+    images = torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))])  # n×3×H×W
+    return tuple(images.mean((0, 2, 3)).tolist()), tuple(images.std((0, 2, 3)).tolist())
+
+
+def build_datasets(
+    name: str,
+    *,
+    data_dir: str | None = None,
+    image_size: int | None = None,
+    train_size: int | None = None,
+    val_size: int | None = None,
+    difficulty: str = "default",
+    seed: int = 0,
+    download: bool = False,
+    augment: bool = True,
+) -> tuple[Dataset, Dataset, dict[str, Any]]:
+    """Train and validation datasets for ``name``, transforms included.
+
+    Args:
+        name: ``"synthetic"`` (built in, no files), ``"cifar10"``, ``"cifar100"`` or
+            ``"folder"`` (``data_dir/train/<class>/*.png|jpg`` and ``data_dir/val/<class>/…``).
+        data_dir: folder of the real data (CIFAR: the folder holding ``cifar-10-batches-py/``
+            or that folder itself).
+        image_size: synthetic scene size (default 32) or the size folders are resized to
+            (default 224); CIFAR images are 32×32.
+        train_size: synthetic training scenes (default: the generator's).
+        val_size: synthetic validation scenes (default: the generator's).
+        difficulty: synthetic difficulty.
+        seed: synthetic generator seed (the scenes, not the training run).
+        download: fetch CIFAR into ``data_dir`` if absent (checksum verified).
+        augment: random crops (and flips, for real images) on the training set.
+
+    Returns:
+        (train, val, info) with info = {"num_classes", "in_chans", "image_size", "classes",
+        "mean", "std", "name"}.
+    """
+    from .transforms import CenterCrop, Compose, Normalize, RandomCrop, RandomHorizontalFlip, Resize
+
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+    if name != "synthetic" and not data_dir:
+        raise ValueError(f"dataset {name!r} needs a data directory (--data-dir)")
+    if name != "synthetic" and not download and not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"data directory not found: {data_dir}")
+
+    if name == "synthetic":
+        from .synthetic import SyntheticScenes
+
+        size = image_size or 32
+        common = dict(size=size, difficulty=difficulty, seed=seed)
+        train = SyntheticScenes(split="train", length=train_size, **common)
+        val = SyntheticScenes(split="val", length=val_size, **common)
+        mean, std = _synthetic_stats(train)
+        # Crops only: a flip can turn one glyph into another.
+        train_aug = [RandomCrop(size, padding=size // 16)] if augment else []
+        train.transform = Compose([*train_aug, Normalize(mean, std)])
+        val.transform = Normalize(mean, std)
+        classes = train.classes
+    elif name in ("cifar10", "cifar100"):
+        from .cifar import CIFAR
+
+        mean, std = _STATS[name]
+        num_classes = 10 if name == "cifar10" else 100
+        size = 32
+        train_aug = [RandomCrop(32, padding=4), RandomHorizontalFlip()] if augment else []
+        train = CIFAR(
+            data_dir,
+            train=True,
+            num_classes=num_classes,
+            download=download,
+            transform=Compose([*train_aug, Normalize(mean, std)]),
+        )
+        val = CIFAR(data_dir, train=False, num_classes=num_classes, transform=Normalize(mean, std))
+        classes = train.classes
+    else:
+        from .folder import ImageFolder
+
+        mean, std = _STATS["folder"]
+        size = image_size or 224
+        splits = {s: os.path.join(data_dir, s) for s in ("train", "val")}
+        for split, path in splits.items():
+            if not os.path.isdir(path):
+                raise FileNotFoundError(
+                    f"image folder layout expects {path} (data_dir/{split}/<class>/<images>)"
+                )
+        train_aug = [RandomCrop(size, padding=size // 8), RandomHorizontalFlip()] if augment else []
+        train = ImageFolder(
+            splits["train"],
+            transform=Compose(
+                [Resize(size), CenterCrop(size), *train_aug, Normalize(mean, std)]
+            ),  # fmt: skip
+        )
+        val = ImageFolder(
+            splits["val"], transform=Compose([Resize(size), CenterCrop(size), Normalize(mean, std)])
+        )
+        if val.classes != train.classes:
+            raise ValueError(
+                f"image folder: val classes {val.classes} differ from train classes "
+                f"{train.classes} in {data_dir}"
+            )
+        classes = train.classes
+    info = {
+        "name": name,
+        "num_classes": len(classes),
+        "in_chans": 3,
+        "image_size": size,
+        "classes": list(classes),
+        "mean": list(mean),
+        "std": list(std),
+    }
+    return train, val, info
