@@ -84,7 +84,6 @@ def build_datasets(
         train = SyntheticScenes(split="train", length=train_size, **common)
         val = SyntheticScenes(split="val", length=val_size, **common)
         mean, std = _synthetic_stats(train)
-        # Crops only: a flip can turn one glyph into another.
         train_aug = [RandomCrop(size, padding=size // 16)] if augment else []
         train.transform = Compose([*train_aug, Normalize(mean, std)])
         val.transform = Normalize(mean, std)
