@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._plain import plain  # noqa: F401  (the engine imports it from here)
+
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Writes ``state`` to ``path`` atomically: a temporary file in the same folder, then
@@ -146,14 +148,3 @@ def set_rng_state(state: dict[str, Any], generator: torch.Generator | None = Non
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     if generator is not None and "loader" in state:
         generator.set_state(state["loader"].cpu())
-
-
-def plain(value: Any) -> Any:
-    """Tuples → lists, numpy/torch scalars → Python: safe for weights_only loading and YAML."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, (np.generic, torch.Tensor)):
-        return value.tolist()
-    return value

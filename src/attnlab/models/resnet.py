@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._plain import plain
 from ..registry import create_attention, register_model
 
 
@@ -328,17 +329,8 @@ def _build(name: str, block, layers, defaults: dict, kwargs: dict) -> ResNet:
     bound.apply_defaults()
     model = ResNet(*bound.args, **bound.kwargs)
     config = {k: v for k, v in bound.arguments.items() if k not in ("block", "layers")}
-    model.config = _json_native({"name": name, **config})
+    model.config = plain({"name": name, **config})  # equals its JSON/YAML round trip
     return model
-
-
-def _json_native(value: Any) -> Any:
-    """Tuples → lists, recursively: the config then equals its own JSON/YAML round trip."""
-    if isinstance(value, dict):
-        return {k: _json_native(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_native(v) for v in value]
-    return value
 
 
 _IMAGENET = {
