@@ -112,6 +112,11 @@ class TrainConfig:
         default="none", metadata=_help("mixed precision: none, bf16 (CPU or CUDA) or fp16 (CUDA)")
     )
     grad_clip: float | None = field(default=None, metadata=_help("clip the gradient norm to this"))
+    channels_last: bool = field(
+        default=True,
+        metadata=_help("channels-last memory layout for model and images (faster convolutions; "
+                       "same results up to float rounding)"),
+    )
     # Run
     seed: int = field(
         default=0, metadata=_help("random seed (initialisation, augmentation, order)")

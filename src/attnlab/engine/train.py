@@ -65,6 +65,12 @@ def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManag
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
+def _layout(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    if channels_last and images.dim() == 4:
+        return images.contiguous(memory_format=torch.channels_last)
+    return images
+
+
 def _bar(loader: DataLoader, show: bool, desc: str):
     from tqdm import tqdm
 
@@ -83,6 +89,7 @@ def train_one_epoch(
     amp: str = "none",
     scaler: torch.amp.GradScaler | None = None,
     grad_clip: float | None = None,
+    channels_last: bool = False,
     progress: bool = False,
     desc: str = "train",
     info: distributed.DistInfo | None = None,
@@ -100,7 +107,7 @@ def train_one_epoch(
     bar = _bar(loader, progress, desc)
     lr = optimizer.param_groups[0]["lr"]
     for step, (images, labels) in enumerate(bar):
-        images = images.to(device, non_blocking=True)
+        images = _layout(images.to(device, non_blocking=True), channels_last)
         labels = labels.to(device, non_blocking=True)
         with _autocast(device, amp):
             logits = model(images)
@@ -137,6 +144,7 @@ def evaluate(
     device: torch.device | str = "cpu",
     *,
     amp: str = "none",
+    channels_last: bool = False,
     info: distributed.DistInfo | None = None,
 ) -> dict[str, float]:
     """Cross-entropy and top-1 accuracy (a fraction) over ``loader`` (summed over processes).
@@ -148,7 +156,7 @@ def evaluate(
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
+        images, labels = _layout(images.to(device), channels_last), labels.to(device)
         with _autocast(device, amp):
             logits = model(images).float()
         sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()
@@ -258,6 +266,8 @@ def _run(config: TrainConfig, info: distributed.DistInfo, datasets: tuple | None
     if len(train_set) == 0 or len(val_set) == 0:
         raise ValueError(f"data {config.data!r}: the training or validation set is empty")
     model = build_model(config, data_info).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if info.rank:
         torch.manual_seed(config.seed + info.rank)  # own augmentation stream per process
     optimizer = build_optimizer(model, config)
@@ -306,11 +316,13 @@ def _run(config: TrainConfig, info: distributed.DistInfo, datasets: tuple | None
         train = train_one_epoch(
             net, train_loader, optimizer, scheduler=scheduler, loss_fn=loss_fn, device=device,
             amp=config.amp, scaler=scaler, grad_clip=config.grad_clip, info=info,
+            channels_last=config.channels_last,
             progress=config.progress and info.is_main, desc=f"epoch {epoch}/{config.epochs}",
         )  # fmt: skip
         seconds = time.perf_counter() - started
         # The unwrapped model: shards may differ in length, and DDP's forward is collective.
-        val = evaluate(model, val_loader, device, amp=config.amp, info=info)
+        val = evaluate(model, val_loader, device, amp=config.amp, info=info,
+                       channels_last=config.channels_last)
         row = {"epoch": epoch, "train_loss": train["loss"], "val_loss": val["loss"],
                "val_acc": val["acc"], "lr": train["lr"], "time": seconds}  # fmt: skip
         history.append(row)
@@ -341,7 +353,8 @@ def _run(config: TrainConfig, info: distributed.DistInfo, datasets: tuple | None
         if improved:
             save_checkpoint(os.path.join(out, "best.pt"), checkpoint)
     if val is None:  # nothing left to train (resumed at the end): report the weights as they are
-        val = evaluate(model, val_loader, device, amp=config.amp, info=info)
+        val = evaluate(model, val_loader, device, amp=config.amp, info=info,
+                       channels_last=config.channels_last)
         if info.is_main:
             _write_metrics(out, history)
     distributed.barrier(info)
