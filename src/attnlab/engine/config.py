@@ -114,8 +114,10 @@ class TrainConfig:
     grad_clip: float | None = field(default=None, metadata=_help("clip the gradient norm to this"))
     channels_last: bool = field(
         default=True,
-        metadata=_help("channels-last memory layout for model and images (faster convolutions; "
-                       "same results up to float rounding)"),
+        metadata=_help(
+            "channels-last memory layout for model and images (faster convolutions; "
+            "same results up to float rounding)"
+        ),
     )
     # Run
     seed: int = field(

@@ -321,8 +321,9 @@ def _run(config: TrainConfig, info: distributed.DistInfo, datasets: tuple | None
         )  # fmt: skip
         seconds = time.perf_counter() - started
         # The unwrapped model: shards may differ in length, and DDP's forward is collective.
-        val = evaluate(model, val_loader, device, amp=config.amp, info=info,
-                       channels_last=config.channels_last)
+        val = evaluate(
+            model, val_loader, device, amp=config.amp, info=info, channels_last=config.channels_last
+        )
         row = {"epoch": epoch, "train_loss": train["loss"], "val_loss": val["loss"],
                "val_acc": val["acc"], "lr": train["lr"], "time": seconds}  # fmt: skip
         history.append(row)
@@ -353,8 +354,9 @@ def _run(config: TrainConfig, info: distributed.DistInfo, datasets: tuple | None
         if improved:
             save_checkpoint(os.path.join(out, "best.pt"), checkpoint)
     if val is None:  # nothing left to train (resumed at the end): report the weights as they are
-        val = evaluate(model, val_loader, device, amp=config.amp, info=info,
-                       channels_last=config.channels_last)
+        val = evaluate(
+            model, val_loader, device, amp=config.amp, info=info, channels_last=config.channels_last
+        )
         if info.is_main:
             _write_metrics(out, history)
     distributed.barrier(info)
