@@ -5,6 +5,7 @@ attention maps are observable through :class:`MapTap` submodules (see :func:`cap
 Importing this package registers every module with :func:`attnlab.create_attention`.
 """
 
+from . import fused
 from .bam import BAM
 from .cbam import CBAM, ChannelGate, SpatialGate
 from .coord import CoordAttention
@@ -26,5 +27,6 @@ __all__ = [
     "SpatialGate",
     "capture_maps",
     "eca_kernel_size",
+    "fused",
     "position_attention",
 ]

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from ..registry import register_attention
+from . import fused
 from ._ops import (
     check_batch_statistics,
     check_channels,
@@ -112,13 +113,27 @@ class ChannelGate(nn.Module):
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """M_c(x) as B×C×1×1 (no input validation)."""
-        pooled = [x.mean((2, 3)) if p == "avg" else x.amax((2, 3)) for p in self.pool_types]
+        avg = x.mean((2, 3)) if "avg" in self.pool_types else None
+        mx = x.amax((2, 3)) if "max" in self.pool_types else None
+        return self.weights(avg, mx)[:, :, None, None]  # B×C×1×1
+
+    def weights(self, avg: torch.Tensor | None, mx: torch.Tensor | None) -> torch.Tensor:
+        """M_c from the pooled descriptors (each B×C, as ``pool_types`` asks) as B×C."""
+        pooled = [avg if p == "avg" else mx for p in self.pool_types]
         # One MLP call for all descriptors: P×B×C → P×B×C, then sum over P.
         logits = self.fc2(self.act(self.fc1(torch.stack(pooled)))).sum(0)  # B×C
-        return self.channel_map(self.gate(logits)[:, :, None, None])  # B×C×1×1
+        return self.channel_map(self.gate(logits)[:, :, None, None]).flatten(1)
+
+    @property
+    def needs_max(self) -> bool:
+        return "max" in self.pool_types
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
+        if fused.use_fast(x):
+            return fused.gate_product(
+                x, list(self.parameters()), channel_fn=self.weights, channel_max=self.needs_max
+            )
         return x * self.attention(x)
 
 
@@ -172,18 +187,28 @@ class SpatialGate(nn.Module):
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """M_s(x) as B×1×H×W (no input validation)."""
+        self.check_statistics(x)
+        return self.weights(x.mean(1, keepdim=True), x.amax(1, keepdim=True))
+
+    def weights(self, mean: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
+        """M_s from the channel-pooled maps (each B×1×H×W) as B×1×H×W."""
+        maps = {"mean": mean, "max": mx}
+        pooled = torch.cat([maps[p] for p in self.pool_order], dim=1)  # B×2×H×W
+        return self.spatial_map(self.gate(self.norm(self.conv(pooled))))  # B×1×H×W
+
+    def check_statistics(self, x: torch.Tensor) -> None:
         check_batch_statistics(
             "SpatialGate",
             self.norm,
             x.shape[0] * x.shape[2] * x.shape[3],
             "use a batch or map with more than one position, call .eval(), or norm_layer=None",
         )
-        maps = {"mean": x.mean(1, keepdim=True), "max": x.amax(1, keepdim=True)}  # B×1×H×W
-        pooled = torch.cat([maps[p] for p in self.pool_order], dim=1)  # B×2×H×W
-        return self.spatial_map(self.gate(self.norm(self.conv(pooled))))  # B×1×H×W
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
+        if fused.use_fast(x):
+            self.check_statistics(x)
+            return fused.gate_product(x, list(self.parameters()), spatial_fn=self.weights)
         return x * self.attention(x)
 
 
@@ -277,6 +302,17 @@ class CBAM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
+        if self.order == "channel-spatial" and fused.use_fast(x):
+            spatial = self.spatial_gate
+            if spatial is not None:
+                spatial.check_statistics(x)
+            return fused.gate_product(
+                x,
+                list(self.parameters()),
+                channel_fn=self.channel_gate.weights,
+                channel_max=self.channel_gate.needs_max,
+                spatial_fn=None if spatial is None else spatial.weights,
+            )
         if self.spatial_gate is None:
             return x * self.channel_gate.attention(x)
         if self.order == "channel-spatial":

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..registry import register_attention
+from . import fused
 from ._ops import check_channels, check_input, norm_or_identity, reduced_channels, resolve_preset
 from .maps import MapTap
 
@@ -104,17 +105,23 @@ class CoordAttention(nn.Module):
 
     def attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(g^h as B×C×H×1, g^w as B×C×1×W) for ``x``, no input validation."""
-        height, width = x.shape[2], x.shape[3]
-        z_h = x.mean(3, keepdim=True)  # B×C×H×1
-        z_w = x.mean(2, keepdim=True).transpose(2, 3)  # B×C×W×1
-        f = self.act(self.norm(self.conv1(torch.cat([z_h, z_w], dim=2))))  # B×mid×(H+W)×1
-        f_h, f_w = torch.split(f, [height, width], dim=2)  # B×mid×H×1, B×mid×W×1
+        g_h, g_w = self.gates(x.mean(3), x.mean(2))  # B×C×H, B×C×W
+        return g_h[..., None], g_w[:, :, None, :]  # B×C×H×1, B×C×1×W
+
+    def gates(self, z_h: torch.Tensor, z_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(g^h as B×C×H, g^w as B×C×W) from the pooled z_h (B×C×H) and z_w (B×C×W)."""
+        height = z_h.shape[2]
+        z = torch.cat([z_h, z_w], dim=2)[..., None]  # B×C×(H+W)×1
+        f = self.act(self.norm(self.conv1(z)))  # B×mid×(H+W)×1
+        f_h, f_w = f[:, :, :height], f[:, :, height:]  # B×mid×H×1, B×mid×W×1
         g_h = self.height_map(self.gate(self.conv_h(f_h)))  # B×C×H×1
         g_w = self.width_map(self.gate(self.conv_w(f_w.transpose(2, 3))))  # B×C×1×W
-        return g_h, g_w
+        return g_h[..., 0], g_w[:, :, 0, :]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
+        if fused.use_fast(x):
+            return fused.coord_product(x, list(self.parameters()), self.gates)
         g_h, g_w = self.attention(x)
         return x * g_h * g_w
 

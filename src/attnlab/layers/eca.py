@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..registry import register_attention
+from . import fused
 from ._ops import check_channels, check_input, check_odd_kernel
 from .maps import MapTap
 
@@ -78,12 +79,17 @@ class ECA(nn.Module):
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The gate ω for ``x``, as B×C×1×1 (no input validation)."""
-        y = x.mean((2, 3))[:, None, :]  # B×1×C: channels as a 1-D sequence
-        w = self.gate(self.conv(y))  # B×1×C
-        return self.channel_map(w.reshape(x.shape[0], self.channels, 1, 1))  # B×C×1×1
+        return self.weights(x.mean((2, 3)))[:, :, None, None]  # B×C×1×1
+
+    def weights(self, y: torch.Tensor, _max: torch.Tensor | None = None) -> torch.Tensor:
+        """ω from the pooled descriptor y (B×C) as B×C; the map tap sees it as B×C×1×1."""
+        w = self.gate(self.conv(y[:, None, :]))  # B×1×C: channels as a 1-D sequence
+        return self.channel_map(w.reshape(y.shape[0], self.channels, 1, 1)).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
+        if fused.use_fast(x):
+            return fused.gate_product(x, list(self.parameters()), channel_fn=self.weights)
         return x * self.attention(x)
 
     def extra_repr(self) -> str:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..registry import register_attention
+from . import fused
 from ._ops import (
     check_batch_statistics,
     check_channels,
@@ -80,10 +81,18 @@ class SE(nn.Module):
         check_batch_statistics(
             "SE", self.norm, x.shape[0], "use batch size >= 2, call .eval(), or norm_layer=None"
         )
-        z = x.mean((2, 3))  # B×C
+        return self.excite(x.mean((2, 3)))[:, :, None, None]  # B×C×1×1
+
+    def excite(self, z: torch.Tensor, _max: torch.Tensor | None = None) -> torch.Tensor:
+        """s from the pooled descriptor z (B×C) as B×C; the map tap sees it as B×C×1×1."""
         s = self.gate(self.fc2(self.act(self.norm(self.fc1(z)))))
-        return self.channel_map(s[:, :, None, None])  # B×C×1×1
+        return self.channel_map(s[:, :, None, None]).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
+        if fused.use_fast(x):
+            check_batch_statistics(
+                "SE", self.norm, x.shape[0], "use batch size >= 2, call .eval(), or norm_layer=None"
+            )
+            return fused.gate_product(x, list(self.parameters()), channel_fn=self.excite)
         return x * self.attention(x)

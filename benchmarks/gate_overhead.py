@@ -1,0 +1,201 @@
+"""What the gate modules cost in time: the issue-5 targets, measured as same-run ratios.
+
+1. Network: ResNet-50 with attention in every bottleneck vs the same ResNet-50 with attention
+   off (attn=None), CPU, 2 threads, batch 8, 160×160: a training step (forward, cross-entropy,
+   backward, SGD step) and an inference pass (eval, no grad). Targets: CBAM training ≤ 1.06×,
+   inference ≤ 1.03×; SE and ECA training ≤ 1.03×.
+2. Module: CBAM alone at 8×256×40×40 (stage-1 output in that setting): forward ≤ 3× and
+   forward+backward ≤ 10× the time of ``x.clone()``.
+
+Each figure is the median over --rounds rounds of the per-round median of --number calls; the
+candidates of one comparison run interleaved within every round (A B A B …), so drift and
+other load hit them alike. Both the fast path and the reference path are measured
+(``attnlab.layers.fused.backend``). Nothing is cached between iterations: every call runs the
+full computation on the same input.
+
+Usage:
+    python benchmarks/gate_overhead.py                      # everything (several minutes)
+    python benchmarks/gate_overhead.py --part module        # the CBAM module only
+    python benchmarks/gate_overhead.py --part network --attn cbam --rounds 7
+    python benchmarks/gate_overhead.py --channels-last      # both sides in channels-last
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+import attnlab
+from attnlab.layers import fused
+
+
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int, number: int) -> dict:
+    """Median over rounds of each candidate's per-round median time (seconds)."""
+    for fn in fns.values():  # warm-up
+        for _ in range(2):
+            fn()
+    per_round: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times = []
+            for _ in range(number):
+                start = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - start)
+            per_round[name].append(statistics.median(times))
+    return {name: statistics.median(values) for name, values in per_round.items()}
+
+
+def network(attns, *, batch, size, rounds, number, channels_last):
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, size, size)
+    y = torch.randint(0, 1000, (batch,))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def model(attn):
+        m = attnlab.create_model("resnet50", attn=attn)
+        return m.to(memory_format=torch.channels_last) if channels_last else m
+
+    def train_step(m, opt):
+        def step():
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(m(x), y).backward()
+            opt.step()
+
+        return step
+
+    def infer(m):
+        def run():
+            with torch.no_grad():
+                m(x)
+
+        return run
+
+    rows = []
+    base = model(None)
+    for attn in attns:
+        m = model(attn)
+        for path in ("fast", "reference"):
+            with fused.backend(path):
+                m.train(), base.train()
+                opts = [torch.optim.SGD(n.parameters(), lr=1e-4, momentum=0.9) for n in (base, m)]
+                train = interleaved(
+                    {"base": train_step(base, opts[0]), "attn": train_step(m, opts[1])},
+                    rounds, number,
+                )  # fmt: skip
+                m.eval(), base.eval()
+                inf = interleaved({"base": infer(base), "attn": infer(m)}, rounds, number)
+            row = {
+                "attn": attn, "path": path,
+                "train_base_s": train["base"], "train_attn_s": train["attn"],
+                "train_ratio": train["attn"] / train["base"],
+                "infer_base_s": inf["base"], "infer_attn_s": inf["attn"],
+                "infer_ratio": inf["attn"] / inf["base"],
+            }  # fmt: skip
+            rows.append(row)
+            print(
+                f"| resnet50+{attn} | {path} | {1e3 * row['train_base_s']:.0f} → "
+                f"{1e3 * row['train_attn_s']:.0f} ms | **{row['train_ratio']:.3f}×** | "
+                f"{1e3 * row['infer_base_s']:.0f} → {1e3 * row['infer_attn_s']:.0f} ms | "
+                f"**{row['infer_ratio']:.3f}×** |",
+                flush=True,
+            )
+    return rows
+
+
+def module(names, *, shape, rounds, number, channels_last):
+    torch.manual_seed(0)
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn_like(x)
+    rows = []
+    for name in names:
+        m = attnlab.create_attention(name, shape[1])
+        xr = x.clone().requires_grad_()
+
+        def fwd(m=m):
+            with torch.no_grad():
+                m(x)
+
+        def fwd_bwd(m=m, xr=xr):
+            xr.grad = None
+            m(xr).backward(g)
+
+        for path in ("fast", "reference"):
+            with fused.backend(path):
+                t = interleaved(
+                    {"clone": lambda: x.clone(), "fwd": fwd, "fwd+bwd": fwd_bwd}, rounds, number
+                )
+            row = {
+                "module": name, "path": path, "clone_s": t["clone"], "fwd_s": t["fwd"],
+                "fwd_bwd_s": t["fwd+bwd"], "fwd_ratio": t["fwd"] / t["clone"],
+                "fwd_bwd_ratio": t["fwd+bwd"] / t["clone"],
+            }  # fmt: skip
+            rows.append(row)
+            print(
+                f"| {name} | {path} | {1e3 * t['clone']:.2f} ms | {1e3 * t['fwd']:.2f} ms "
+                f"(**{row['fwd_ratio']:.1f}×**) | {1e3 * t['fwd+bwd']:.2f} ms "
+                f"(**{row['fwd_bwd_ratio']:.1f}×**) |",
+                flush=True,
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", choices=["all", "network", "module"], default="all")
+    parser.add_argument("--attn", nargs="+", default=["cbam", "se", "eca"])
+    parser.add_argument("--modules", nargs="+", default=["cbam", "se", "eca", "ca", "bam"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=160)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--number", type=int, default=3, help="calls per round (network)")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--json", help="also write the rows here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if not fused.available():
+        print(f"note: fused kernels unavailable ({fused.build_error()}); fast = reference")
+    layout = "channels-last" if args.channels_last else "NCHW"
+    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{args.threads} threads, {layout}, medians of {args.rounds} rounds\n")  # fmt: skip
+    out = {}
+    if args.part in ("all", "module"):
+        shape = (args.batch, 256, args.size // 4, args.size // 4)
+        print(f"Module alone at {'×'.join(map(str, shape))} vs x.clone() (targets: CBAM "
+              "fwd ≤ 3×, fwd+bwd ≤ 10×)\n")  # fmt: skip
+        print("| module | path | clone | forward | forward + backward |\n|---|---|---|---|---|")
+        out["module"] = module(
+            args.modules, shape=shape, rounds=args.rounds, number=20,
+            channels_last=args.channels_last,
+        )  # fmt: skip
+        print()
+    if args.part in ("all", "network"):
+        print(
+            f"ResNet-50, batch {args.batch}, {args.size}×{args.size}, attention vs attention off "
+            "(targets: CBAM train ≤ 1.06×, infer ≤ 1.03×; SE, ECA train ≤ 1.03×)\n"
+        )
+        print(
+            "| model | path | train step | ratio | inference | ratio |\n|---|---|---|---|---|---|"
+        )
+        out["network"] = network(
+            args.attn, batch=args.batch, size=args.size, rounds=args.rounds,
+            number=args.number, channels_last=args.channels_last,
+        )  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(out, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()

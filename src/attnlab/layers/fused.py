@@ -1,0 +1,484 @@
+"""The fast path for the gate modules (SE, ECA, CBAM, Coordinate Attention, BAM).
+
+A textbook gate reads and rewrites the block's output several times: pooling, then ``x * w``,
+then pooling the product again (CBAM), then another product; autograd saves the products and
+its backward writes a full-size gradient per path before summing them. The fast path keeps the
+small computations (the MLP, the 7×7 conv, the BatchNorm, the sigmoid — the module's own
+layers, run by PyTorch) and replaces each full-size pass by a fused C++/OpenMP kernel:
+
+- forward: one read of x per pooling stage, one read of x and one write of the output for the
+  gate product (CBAM: 3 reads, 1 write; the textbook form: about 6 reads and 2 writes);
+- backward: the gradient of each gate is a reduction over one read of (grad, x); the input's
+  gradient, including the paths through the pooling operations, is written once. Nothing
+  full-size is saved besides x itself.
+
+The kernels are registered as PyTorch operators (``torch.ops.attnlab_fast.*``, with fake
+implementations so tracing sees their shapes) and combined by autograd functions whose
+backward recomputes instead of saving.
+
+Selection (automatic, overridable):
+
+- ``ATTNLAB_BACKEND=auto`` (default): the fast path when the extension is available and the
+  input is a 4-D float32/float64 CPU tensor outside autocast, ``torch.compile`` tracing and
+  TorchScript; otherwise the reference path. Under ``torch.compile`` the reference path is
+  traced on purpose: inductor fuses it itself.
+- ``ATTNLAB_BACKEND=reference``: always the pure-PyTorch reference path (the modules' own
+  equations, as documented in each module).
+- ``ATTNLAB_BACKEND=fast``: like auto, but a failed build raises instead of falling back.
+- In Python: :func:`set_backend` (``"auto"``, ``"fast"``, ``"reference"``), or the
+  :func:`backend` context manager.
+
+The extension is compiled on first use with ``torch.utils.cpp_extension`` (needs a C++
+compiler and ninja; about a minute once) and cached under ``TORCH_EXTENSIONS_DIR`` (default
+``~/.cache/torch_extensions``), keyed by a hash of its sources and the torch version. It is not
+built at install time: pip's isolated build environment would have to install torch.
+
+Max pooling ties: the gradient is split evenly among the entries equal to the maximum, as
+PyTorch's ``amax`` does, so both paths agree even on ReLU-zeroed maps.
+
+Example:
+    >>> import torch
+    >>> from attnlab.layers import CBAM, fused
+    >>> cbam = CBAM(64)
+    >>> x = torch.randn(2, 64, 9, 11)
+    >>> with fused.backend("reference"):
+    ...     ref = cbam(x)
+    >>> torch.allclose(cbam(x), ref, rtol=1e-5, atol=1e-6)
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+BACKENDS = ("auto", "fast", "reference")
+_CSRC = Path(__file__).with_name("csrc")
+_SOURCES = ("gates.cpp", "coord_bam.h")
+
+_state = {"backend": None, "ops": None, "error": None}
+_lock = threading.Lock()
+
+
+def set_backend(name: str) -> None:
+    """Chooses the gate implementation: ``"auto"``, ``"fast"`` or ``"reference"``."""
+    if name not in BACKENDS:
+        raise ValueError(f"attnlab backend must be one of {list(BACKENDS)}, got {name!r}")
+    _state["backend"] = name
+
+
+def get_backend() -> str:
+    """The backend in force: set_backend's choice, else $ATTNLAB_BACKEND, else ``"auto"``."""
+    name = _state["backend"] or os.environ.get("ATTNLAB_BACKEND", "auto").strip().lower()
+    if name not in BACKENDS:
+        raise ValueError(f"ATTNLAB_BACKEND must be one of {list(BACKENDS)}, got {name!r}")
+    return name
+
+
+@contextlib.contextmanager
+def backend(name: str) -> Iterator[None]:
+    """Context manager form of :func:`set_backend`; restores the previous choice on exit."""
+    previous = _state["backend"]
+    set_backend(name)
+    try:
+        yield
+    finally:
+        _state["backend"] = previous
+
+
+def build_error() -> str | None:
+    """Why the extension is unavailable (after a failed build), else None."""
+    return _state["error"]
+
+
+def available() -> bool:
+    """Whether the compiled kernels are loaded (builds them on first call)."""
+    return _load() is not None
+
+
+def _load():
+    if _state["ops"] is not None or _state["error"] is not None:
+        return _state["ops"]
+    with _lock:
+        if _state["ops"] is None and _state["error"] is None:
+            try:
+                _state["ops"] = _build()
+            except Exception as err:  # no compiler, no ninja, no headers…: use the reference
+                _state["error"] = f"{type(err).__name__}: {err}".strip().splitlines()[0]
+    return _state["ops"]
+
+
+def _build():
+    from torch.utils import cpp_extension
+
+    try:  # the ninja wheel (a dependency) puts its binary beside the interpreter's scripts
+        import ninja
+
+        if ninja.BIN_DIR not in os.environ.get("PATH", "").split(os.pathsep):
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+    except ImportError:
+        pass
+    # Built for this machine's CPU (-march=native): the cache key includes its feature flags,
+    # so a home directory shared by different machines never loads a foreign build.
+    digest = hashlib.sha256(torch.__version__.encode() + _cpu_flags().encode())
+    for name in _SOURCES:
+        digest.update((_CSRC / name).read_bytes())
+    name = f"attnlab_fast_{digest.hexdigest()[:12]}"
+    if not hasattr(torch.ops.attnlab_fast, "gate_apply"):
+        build_dir = Path(cpp_extension._get_build_directory(name, verbose=False))
+        if not any(build_dir.glob("*.so")):
+            print("attnlab: compiling the fused CPU kernels (once; cached in "
+                  f"{build_dir})", file=sys.stderr)  # fmt: skip
+        cpp_extension.load(
+            name=name,
+            sources=[str(_CSRC / "gates.cpp")],
+            extra_include_paths=[str(_CSRC)],
+            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            is_python_module=False,
+            verbose=False,
+        )
+        _register_fakes()
+    return torch.ops.attnlab_fast
+
+
+def _cpu_flags() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith(("flags", "Features")):
+                    return line
+    except OSError:
+        pass
+    return platform.machine() + platform.processor()
+
+
+def _register_fakes() -> None:
+    def lib(op):
+        return torch.library.register_fake(f"attnlab_fast::{op}")
+
+    @lib("channel_pool")
+    def _(x, with_max):
+        b, c = x.shape[:2]
+        small = x.new_empty(b, c)
+        return (
+            small,
+            (small.new_empty(b, c) if with_max else x.new_empty(0)),
+            x.new_empty((b, c) if with_max else (0, 0), dtype=torch.float32),
+        )
+
+    @lib("spatial_pool")
+    def _(x, cw):
+        b, p = x.shape[0], x.shape[2] * x.shape[3]
+        return x.new_empty(b, p), x.new_empty(b, p), x.new_empty(b, p)
+
+    @lib("gate_apply")
+    def _(x, cw, sw):
+        return torch.empty_like(x)
+
+    @lib("gate_grad_spatial")
+    def _(g, x, cw):
+        return x.new_empty(x.shape[0], x.shape[2] * x.shape[3])
+
+    @lib("gate_grad_channel")
+    def _(g, x, cw, sw, sa, se, smx):
+        return x.new_empty(x.shape[0], x.shape[1])
+
+    @lib("gate_grad_input")
+    def _(g, x, cw, sw, sa, se, smx, ca, ce, cmx):
+        return torch.empty_like(x)
+
+    @lib("coord_pool")
+    def _(x):
+        b, c, h, w = x.shape
+        last = _is_channels_last(x)
+        return x.new_empty((b, h, c) if last else (b, c, h)), x.new_empty(
+            (b, w, c) if last else (b, c, w)
+        )
+
+    @lib("coord_apply")
+    def _(x, ah, aw):
+        return torch.empty_like(x)
+
+    @lib("coord_grad_gates")
+    def _(g, x, ah, aw):
+        return torch.empty_like(ah), torch.empty_like(aw)
+
+    @lib("coord_grad_input")
+    def _(g, ah, aw, dh, dw):
+        return torch.empty_like(g)
+
+    @lib("bam_combine")
+    def _(x, mc, ms, product):
+        return torch.empty_like(x)
+
+    @lib("bam_combine_backward")
+    def _(g, x, mc, ms, product):
+        return torch.empty_like(x), torch.empty_like(mc), torch.empty_like(ms)
+
+    def bam_setup(ctx, inputs, output):
+        x, mc, ms, product = inputs
+        ctx.save_for_backward(x, mc, ms)
+        ctx.product = product
+
+    def bam_backward(ctx, grad):
+        x, mc, ms = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=_format(x))
+        dx, dmc, dms = torch.ops.attnlab_fast.bam_combine_backward(grad, x, mc, ms, ctx.product)
+        return dx, dmc, dms, None
+
+    torch.library.register_autograd(
+        "attnlab_fast::bam_combine", bam_backward, setup_context=bam_setup
+    )
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def _format(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+
+
+def use_fast(x: torch.Tensor) -> bool:
+    """Whether a gate module should take the fast path for input ``x`` (see module doc)."""
+    name = get_backend()
+    if name == "reference":
+        return False
+    if (
+        x.dim() != 4
+        or x.device.type != "cpu"
+        or x.dtype not in (torch.float32, torch.float64)
+        or torch.is_autocast_enabled("cpu")
+        or torch.compiler.is_compiling()
+        or torch.jit.is_scripting()
+        or torch.jit.is_tracing()
+    ):
+        return False
+    ops = _load()
+    if ops is None and name == "fast":
+        raise RuntimeError(f"ATTNLAB_BACKEND=fast but the fused kernels failed: {build_error()}")
+    return ops is not None
+
+
+def _layout(x: torch.Tensor) -> torch.Tensor:
+    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
+        return x
+    return x.contiguous()
+
+
+def _needs_grad(x: torch.Tensor, params: Sequence[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
+
+
+# ---------------------------------------------------------------------------------------------
+# SE, ECA, CBAM: out = x · cw[b, c] · sw[b, h, w]
+
+ChannelFn = Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]  # avg, max → B×C
+SpatialFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # mean, max (B×1×H×W) → same
+
+
+def gate_product(
+    x: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    *,
+    channel_fn: ChannelFn | None = None,
+    channel_max: bool = False,
+    spatial_fn: SpatialFn | None = None,
+) -> torch.Tensor:
+    """x · M_c(x) · M_s(x · M_c(x)) with fused kernels.
+
+    Args:
+        x: B×C×H×W input (NCHW or channels-last).
+        params: the module's parameters (their gradients are computed through the gates).
+        channel_fn: (avg B×C, max B×C or None) → channel weights B×C; None: no channel gate.
+        channel_max: whether ``channel_fn`` needs the max pool.
+        spatial_fn: (mean, max of the channel-gated x over channels, each B×1×H×W) → spatial
+            weights B×1×H×W; None: no spatial gate.
+    """
+    x = _layout(x)
+    params = [p for p in params if p.requires_grad]
+    if _needs_grad(x, params):
+        return _GateProduct.apply(x, (channel_fn, channel_max, spatial_fn), *params)
+    ops = torch.ops.attnlab_fast
+    sw = None
+    if channel_fn is not None:
+        avg, mx, _ = ops.channel_pool(x, channel_max)
+        cw = channel_fn(avg, mx if channel_max else None).to(x.dtype).contiguous()
+    else:
+        cw = x.new_ones(x.shape[:2])
+    if spatial_fn is not None:
+        b, _, h, w = x.shape
+        mean, mx, _ = ops.spatial_pool(x, cw)
+        sw = spatial_fn(mean.view(b, 1, h, w), mx.view(b, 1, h, w))
+        sw = sw.to(x.dtype).reshape(b, h * w).contiguous()
+    return ops.gate_apply(x, cw, sw)
+
+
+def _leaf(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach().requires_grad_()
+
+
+def _grads(outputs, leaves, params, grad):
+    """Gradients of ``outputs`` (a small graph) w.r.t. its pooled leaves and the parameters."""
+    wanted = [t for t in leaves if t is not None] + list(params)
+    # retain_graph: a retained outer graph may run this backward again (gradcheck does).
+    got = torch.autograd.grad(outputs, wanted, grad, allow_unused=True, retain_graph=True)
+    it = iter(got)
+    leaf_grads = [None if t is None else next(it) for t in leaves]
+    return leaf_grads, list(it)
+
+
+class _GateProduct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, fns, *params):
+        channel_fn, channel_max, spatial_fn = fns
+        ops = torch.ops.attnlab_fast
+        b, c, h, w = x.shape
+        ctx.fns, ctx.shape = fns, (b, c, h, w)
+        cw = x.new_ones(b, c)
+        sw = cmx = ccnt = smx = scnt = None
+        ctx.channel = ctx.spatial = None
+        if channel_fn is not None:
+            avg, mx, cnt = ops.channel_pool(x, channel_max)
+            leaves = (_leaf(avg), _leaf(mx) if channel_max else None)
+            with torch.enable_grad():
+                weights = channel_fn(*leaves)
+            ctx.channel = (weights, leaves)
+            cw = weights.detach().to(x.dtype).contiguous()
+            if channel_max:
+                cmx, ccnt = mx, cnt
+        if spatial_fn is not None:
+            mean, mx, scnt = ops.spatial_pool(x, cw)
+            leaves = (_leaf(mean.view(b, 1, h, w)), _leaf(mx.view(b, 1, h, w)))
+            with torch.enable_grad():
+                weights = spatial_fn(*leaves)
+            ctx.spatial = (weights, leaves)
+            sw = weights.detach().to(x.dtype).reshape(b, h * w).contiguous()
+            smx = mx
+        ctx.save_for_backward(x, cw, sw, cmx, ccnt, smx, scnt)
+        ctx.params = params
+        return ops.gate_apply(x, cw, sw)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, cw, sw, cmx, ccnt, smx, scnt = ctx.saved_tensors
+        ops = torch.ops.attnlab_fast
+        b, c, h, w = ctx.shape
+        grad = grad.contiguous(memory_format=_format(x))
+        params, param_grads = ctx.params, [None] * len(ctx.params)
+        sa = se = None
+        ca, ce = cw.new_zeros(b, c), None
+        if cmx is None:  # no channel max pool: its term adds ce = 0 wherever x == 0
+            cmx = cw.new_zeros(b, c)
+        if ctx.spatial is not None:
+            weights, leaves = ctx.spatial
+            dsw = ops.gate_grad_spatial(grad, x, cw).view(b, 1, h, w).to(weights.dtype)
+            (dmean, dmax), more = _grads(weights, leaves, params, dsw)
+            param_grads = _add(param_grads, more)
+            sa = (dmean.reshape(b, h * w) / c).to(x.dtype).contiguous()
+            se = (dmax.reshape(b, h * w) / scnt).to(x.dtype).contiguous()
+        if ctx.channel is not None:
+            weights, leaves = ctx.channel
+            dcw = ops.gate_grad_channel(grad, x, cw, sw, sa, se, smx).to(weights.dtype)
+            (davg, dmx), more = _grads(weights, leaves, params, dcw)
+            param_grads = _add(param_grads, more)
+            if davg is not None:  # None when the gate uses the max pool only
+                ca = (davg / (h * w)).to(x.dtype).contiguous()
+            if dmx is not None:
+                ce = (dmx / ccnt).to(x.dtype).contiguous()
+        if ce is None:
+            ce = cw.new_zeros(b, c)
+        dx = ops.gate_grad_input(grad, x, cw, sw, sa, se, smx, ca, ce, cmx)
+        return (dx, None, *param_grads)
+
+
+def _add(a: list, b: list) -> list:
+    return [y if x is None else x if y is None else x + y for x, y in zip(a, b, strict=True)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Coordinate Attention: out = x · a_h[b, c, h] · a_w[b, c, w]
+
+CoordFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def coord_product(x: torch.Tensor, params: Sequence[torch.Tensor], gates_fn: CoordFn):
+    """x · a_h · a_w with fused kernels.
+
+    Args:
+        x: B×C×H×W input (NCHW or channels-last).
+        params: the module's parameters.
+        gates_fn: (z_h B×C×H = mean over W, z_w B×C×W = mean over H) → (a_h B×C×H, a_w B×C×W).
+    """
+    x = _layout(x)
+    params = [p for p in params if p.requires_grad]
+    if _needs_grad(x, params):
+        return _CoordProduct.apply(x, gates_fn, *params)
+    last = _is_channels_last(x)
+    ph, pw = torch.ops.attnlab_fast.coord_pool(x)
+    ah, aw = gates_fn(*(_to_bch(t, last) for t in (ph, pw)))
+    return torch.ops.attnlab_fast.coord_apply(x, _from_bch(ah, last, x), _from_bch(aw, last, x))
+
+
+def _to_bch(t: torch.Tensor, last: bool) -> torch.Tensor:
+    return t.transpose(1, 2) if last else t  # kernel layout → B×C×L
+
+
+def _from_bch(t: torch.Tensor, last: bool, x: torch.Tensor) -> torch.Tensor:
+    t = t.to(x.dtype)
+    return (t.transpose(1, 2) if last else t).contiguous()  # B×C×L → kernel layout
+
+
+class _CoordProduct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, gates_fn, *params):
+        ops = torch.ops.attnlab_fast
+        last = _is_channels_last(x)
+        ph, pw = ops.coord_pool(x)
+        leaves = (_leaf(_to_bch(ph, last)), _leaf(_to_bch(pw, last)))
+        with torch.enable_grad():
+            gates = gates_fn(*leaves)
+        ah, aw = (_from_bch(t.detach(), last, x) for t in gates)
+        ctx.graph, ctx.params, ctx.last = (gates, leaves), params, last
+        ctx.save_for_backward(x, ah, aw)
+        return ops.coord_apply(x, ah, aw)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, ah, aw = ctx.saved_tensors
+        ops = torch.ops.attnlab_fast
+        h, w = x.shape[2:]
+        grad = grad.contiguous(memory_format=_format(x))
+        dah, daw = ops.coord_grad_gates(grad, x, ah, aw)
+        gates, leaves = ctx.graph
+        outs = [_to_bch(t, ctx.last).to(g.dtype) for t, g in zip((dah, daw), gates, strict=True)]
+        wanted = list(leaves) + list(ctx.params)
+        got = torch.autograd.grad(gates, wanted, outs, allow_unused=True, retain_graph=True)
+        dh = _from_bch(got[0] / w, ctx.last, x)
+        dw = _from_bch(got[1] / h, ctx.last, x)
+        return (ops.coord_grad_input(grad, ah, aw, dh, dw), None, *got[2:])
+
+
+# ---------------------------------------------------------------------------------------------
+# BAM: out = x + x · σ(M_c ⊕ M_s)
+
+
+def bam_combine(x: torch.Tensor, mc: torch.Tensor, ms: torch.Tensor, product: bool):
+    """x + x·σ(mc + ms) (or σ(mc·ms)) in one pass; mc B×C, ms B×1×H×W; differentiable."""
+    x = _layout(x)
+    b, _, h, w = x.shape
+    mc = mc.reshape(b, -1).to(x.dtype).contiguous()
+    ms = ms.reshape(b, h * w).to(x.dtype).contiguous()
+    return torch.ops.attnlab_fast.bam_combine(x, mc, ms, product)
