@@ -32,7 +32,6 @@ import torch
 from torch import nn
 
 from ..registry import register_attention
-from . import fused
 from ._ops import (
     check_batch_statistics,
     check_channels,
@@ -186,10 +185,6 @@ class BAM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
-        if type(self.gate) is nn.Sigmoid and fused.use_fast(x):  # the kernel fuses σ
-            mc = self.channel_map(self.channel_branch(x)[:, :, None, None])  # B×C×1×1
-            ms = self.spatial_map(self.spatial_branch(x))  # B×1×H×W
-            return fused.bam_combine(x, mc, ms, product=self.fusion == "product")
         return x + x * self.attention(x)
 
     def extra_repr(self) -> str:

@@ -1,4 +1,4 @@
-// Fused CPU kernels for the gate modules (SE, ECA, CBAM, Coordinate Attention, BAM).
+// Fused CPU kernels for the gate modules (SE, ECA, CBAM, Coordinate Attention).
 //
 // Each kernel reads and writes a full B×C×H×W activation at most once; the small per-channel
 // (B×C) and per-position (B×P, P = H·W) tensors in between are computed in PyTorch by the
@@ -518,7 +518,7 @@ Tensor gate_grad_input(const Tensor& g, const Tensor& x, const Tensor& cw,
 
 }  // namespace
 
-#include "coord_bam.h"
+#include "coord.h"
 
 TORCH_LIBRARY(attnlab_fast, m) {
   m.def("channel_pool(Tensor x, bool with_max) -> (Tensor, Tensor, Tensor)");
@@ -535,10 +535,6 @@ TORCH_LIBRARY(attnlab_fast, m) {
   m.def("coord_apply(Tensor x, Tensor ah, Tensor aw) -> Tensor");
   m.def("coord_grad_gates(Tensor g, Tensor x, Tensor ah, Tensor aw) -> (Tensor, Tensor)");
   m.def("coord_grad_input(Tensor g, Tensor ah, Tensor aw, Tensor dh, Tensor dw) -> Tensor");
-  m.def("bam_combine(Tensor x, Tensor mc, Tensor ms, bool product) -> Tensor");
-  m.def(
-      "bam_combine_backward(Tensor g, Tensor x, Tensor mc, Tensor ms, bool product) -> "
-      "(Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(attnlab_fast, CPU, m) {
@@ -552,6 +548,4 @@ TORCH_LIBRARY_IMPL(attnlab_fast, CPU, m) {
   m.impl("coord_apply", &coord_apply);
   m.impl("coord_grad_gates", &coord_grad_gates);
   m.impl("coord_grad_input", &coord_grad_input);
-  m.impl("bam_combine", &bam_combine);
-  m.impl("bam_combine_backward", &bam_combine_backward);
 }
