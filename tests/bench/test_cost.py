@@ -39,7 +39,7 @@ def test_attention_adds_macs_and_params_as_expected():
 
 def test_latency_is_positive_and_restores_mode():
     model = attnlab.create_model("resnet20").train()
-    seconds = measure_latency(model, (1, 3, 32, 32), warmup=1, runs=3)
+    seconds = measure_latency(model, (1, 3, 32, 32), warmup=1, repeats=3, number=1)
     assert 0 < seconds < 5 and model.training
     assert count_macs(model, (1, 3, 32, 32)) > 0 and model.training
     assert torch.is_grad_enabled()  # no_grad inside the helpers does not leak

@@ -14,9 +14,10 @@ class UsageError(Exception):
 
 
 # Imported after UsageError so the commands can import it at module level.
-from . import compare_cmd, eval_cmd, list_cmd, predict_cmd, train_cmd  # noqa: E402
+from . import bench_cmd, compare_cmd, eval_cmd, list_cmd, predict_cmd, train_cmd  # noqa: E402
 
 COMMANDS = {
+    "bench": bench_cmd,
     "compare": compare_cmd,
     "eval": eval_cmd,
     "list": list_cmd,

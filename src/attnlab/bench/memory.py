@@ -1,0 +1,146 @@
+"""Peak memory of a call: the most tensor memory alive at once while it runs, beyond what was
+alive before.
+
+- CUDA: the caching allocator's own statistics (``torch.cuda.reset_peak_memory_stats`` and
+  ``max_memory_allocated``): every tensor and kernel workspace the allocator handed out, minus
+  what was allocated before the call.
+- CPU: a ``TorchDispatchMode`` sees every op's outputs; each new tensor storage is counted once
+  (views and in-place results share their input's storage) from its creation until it is freed
+  (a ``weakref.finalize`` on the storage), and the maximum of the live total is recorded after
+  every op. It counts tensor storage — activations, saved tensors, gradients, outputs — not
+  allocator caches, kernel-internal scratch buffers, or Python objects, and it does not credit
+  the freeing of tensors that existed before the call. Custom ops written in Python with
+  ``torch.library.custom_op`` (attnlab's blocked position attention) are run through their
+  Python implementation, so their internal tensors are seen too.
+
+Unlike the peak resident set of the process (``benchmarks/pam_memory.py``), the CPU figure is
+deterministic and exact for what it counts, and needs no fresh process.
+
+Example:
+    >>> import torch
+    >>> from attnlab.bench.memory import peak_memory
+    >>> def two_then_one():
+    ...     a, b = torch.empty(2**18), torch.empty(2**18)  # 1 MiB each, alive together
+    ...     del a, b
+    ...     return torch.empty(3 * 2**17)  # 1.5 MiB
+    >>> peak_memory(two_then_one) / 2**20
+    2.0
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+
+def peak_memory(fn: Callable[[], Any], *, device: str | torch.device | None = None) -> int:
+    """Bytes of tensor memory at the peak of ``fn()``, beyond what was allocated before it.
+
+    Args:
+        fn: a callable taking no arguments; its result is discarded.
+        device: ``"cuda"`` (or ``"cuda:N"``) uses the CUDA allocator's statistics; anything
+            else (default: CPU) the dispatch-mode tracker described in the module docstring.
+
+    Returns:
+        Peak bytes (≥ 0).
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type == "cuda":
+        return _cuda_peak(fn, device)
+    tracker = _StorageTracker()
+    try:
+        with tracker:
+            fn()
+    finally:
+        tracker.detach()
+    return tracker.peak
+
+
+def _cuda_peak(fn: Callable[[], Any], device: torch.device) -> int:
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return max(0, torch.cuda.max_memory_allocated(device) - before)
+
+
+class _StorageTracker(TorchDispatchMode):
+    """Live bytes of the storages created under this mode, and their maximum."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._bytes: dict[int, int] = {}  # id of a live storage's Python object → bytes
+        self._finalizers: list[weakref.finalize] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        inputs = {_key(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        python_impl = _custom_op_python_impl(func)
+        if python_impl is not None:
+            # The op's own tensors (e.g. per-block scores) are seen too; autograd stays out of
+            # it as it does when the dispatcher runs the op (its gradient is registered apart).
+            with self, torch.no_grad():
+                out = python_impl(*args, **kwargs)
+        else:
+            out = func(*args, **kwargs)
+        for tensor in tree_leaves(out):
+            if isinstance(tensor, torch.Tensor):
+                self._track(tensor, inputs)
+        self.peak = max(self.peak, self.live)
+        return out
+
+    def _track(self, tensor: torch.Tensor, inputs: set[int | None]) -> None:
+        try:
+            storage = tensor.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # sparse, nested …: no plain storage
+            return
+        key = id(storage)
+        nbytes = storage.nbytes()
+        if key in self._bytes:  # resized in place (out= arguments)
+            self.live += nbytes - self._bytes[key]
+            self._bytes[key] = nbytes
+        elif key not in inputs:
+            # A storage not among the op's inputs was created by it. The storage's Python
+            # object lives exactly as long as the storage (PyTorch preserves it), so its id is
+            # a stable key and its finalizer runs when the memory is freed.
+            self._bytes[key] = nbytes
+            self.live += nbytes
+            self._finalizers.append(weakref.finalize(storage, self._free, key))
+
+    def _free(self, key: int) -> None:
+        self.live -= self._bytes.pop(key, 0)
+
+    def detach(self) -> None:
+        """Stops watching storages that outlive the call (outputs, gradients)."""
+        for finalizer in self._finalizers:
+            finalizer.detach()
+        self._finalizers.clear()
+
+
+def _key(tensor: torch.Tensor) -> int | None:
+    try:
+        return id(tensor.untyped_storage())
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def _custom_op_python_impl(func: Any) -> Callable[..., Any] | None:
+    """The Python function behind a ``torch.library.custom_op``, or None for other ops."""
+    schema = getattr(func, "_schema", None)
+    name = getattr(schema, "name", "")
+    if not name or name.startswith(("aten::", "prim::", "prims::")):
+        return None
+    try:
+        from torch._library.custom_ops import OPDEFS
+    except ImportError:
+        return None
+    opdef = OPDEFS.get(name)
+    return getattr(opdef, "_init_fn", None)
