@@ -88,7 +88,8 @@ def test_paper_table(papers):
     # ECA with its authors' kernels (3, 5, 5, 7): 80 parameters, their 24.37 M in 2^20 units.
     assert rows["eca"]["params"] - rows["baseline"]["params"] == 80
     assert round(rows["eca"]["params_m_binary"], 2) == rows["eca"]["paper_params_m"] == 24.37
-    assert rows["cbam"]["paper_params_m"] is None  # unverified figures stay empty
+    assert rows["cbam"]["paper_params_m"] == round(rows["cbam"]["params"] / 1e6, 2) == 28.09
+    assert rows["bam"]["paper_gflops"] is None  # figures not checked stay empty
 
 
 def test_report_files(tmp_path, modules, models, papers):

@@ -125,12 +125,12 @@ def _models_table(data: dict[str, Any]) -> list[str]:
 def _papers_table(data: dict[str, Any]) -> list[str]:
     header = (
         "model | variant | params | M (2^20) | paper M | GMACs (10^9) | GMACs (2^30) | "
-        "paper G | source"
+        "paper G | paper units | source"
     )
     cells = [
         [r["model"], r["variant"], f"{r['params']:,}", f"{r['params_m_binary']:.2f}"]
         + [_fmt(r["paper_params_m"], ".2f"), f"{r['macs'] / 1e9:.3f}", f"{r['gmacs_binary']:.3f}"]
-        + [_fmt(r["paper_gflops"], ".2f"), r["source"] or ""]
+        + [_fmt(r["paper_gflops"], ".3f"), r.get("paper_units") or "", r["source"] or ""]
         for r in data["rows"]
     ]
     notes = [f"- {note}" for note in data["notes"]]

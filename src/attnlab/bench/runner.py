@@ -43,11 +43,24 @@ STAGE_ATTENTION = frozenset({"bam"})  # placed after stages (stage_attn=) in a n
 REFERENCE = {"fwd": "x.clone()", "fwdbwd": "(x * 1).backward(g)"}
 # Published figures checked against a primary source. ECA's "M" is 2**20 parameters and its
 # "G" 2**30 operations (its authors in BangguWu/ECANet issue #35: "ECA-Net uses 1024").
+# The SE, CBAM and BAM papers count in decimal units (10^6 parameters, 10^9 multiply-adds).
 PAPER_FIGURES: dict[tuple[str, str], dict[str, Any]] = {
-    ("resnet50", "eca"): {"params_m": 24.37, "gflops": 3.86, "source": "eca"},
-    ("resnet101", "eca"): {"params_m": 42.49, "gflops": 7.35, "source": "eca"},
-}
+    ("resnet50", "baseline"): {"params_m": 25.56, "gflops": 3.86, "units": "10^6, 10^9",
+                               "source": "papers"},
+    ("resnet50", "se"): {"params_m": 28.09, "gflops": 3.87, "units": "10^6, 10^9",
+                         "source": "papers"},
+    ("resnet50", "cbam"): {"params_m": 28.09, "gflops": 3.864, "units": "10^6, 10^9",
+                           "source": "papers"},
+    ("resnet50", "bam"): {"params_m": 25.92, "gflops": None, "units": "10^6",
+                          "source": "papers"},
+    ("resnet50", "eca"): {"params_m": 24.37, "gflops": 3.86, "units": "2^20, 2^30",
+                          "source": "eca"},
+    ("resnet101", "eca"): {"params_m": 42.49, "gflops": 7.35, "units": "2^20, 2^30",
+                           "source": "eca"},
+}  # fmt: skip
 PAPER_SOURCES = {
+    "papers": "SE (CVPR 2018: ResNet-50 3.86 → 3.87 GFLOPs), CBAM (ECCV 2018: 28.09M, "
+    "3.864 GFLOPs) and BAM (BMVC 2018: 25.92M) as collected in the project's REFERENCE.md",
     "eca": "ECA-Net (arXiv 1910.03151), abstract and the authors' README (BangguWu/ECANet)",
 }
 # The ECA authors' kernel sizes per stage (their models eca_resnet50_k3557, _resnet101_k3357).
@@ -298,6 +311,7 @@ def paper_macs_table(models: Sequence[str] = ("resnet50", "resnet101")) -> dict[
                     "flops": counts["flops"],
                     "paper_params_m": paper.get("params_m"),
                     "paper_gflops": paper.get("gflops"),
+                    "paper_units": paper.get("units"),
                     "source": paper.get("source"),
                 }
             )
@@ -309,8 +323,8 @@ def paper_macs_table(models: Sequence[str] = ("resnet50", "resnet101")) -> dict[
         "2^20 / 2^30 columns.",
         "ECA rows use the authors' per-stage kernel sizes (ResNet-50: 3, 5, 5, 7; ResNet-101: "
         "3, 3, 5, 7); attnlab's default ψ(C) gives 5, 5, 5, 7.",
-        "Empty paper cells: not verified against a primary source here (CBAM Table 4, BAM's "
-        "ImageNet table); fill them in from the PDFs.",
+        "Empty paper cells: no figure checked here (BAM's GFLOPs, the ResNet-101 rows of the "
+        "SE/CBAM/BAM papers).",
     ]
     return {"rows": rows, "sources": dict(PAPER_SOURCES), "notes": notes}
 
