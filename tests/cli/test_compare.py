@@ -24,7 +24,31 @@ def check_outputs(out, variants, seeds):
     for v in variants:  # every run keeps its own folder with metrics and checkpoints
         assert (out / v / "seed0" / "metrics.jsonl").exists()
         assert (out / v / "seed0" / "last.pt").exists()
+    check_inspection(out, results, seeds)
     return results
+
+
+def check_inspection(out, results, seeds):
+    """The localisation column (synthetic data) and one gallery PNG per variant."""
+    from PIL import Image
+
+    from attnlab.engine.compare import GALLERY_IMAGES
+
+    table = (out / "results.md").read_text()
+    assert "| pointing game (Grad-CAM) |" in table
+    for row in results["rows"]:
+        assert len(row["pointings"]) == seeds and all(0 <= p <= 1 for p in row["pointings"])
+        assert row["pointing_mean"] == pytest.approx(sum(row["pointings"]) / seeds)
+        assert 0 <= row["energy_mean"] <= 1
+        line = next(x for x in table.splitlines() if x.startswith(f"| {row['variant']} |"))
+        assert line.endswith(
+            f"| {100 * row['pointing_mean']:.1f} ± {100 * row['pointing_std']:.1f} % |"
+        )
+        slug = "".join(c if c.isalnum() else "-" for c in row["variant"])
+        assert row["gallery"] == f"gallery-{slug}.png"
+        with Image.open(out / row["gallery"]) as gallery:
+            assert gallery.format == "PNG" and gallery.height == round(1.4 * 80 * GALLERY_IMAGES)
+    assert 0 < results["inspect_seconds"] < results["total_seconds"]
 
 
 def test_compare_small_end_to_end(tmp_path, capsys):
@@ -128,3 +152,10 @@ def test_compare_on_an_image_folder(tmp_path, capsys):
     assert [r["variant"] for r in results["rows"]] == ["baseline", "se"]
     for run in results["runs"]:
         assert run["model_config"]["num_classes"] == 2
+    # No masks: "n/a" in the localisation column; galleries of the first 2·2 val images.
+    assert all(r["pointing_mean"] is None for r in results["rows"])
+    table = (out / "results.md").read_text()
+    assert "| baseline |" in table and table.count("| n/a |") == 2
+    for row in results["rows"]:
+        with Image.open(out / row["gallery"]) as gallery:
+            assert gallery.format == "PNG" and gallery.height == round(1.4 * 80 * 4)

@@ -14,7 +14,15 @@ class UsageError(Exception):
 
 
 # Imported after UsageError so the commands can import it at module level.
-from . import bench_cmd, compare_cmd, eval_cmd, list_cmd, predict_cmd, train_cmd  # noqa: E402
+from . import (  # noqa: E402
+    bench_cmd,
+    compare_cmd,
+    eval_cmd,
+    list_cmd,
+    predict_cmd,
+    train_cmd,
+    viz_cmd,
+)
 
 COMMANDS = {
     "bench": bench_cmd,
@@ -23,6 +31,7 @@ COMMANDS = {
     "list": list_cmd,
     "predict": predict_cmd,
     "train": train_cmd,
+    "viz": viz_cmd,
 }
 
 
