@@ -132,3 +132,21 @@ def test_missing_matplotlib_is_a_one_line_hint(trained, tmp_path, capsys, monkey
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert main(["viz", "--checkpoint", str(trained), "--out", str(tmp_path / "o")]) == 2
     assert "pip install attnlab[viz]" in capsys.readouterr().err
+
+
+def test_an_image_folder_dataset(trained, tmp_path, capsys):
+    # A real-data layout with the checkpoint's six classes: no masks, so no localisation.
+    data = tmp_path / "imgs"
+    for index, name in enumerate(CLASSES):
+        for split in ("train", "val"):
+            (data / split / name).mkdir(parents=True)
+            colour = (40 * index, 255 - 40 * index, 128)
+            Image.new("RGB", (24, 20), colour).save(data / split / name / "0.png")
+    out = tmp_path / "viz"
+    code = main(["viz", "--checkpoint", str(trained), "--data", "folder", "--data-dir", str(data),
+                 "--count", "6", "--rows", "2", "--out", str(out)])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(i["label"] for i in summary["images"]) == sorted(CLASSES)  # one per class
+    assert summary.get("localization") is None
+    assert png_size(out / "gallery.png") == (5 * 160, 2 * 160)
