@@ -112,3 +112,12 @@ def test_preset_selects_paper_or_authors_code_wherever_they_differ():
     )
     with pytest.raises(ValueError, match="ChannelAttention: preset must be one of"):
         attnlab.create_attention("cam", 8, preset="yolo")
+
+
+def test_classifiers_exclude_models_that_declare_another_task():
+    from attnlab.registry import list_classifiers
+
+    names = list_classifiers()
+    assert {"resnet20", "resnet50"} <= set(names)
+    assert "yolov4_tiny" not in names and "danet_resnet50" not in names
+    assert set(names) <= set(attnlab.list_models())

@@ -165,6 +165,16 @@ def list_models(**filters: Any) -> list[str]:
     return MODELS.names(**filters)
 
 
+def list_classifiers() -> list[str]:
+    """Models the classification engine can train: ``task="classification"`` or no task given
+    (a user's own registration); detectors and segmenters declare their task."""
+    return sorted(
+        name
+        for name in MODELS.names()
+        if MODELS.get(name).metadata.get("task", "classification") == "classification"
+    )
+
+
 def create_model(name: str, *, attn: Any = None, **kwargs: Any) -> nn.Module:
     """Builds a registered model.
 

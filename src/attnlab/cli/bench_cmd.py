@@ -16,7 +16,7 @@ import argparse
 import sys
 import time
 
-from ..registry import list_models
+from ..registry import list_classifiers
 
 DEFAULT_ATTNS = ("se", "cbam", "eca", "bam", "ca")
 WHAT = ("modules", "models", "papers", "all")
@@ -48,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument(
         "--model",
         default="resnet50",
-        choices=list_models(),
+        choices=list_classifiers(),
         help="network for 'models' (default resnet50)",
     )
     parser.add_argument(

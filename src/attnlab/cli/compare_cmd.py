@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from ..registry import list_models
+from ..registry import list_classifiers
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
@@ -41,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         help="a smoke run in about a minute: "
         + ", ".join(f"{k}={v}" for k, v in QUICK_RECIPE.items()),
     )
-    parser.add_argument("--model", choices=list_models(), help="network (default resnet20)")
+    parser.add_argument("--model", choices=list_classifiers(), help="network (default resnet20)")
     parser.add_argument(
         "--data", choices=["synthetic", "cifar10", "cifar100", "folder"], help="dataset"
     )

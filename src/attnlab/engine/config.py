@@ -203,7 +203,7 @@ class TrainConfig:
     # Checks ---------------------------------------------------------------------------------
 
     def _validate(self) -> None:
-        from ..registry import list_attention, list_models
+        from ..registry import list_attention, list_classifiers
 
         def fail(name: str, message: str) -> None:
             raise ValueError(f"TrainConfig.{name}: {message}")
@@ -211,8 +211,11 @@ class TrainConfig:
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 fail(name, f"must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
-        if self.model not in list_models():
-            fail("model", f"unknown model {self.model!r}; valid: {', '.join(list_models())}")
+        models = list_classifiers()  # the engine trains classifiers
+        if self.model not in models:
+            fail(
+                "model", f"unknown classification model {self.model!r}; valid: {', '.join(models)}"
+            )
         for name in ("attn", "stage_attn"):
             value = getattr(self, name)
             if value in ("none", ""):

@@ -349,7 +349,9 @@ def _register_imagenet(name: str, block, layers) -> None:
         return _build(name, block, layers, {}, kwargs)
 
     factory.__doc__ = f"{name}: ImageNet {block.__name__} ResNet, stages {layers}."
-    register_model(name, family="resnet", dataset="imagenet", paper="arXiv 1512.03385")(factory)
+    register_model(
+        name, family="resnet", task="classification", dataset="imagenet", paper="arXiv 1512.03385"
+    )(factory)
 
 
 def _register_cifar(name: str, depth: int) -> None:
@@ -359,7 +361,9 @@ def _register_cifar(name: str, depth: int) -> None:
         return _build(name, BasicBlock, (n, n, n), _CIFAR_DEFAULTS, kwargs)
 
     factory.__doc__ = f"{name}: CIFAR ResNet, 3 stages × {n} basic blocks of 16/32/64 channels."
-    register_model(name, family="resnet", dataset="cifar", paper="arXiv 1512.03385")(factory)
+    register_model(
+        name, family="resnet", task="classification", dataset="cifar", paper="arXiv 1512.03385"
+    )(factory)
 
 
 for _name, (_block, _layers) in _IMAGENET.items():
