@@ -1,4 +1,6 @@
-"""Metrics: localisation of saliency and attention maps (pointing game, energy in mask).
+"""Metrics: localisation of saliency and attention maps (pointing game, energy in mask);
+detection mAP (VOC mAP@0.5, COCO-style mAP@[.5:.95], per-class AP table); segmentation
+confusion matrix, per-class IoU, mIoU and pixel accuracy.
 
 Example:
     >>> import torch
@@ -11,6 +13,16 @@ Example:
     [1.0]
 """
 
+from .detection import ap_table, evaluate_detections
 from .localization import energy_in_mask, localization_score, pointing_game
+from .segmentation import ConfusionMatrix, confusion_matrix
 
-__all__ = ["energy_in_mask", "localization_score", "pointing_game"]
+__all__ = [
+    "ConfusionMatrix",
+    "ap_table",
+    "confusion_matrix",
+    "energy_in_mask",
+    "evaluate_detections",
+    "localization_score",
+    "pointing_game",
+]

@@ -1,0 +1,233 @@
+"""Detection data: synthetic wrapper, VOC/YOLO loaders on written files (malformed → error
+naming the file), boxes that follow the pixels under every augmentation, degenerate boxes."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from attnlab.data.detection import (
+    Compose,
+    HorizontalFlip,
+    HSVJitter,
+    Letterbox,
+    RandomScaleTranslate,
+    SyntheticDetection,
+    VOCDetection,
+    YOLODetection,
+    clip_and_filter,
+    collate_detection,
+    hsv_to_rgb,
+    rgb_to_hsv,
+    train_transform,
+)
+
+CLASSES = ["cat", "dog"]
+
+
+def write_image(path, width, height):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(np.full((height, width, 3), 100, np.uint8)).save(path)
+
+
+def voc_xml(objects, width=40, height=30):
+    parts = [f"<annotation><size><width>{width}</width><height>{height}</height>"
+             "<depth>3</depth></size>"]  # fmt: skip
+    for name, (x1, y1, x2, y2), difficult in objects:
+        parts.append(
+            f"<object><name>{name}</name><difficult>{int(difficult)}</difficult><bndbox>"
+            f"<xmin>{x1}</xmin><ymin>{y1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax>"
+            "</bndbox></object>"
+        )
+    return "".join(parts) + "</annotation>"
+
+
+def make_voc(root, annotations, missing_image=None):
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        os.makedirs(root / sub, exist_ok=True)
+    for image_id, xml in annotations.items():
+        (root / "Annotations" / f"{image_id}.xml").write_text(xml)
+        if image_id != missing_image:
+            write_image(str(root / "JPEGImages" / f"{image_id}.jpg"), 40, 30)
+    (root / "ImageSets/Main/train.txt").write_text("\n".join(annotations) + "\n")
+
+
+def test_synthetic_detection_boxes_and_collate():
+    ds = SyntheticDetection(size=64, length=3, num_targets=2, num_classes=3)
+    image, targets = ds[0]
+    assert image.shape == (3, 64, 64) and targets.shape == (2, 5)
+    assert targets[:, 0].max() < 3 and (targets[:, 3] > targets[:, 1]).all()
+    scene = ds.scenes.scene(0)
+    torch.testing.assert_close(targets[:, 1:], scene.boxes)
+    images, batch_targets = collate_detection([ds[0], ds[1]])
+    assert images.shape == (2, 3, 64, 64) and len(batch_targets) == 2
+
+
+def test_voc_loader(tmp_path):
+    make_voc(
+        tmp_path,
+        {
+            "a": voc_xml([("cat", (1, 1, 10, 20), False), ("dog", (5, 6, 40, 30), True)]),
+            "b": voc_xml([]),
+        },
+    )
+    ds = VOCDetection(str(tmp_path), "train", classes=CLASSES)
+    assert len(ds) == 2
+    image, targets = ds[0]
+    assert image.shape == (3, 30, 40)
+    assert targets.tolist() == [[0.0, 0.0, 0.0, 10.0, 20.0]]  # difficult dropped for training
+    ann = ds.annotation(0)
+    assert ann["difficult"].tolist() == [False, True] and ann["labels"].tolist() == [0, 1]
+    assert ann["boxes"][1].tolist() == [4.0, 5.0, 40.0, 30.0]
+    keep = VOCDetection(str(tmp_path), "train", classes=CLASSES, keep_difficult=True)
+    assert len(keep[0][1]) == 2 and keep[1][1].shape == (0, 5)
+
+
+@pytest.mark.parametrize(
+    ("xml", "message"),
+    [
+        ("<annotation><size>", "not a readable VOC XML"),
+        (voc_xml([("bird", (1, 1, 5, 5), False)]), "unknown class 'bird'"),
+        (voc_xml([("cat", (1, 1, 50, 5), False)]), "outside the 40×30 image"),
+        (voc_xml([("cat", (8, 1, 5, 5), False)]), "empty or outside"),
+        ("<annotation><object><name>cat</name></object></annotation>", "missing <size>"),
+    ],
+)
+def test_voc_malformed(tmp_path, xml, message):
+    make_voc(tmp_path, {"bad": xml})
+    with pytest.raises(ValueError, match=message) as err:
+        VOCDetection(str(tmp_path), "train", classes=CLASSES)
+    assert "bad.xml" in str(err.value)
+
+
+def test_voc_missing_image_and_split(tmp_path):
+    make_voc(tmp_path, {"x": voc_xml([])}, missing_image="x")
+    with pytest.raises(ValueError, match=r"x\.jpg"):
+        VOCDetection(str(tmp_path), "train", classes=CLASSES)
+    with pytest.raises(ValueError, match="val.txt"):
+        VOCDetection(str(tmp_path), "val", classes=CLASSES)
+
+
+def make_yolo(root, labels, images=None):
+    for stem in images if images is not None else labels:
+        write_image(str(root / "images" / f"{stem}.png"), 40, 20)
+    os.makedirs(root / "labels", exist_ok=True)
+    for stem, text in labels.items():
+        (root / "labels" / f"{stem}.txt").write_text(text)
+
+
+def test_yolo_loader(tmp_path):
+    make_yolo(tmp_path, {"a": "1 0.5 0.5 0.5 0.5\n0 0.25 0.25 0.5 0.5\n"}, images=["a", "b"])
+    ds = YOLODetection(str(tmp_path), CLASSES)
+    assert len(ds) == 2
+    image, targets = ds[0]
+    assert image.shape == (3, 20, 40)
+    assert targets.tolist() == [[1.0, 10.0, 5.0, 30.0, 15.0], [0.0, 0.0, 0.0, 20.0, 10.0]]
+    assert ds[1][1].shape == (0, 5)  # no label file: no objects
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("0 0.5 0.5 0.2\n", "expected 5 fields"),
+        ("2 0.5 0.5 0.2 0.2\n", "class 2 outside"),
+        ("0 0.95 0.5 0.2 0.2\n", "outside the image"),
+        ("0 a 0.5 0.2 0.2\n", "not numbers"),
+    ],
+)
+def test_yolo_malformed(tmp_path, text, message):
+    make_yolo(tmp_path, {"bad": text})
+    with pytest.raises(ValueError, match=message) as err:
+        YOLODetection(str(tmp_path), CLASSES)
+    assert "bad.txt" in str(err.value)
+
+
+def test_yolo_label_without_image(tmp_path):
+    make_yolo(tmp_path, {"orphan": "0 0.5 0.5 0.2 0.2\n"}, images=["other"])
+    with pytest.raises(ValueError, match=r"orphan\.txt: no matching image"):
+        YOLODetection(str(tmp_path), CLASSES)
+
+
+def rectangle_scene(height=48, width=64, box=(10, 8, 30, 40)):
+    """A black image with a white filled rectangle and its target."""
+    image = torch.zeros(3, height, width)
+    x1, y1, x2, y2 = box
+    image[:, y1:y2, x1:x2] = 1.0
+    return image, torch.tensor([[1.0, x1, y1, x2, y2]])
+
+
+def assert_box_covers_rectangle(image, targets):
+    """Inside the box (1 px margin) the image is white; just outside it is not."""
+    assert len(targets) == 1
+    _, x1, y1, x2, y2 = targets[0].tolist()
+    inner = image[0, int(y1) + 1 : int(y2) - 1, int(x1) + 1 : int(x2) - 1]
+    assert inner.numel() > 0 and inner.min() > 0.9
+    ring = image[0].clone()
+    ring[max(int(y1) - 1, 0) : int(y2) + 2, max(int(x1) - 1, 0) : int(x2) + 2] = 0
+    assert ring.max() < 0.6
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize(
+    "transform",
+    [
+        HorizontalFlip(p=1.0),
+        RandomScaleTranslate(scale=(0.6, 1.4), translate=0.1),
+        Letterbox(96),
+        Letterbox((32, 96)),
+    ],
+    ids=["flip", "scale-translate", "letterbox", "letterbox-wide"],
+)
+def test_boxes_follow_pixels(transform, seed):
+    torch.manual_seed(seed)
+    image, targets = rectangle_scene()
+    out, out_targets = transform(image, targets)
+    assert_box_covers_rectangle(out, out_targets)
+
+
+def test_flip_exact():
+    image, targets = rectangle_scene()
+    out, t = HorizontalFlip(p=1.0)(image, targets)
+    assert t.tolist() == [[1.0, 34.0, 8.0, 54.0, 40.0]]
+    assert HorizontalFlip(p=0.0)(image, targets)[1] is targets
+
+
+def test_hsv_jitter_keeps_boxes_and_round_trips():
+    torch.manual_seed(0)
+    image = torch.rand(3, 16, 16)
+    torch.testing.assert_close(hsv_to_rgb(rgb_to_hsv(image)), image, rtol=1e-5, atol=1e-5)
+    out, t = HSVJitter()(image, torch.tensor([[0.0, 1, 2, 3, 4]]))
+    assert t.tolist() == [[0.0, 1.0, 2.0, 3.0, 4.0]] and out.shape == image.shape
+    assert out.min() >= 0 and out.max() <= 1 and not torch.allclose(out, image)
+    gray = torch.full((3, 4, 4), 0.5)  # no saturation: hue and saturation gains do nothing
+    assert torch.allclose(HSVJitter(value=0.0)(gray, t)[0], gray)
+
+
+def test_degenerate_boxes_dropped():
+    targets = torch.tensor([[0.0, -5, -5, 1, 20], [1.0, 10, 10, 30, 30], [2.0, 63, 0, 80, 10]])
+    kept = clip_and_filter(targets, 40, 64)
+    assert kept.tolist() == [[1.0, 10.0, 10.0, 30.0, 30.0]]
+    torch.manual_seed(0)
+    image, small = rectangle_scene(box=(0, 0, 4, 4))
+    identity = RandomScaleTranslate(scale=(1.0, 1.0), translate=0.0)
+    assert identity(image, small)[1].tolist() == small.tolist()
+    shrink = RandomScaleTranslate(scale=(0.3, 0.3), translate=0.0)
+    assert len(shrink(image, small)[1]) == 0  # 4 px → 1.2 px, below min_size
+    # Shifted by half the image: the corner box leaves the image.
+    image, corner = rectangle_scene(box=(0, 0, 10, 10))
+    torch.manual_seed(0)
+    away = RandomScaleTranslate(scale=(1.0, 1.0), translate=0.5)
+    kept = [len(away(image, corner)[1]) for _ in range(20)]
+    assert 0 in kept and 1 in kept
+
+
+def test_train_transform_pipeline():
+    torch.manual_seed(0)
+    image, targets = rectangle_scene()
+    out, t = train_transform(64)(image, targets)
+    assert out.shape == (3, 64, 64) and t.shape[1] == 5 and len(t) <= 1
+    assert isinstance(train_transform(64, hsv=False), Compose)
