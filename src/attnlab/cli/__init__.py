@@ -17,9 +17,11 @@ class UsageError(Exception):
 from . import (  # noqa: E402
     bench_cmd,
     compare_cmd,
+    detect_cmd,
     eval_cmd,
     list_cmd,
     predict_cmd,
+    segment_cmd,
     train_cmd,
     viz_cmd,
 )
@@ -27,9 +29,11 @@ from . import (  # noqa: E402
 COMMANDS = {
     "bench": bench_cmd,
     "compare": compare_cmd,
+    "detect": detect_cmd,
     "eval": eval_cmd,
     "list": list_cmd,
     "predict": predict_cmd,
+    "segment": segment_cmd,
     "train": train_cmd,
     "viz": viz_cmd,
 }

@@ -1,0 +1,276 @@
+"""``attnlab detect train | eval | predict``: YOLOv4-tiny with attention in the neck.
+
+- ``train``: one flag per :class:`~attnlab.detect.config.DetectConfig` field (precedence: field
+  defaults < ``--config`` YAML < flags given); writes config.yaml, metrics.jsonl, last.pt,
+  best.pt to ``--out``.
+- ``eval``: a checkpoint on a data split (by default the checkpoint's own data and validation
+  split): mAP@0.5, mAP@[.5:.95] and the per-class AP table (Markdown; ``--json`` for a file).
+- ``predict``: image files → letterboxed inference → boxes in the original image's pixels →
+  ``<out>/<name>.png`` (the image at its own size, boxes labelled with class and score) and
+  ``<out>/detections.json``.
+
+Example:
+    >>> from attnlab.cli import main
+    >>> main(["detect", "train", "--input-size", "100"])
+    2
+
+Typical use::
+
+    attnlab detect train --phi 2 --input-size 128 --epochs 10 --out runs/det
+    attnlab detect eval --checkpoint runs/det/best.pt
+    attnlab detect predict --checkpoint runs/det/best.pt photo.jpg --out runs/det/pred
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import typing
+
+from ..detect.config import DetectConfig
+from . import UsageError
+from .train_cmd import _metavar
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per DetectConfig field; only flags given reach the config (YAML survives)."""
+    parser.add_argument(
+        "--config", metavar="YAML", default=argparse.SUPPRESS, help="recipe file of config fields"
+    )
+    hints = typing.get_type_hints(DetectConfig)
+    for field in dataclasses.fields(DetectConfig):
+        default = field.default_factory() if callable(field.default_factory) else field.default
+        shown = "none" if default is None else default
+        help_text = f"{field.metadata['help']} (default: {shown})".replace("%", "%%")
+        flag, hint = "--" + field.name.replace("_", "-"), hints[field.name]
+        if hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=help_text)  # fmt: skip
+        else:
+            parser.add_argument(flag, metavar=_metavar(field.name, hint),
+                                default=argparse.SUPPRESS, help=help_text)  # fmt: skip
+
+
+def _add_inference_flags(parser: argparse.ArgumentParser, conf: float, nms: float) -> None:
+    parser.add_argument("--checkpoint", required=True, metavar="PATH", help="last.pt or best.pt")
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        metavar="N",
+        help="letterbox side, a multiple of 32 (default: the training size)",
+    )
+    parser.add_argument(
+        "--conf-threshold",
+        type=float,
+        default=conf,
+        metavar="X",
+        help=f"keep detections scoring at least this (default: {conf})",
+    )
+    parser.add_argument("--nms-threshold", type=float, default=nms, metavar="X",
+                        help=f"class-aware NMS IoU threshold (default: {nms})")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=8, metavar="N",
+                        help="images per forward pass (default: 8)")  # fmt: skip
+    parser.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+
+
+def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    parser = sub.add_parser(
+        name,
+        help="object detection: YOLOv4-tiny with attention (train, eval, predict)",
+        description="Object detection with YOLOv4-tiny and attention in its neck (phi: 0 none, "
+        "1 SE, 2 CBAM, 3 ECA, 4 CA, or --attn NAME).",
+    )
+    actions = parser.add_subparsers(dest="detect_command", metavar="ACTION")
+    train = actions.add_parser(
+        "train",
+        help="train a detector",
+        description="Train YOLOv4-tiny. Every DetectConfig field is a flag; values from --config "
+        "YAML are overridden by flags given here. Outputs in --out: config.yaml, metrics.jsonl "
+        "(per epoch: losses, mAP@0.5, mAP@[.5:.95], time), last.pt, best.pt (best mAP@0.5).",
+    )
+    _add_config_flags(train)
+    evaluate = actions.add_parser(
+        "eval",
+        help="mAP of a checkpoint, with a per-class AP table",
+        description="Evaluate a checkpoint: mAP@0.5 (VOC all-point), mAP@[.5:.95] (COCO "
+        "101-point) and per-class AP, in the original images' pixels. Data options default to "
+        "the checkpoint's own (its validation split).",
+    )
+    _add_inference_flags(evaluate, conf=0.01, nms=0.5)
+    evaluate.add_argument("--data", choices=("synthetic", "voc", "yolo"), help="dataset")
+    evaluate.add_argument("--data-dir", metavar="DIR", help="voc root or yolo folder")
+    evaluate.add_argument("--split", help="split to evaluate (synthetic: val or test)")
+    evaluate.add_argument("--class-names", metavar="NAMES", help="yolo: names or a names file")
+    evaluate.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+    predict = actions.add_parser(
+        "predict",
+        help="draw detected boxes on images (PNG + JSON)",
+        description="Detect objects in image files: each is letterboxed to the input size, and "
+        "the boxes, mapped back to the original image, are drawn with class names and scores "
+        "into <out>/<name>.png (original size); all detections go to <out>/detections.json.",
+    )
+    _add_inference_flags(predict, conf=0.25, nms=0.45)
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files (jpg, png, …)")
+    predict.add_argument("--out", default="runs/detect/predict", metavar="DIR",
+                         help="output folder (default: runs/detect/predict)")  # fmt: skip
+    predict.add_argument("--max-det", type=int, default=100, metavar="N",
+                         help="at most N detections per image (default: 100)")  # fmt: skip
+    parser.set_defaults(detect_parser=parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    action = getattr(args, "detect_command", None)
+    if action is None:
+        args.detect_parser.print_help()
+        return 2
+    del args.detect_parser
+    return {"train": _train, "eval": _eval, "predict": _predict}[action](args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..detect.train import main
+
+    summary = main(DetectConfig.from_args(args))
+    print(
+        f"mAP@0.5 {summary['map50']:.4f}  mAP@[.5:.95] {summary['map']:.4f}  best mAP@0.5 "
+        f"{summary['best_map50']:.4f}  ({summary['epochs']} epochs, "
+        f"{summary['epoch_time']:.1f} s/epoch)  → {summary['out']}"
+    )
+    return 0
+
+
+def _load(args: argparse.Namespace):
+    """(model, checkpoint, input size) after checking the inference options."""
+    import torch
+
+    from ..detect.train import load_detector
+
+    for name in ("conf_threshold", "nms_threshold"):
+        if not 0 <= getattr(args, name) <= 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1]")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    model, checkpoint = load_detector(args.checkpoint)
+    size = args.input_size or checkpoint.get("input_size") or model.config["input_size"][0]
+    if size < 32 or size % 32:
+        raise UsageError(f"--input-size must be a positive multiple of 32, got {size}")
+    return model.to(args.device), checkpoint, size
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from ..detect.train import build_dataset, evaluate
+    from ..metrics.detection import ap_table
+
+    model, checkpoint, size = _load(args)
+    saved = dict(checkpoint.get("config") or {})
+    given = {"data": args.data, "data_dir": args.data_dir, "class_names": args.class_names}
+    saved.update({k: v for k, v in given.items() if v is not None})
+    saved.update(input_size=size, resume=None)
+    config = DetectConfig.from_dict(saved, source=args.checkpoint)
+    split = args.split or ("val" if config.data == "synthetic" else config.val_split)
+    dataset = build_dataset(config, split)
+    classes = checkpoint.get("classes") or [str(i) for i in range(model.config["num_classes"])]
+    if list(dataset.classes) != list(classes):
+        raise ValueError(f"the data's classes {dataset.classes} differ from the checkpoint's "
+                         f"{classes}")  # fmt: skip
+    thresholds = {"conf_threshold": args.conf_threshold, "nms_threshold": args.nms_threshold}
+    result = evaluate(model, dataset, size, batch_size=args.batch_size, **thresholds)
+    print(f"{args.checkpoint} on {config.data} {split} ({len(dataset)} images, input {size})")
+    print(ap_table(result, classes))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"checkpoint": args.checkpoint, "split": split, **result}, handle, indent=2)
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ..detect.train import predict
+
+    model, checkpoint, size = _load(args)
+    if args.max_det < 1:
+        raise UsageError(f"--max-det must be >= 1, got {args.max_det}")
+    classes = checkpoint.get("classes") or [str(i) for i in range(model.config["num_classes"])]
+    os.makedirs(args.out, exist_ok=True)
+    records = []
+    for start in range(0, len(args.images), args.batch_size):
+        paths = args.images[start : start + args.batch_size]
+        pictures = []
+        for path in paths:
+            with Image.open(path) as img:  # OSError (exit 2) if missing or unreadable
+                pictures.append(img.convert("RGB"))
+        tensors = [torch.from_numpy(np.asarray(p, dtype=np.float32) / 255).permute(2, 0, 1)
+                   for p in pictures]  # fmt: skip
+        dets = predict(model, tensors, size, conf_threshold=args.conf_threshold,
+                       nms_threshold=args.nms_threshold, max_det=args.max_det)  # fmt: skip
+        for path, picture, det in zip(paths, pictures, dets, strict=True):
+            rows = [
+                {
+                    "class": classes[int(c)],
+                    "label": int(c),
+                    "score": round(float(s), 4),
+                    "box": [round(v, 1) for v in b.tolist()],
+                }
+                for b, s, c in zip(det["boxes"], det["scores"], det["labels"], strict=True)
+            ]
+            target = _unique_png(args.out, path, records)
+            draw_detections(picture, rows).save(target)
+            records.append({"image": path, "output": target, "detections": rows})
+            print(f"{path}: {len(rows)} detections → {target}")
+    with open(os.path.join(args.out, "detections.json"), "w") as handle:
+        json.dump(records, handle, indent=2)
+    return 0
+
+
+def _unique_png(out: str, path: str, records: list[dict]) -> str:
+    """``out/<stem>.png``, with ``_2``, ``_3``… when two inputs share a stem."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    taken = {r["output"] for r in records}
+    target, n = os.path.join(out, f"{stem}.png"), 1
+    while target in taken:
+        n += 1
+        target = os.path.join(out, f"{stem}_{n}.png")
+    return target
+
+
+PALETTE = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+)
+
+
+def draw_detections(picture, rows: list[dict]):
+    """A copy of the PIL image with each box outlined and labelled ``class score``."""
+    from PIL import ImageDraw, ImageFont
+
+    picture = picture.copy()
+    draw, font = ImageDraw.Draw(picture), ImageFont.load_default()
+    width = max(1, round(max(picture.size) / 200))
+    for row in rows:
+        colour = PALETTE[row["label"] % len(PALETTE)]
+        x1, y1, x2, y2 = row["box"]
+        draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
+        text = f"{row['class']} {row['score']:.2f}"
+        left, top, right, bottom = draw.textbbox((x1, y1), text, font=font)
+        shift = bottom - top + 2 if y1 - (bottom - top) - 2 >= 0 else 0  # above the box if room
+        draw.rectangle([left, top - shift, right + 2, bottom - shift + 1], fill=colour)
+        draw.text((x1 + 1, y1 - shift), text, fill=(0, 0, 0), font=font)
+    return picture
