@@ -63,7 +63,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+        # torch's unpickling errors run to a dozen lines of advice; the CLI shows one line.
+        lines = str(err).strip().splitlines()
+        raise ValueError(f"cannot read checkpoint {path}: {lines[0] if lines else err!r}") from err
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
     return state
