@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # _coerce: the classification config's parser of command-line / YAML values, shared.
-from ..engine.config import TrainConfig, _coerce
+from ..engine.config import RunConfig, _coerce
 from ..registry import list_attention
 
 DATA_CHOICES = ("synthetic", "voc", "yolo")
@@ -37,7 +37,7 @@ def _f(default: Any, text: str) -> Any:
 
 
 @dataclass
-class DetectConfig:
+class DetectConfig(RunConfig):
     """Everything that defines a detection run (see ``attnlab detect train --help``)."""
 
     # Model
@@ -93,26 +93,6 @@ class DetectConfig:
             except ValueError as err:  # the shared parser names TrainConfig
                 raise ValueError(str(err).replace("TrainConfig.", "DetectConfig.", 1)) from None
         self._validate()
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], *, source: str = "DetectConfig") -> DetectConfig:
-        """A config from a mapping; unknown keys are a ValueError naming them and ``source``."""
-        if not isinstance(values, dict):
-            raise ValueError(f"{source}: expected a mapping of config fields, got {values!r}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(
-                f"{source}: unknown config key(s) {', '.join(map(str, unknown))}; "
-                f"valid keys: {', '.join(sorted(names))}"
-            )
-        return cls(**values)
-
-    # The same YAML / argparse / dict plumbing as the classification config.
-    from_yaml = classmethod(TrainConfig.from_yaml.__func__)
-    from_args = classmethod(TrainConfig.from_args.__func__)
-    to_dict = TrainConfig.to_dict
-    save = TrainConfig.save
 
     def _validate(self) -> None:
         def fail(name: str, message: str) -> None:

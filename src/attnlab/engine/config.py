@@ -40,8 +40,69 @@ def _help(text: str) -> dict[str, str]:
     return {"help": text}
 
 
+class RunConfig:
+    """What every run config shares (TrainConfig, DetectConfig, SegmentConfig): building from a
+    dict, a YAML file or parsed arguments, and writing the run's ``config.yaml``. Subclasses are
+    dataclasses."""
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str | None = None) -> Any:
+        """A config from a mapping; unknown keys are a ValueError naming them and ``source``."""
+        source = source or cls.__name__
+        if not isinstance(values, dict):
+            raise ValueError(f"{source}: expected a mapping of config fields, got {values!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names, key=str)
+        if unknown:
+            raise ValueError(
+                f"{source}: unknown config key(s) {', '.join(map(str, unknown))}; "
+                f"valid keys: {', '.join(sorted(names))}"
+            )
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> Any:
+        """Reads a YAML mapping of fields (e.g. a run's ``config.yaml``); ``overrides`` win."""
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"config file not found: {path}")
+        with open(path) as handle:
+            try:
+                values = yaml.safe_load(handle) or {}
+            except yaml.YAMLError as err:
+                raise ValueError(f"{path}: not valid YAML: {err}") from err
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of config fields")
+        return cls.from_dict({**values, **overrides}, source=path)
+
+    @classmethod
+    def from_args(cls, args: Any) -> Any:
+        """A config from parsed arguments (``attnlab train``, ``detect train``, ``segment train``).
+
+        ``args`` is an ``argparse.Namespace`` (or a dict) holding only the options the user gave,
+        plus an optional ``config`` (a YAML path) whose values the given options override.
+        """
+        given = dict(vars(args) if not isinstance(args, dict) else args)
+        given.pop("command", None)
+        yaml_path = given.pop("config", None)
+        names = {f.name for f in dataclasses.fields(cls)}
+        given = {k: v for k, v in given.items() if k in names}
+        if yaml_path:
+            return cls.from_yaml(yaml_path, **given)
+        return cls.from_dict(given, source="command line")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain Python values (YAML/JSON-ready)."""
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the config as YAML (the run's ``config.yaml``)."""
+        with open(path, "w") as handle:
+            yaml.safe_dump(self.to_dict(), handle, sort_keys=False)
+
+
 @dataclass
-class TrainConfig:
+class TrainConfig(RunConfig):
     """Everything that defines a training run (see ``attnlab train --help``)."""
 
     # Model
@@ -143,62 +204,6 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _coerce(f.name, getattr(self, f.name), _hints()[f.name]))
         self._validate()
-
-    # Construction ---------------------------------------------------------------------------
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], *, source: str = "TrainConfig") -> TrainConfig:
-        """A config from a mapping; unknown keys are a ValueError naming them and ``source``."""
-        if not isinstance(values, dict):
-            raise ValueError(f"{source}: expected a mapping of config fields, got {values!r}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(
-                f"{source}: unknown config key(s) {', '.join(map(str, unknown))}; "
-                f"valid keys: {', '.join(sorted(names))}"
-            )
-        return cls(**values)
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> TrainConfig:
-        """Reads a YAML mapping of fields (e.g. a run's ``config.yaml``); ``overrides`` win."""
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"config file not found: {path}")
-        with open(path) as handle:
-            try:
-                values = yaml.safe_load(handle) or {}
-            except yaml.YAMLError as err:
-                raise ValueError(f"{path}: not valid YAML: {err}") from err
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of config fields")
-        return cls.from_dict({**values, **overrides}, source=path)
-
-    @classmethod
-    def from_args(cls, args: Any) -> TrainConfig:
-        """A config from parsed arguments (``attnlab train``).
-
-        ``args`` is an ``argparse.Namespace`` (or a dict) holding only the options the user gave,
-        plus an optional ``config`` (a YAML path) whose values the given options override.
-        """
-        given = dict(vars(args) if not isinstance(args, dict) else args)
-        given.pop("command", None)
-        yaml_path = given.pop("config", None)
-        names = {f.name for f in dataclasses.fields(cls)}
-        given = {k: v for k, v in given.items() if k in names}
-        if yaml_path:
-            return cls.from_yaml(yaml_path, **given)
-        return cls.from_dict(given, source="command line")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as plain Python values (YAML/JSON-ready)."""
-        return dataclasses.asdict(self)
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Writes the config as YAML (the run's ``config.yaml``)."""
-        with open(path, "w") as handle:
-            yaml.safe_dump(self.to_dict(), handle, sort_keys=False)
 
     # Checks ---------------------------------------------------------------------------------
 

@@ -24,13 +24,14 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import os
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+
+from ..engine.config import RunConfig
 
 CHOICES = {"data": ("synthetic", "voc"), "amp": ("none", "bf16")}
 MULTI_SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]  # DANet's multi-scale test
@@ -41,7 +42,7 @@ def _help(text: str) -> dict[str, str]:
 
 
 @dataclass
-class SegmentConfig:
+class SegmentConfig(RunConfig):
     """Everything that defines a segmentation run (see ``attnlab segment train --help``)."""
 
     # Model
@@ -117,56 +118,6 @@ class SegmentConfig:
         for f in dataclasses.fields(self):
             setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
         self._validate()
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], *, source: str = "SegmentConfig") -> SegmentConfig:
-        """A config from a mapping; unknown keys are a ValueError naming them and ``source``."""
-        if not isinstance(values, dict):
-            raise ValueError(f"{source}: expected a mapping of config fields, got {values!r}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names, key=str)
-        if unknown:
-            raise ValueError(
-                f"{source}: unknown config key(s) {', '.join(map(str, unknown))}; "
-                f"valid keys: {', '.join(sorted(names))}"
-            )
-        return cls(**values)
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> SegmentConfig:
-        """Reads a YAML mapping of fields (e.g. a run's ``config.yaml``); ``overrides`` win."""
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"config file not found: {path}")
-        with open(path) as handle:
-            try:
-                values = yaml.safe_load(handle) or {}
-            except yaml.YAMLError as err:
-                raise ValueError(f"{path}: not valid YAML: {err}") from err
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of config fields")
-        return cls.from_dict({**values, **overrides}, source=path)
-
-    @classmethod
-    def from_args(cls, args: Any) -> SegmentConfig:
-        """A config from parsed arguments holding only the options given, plus an optional
-        ``config`` YAML path whose values they override."""
-        given = dict(vars(args) if not isinstance(args, dict) else args)
-        yaml_path = given.pop("config", None)
-        names = {f.name for f in dataclasses.fields(cls)}
-        given = {k: v for k, v in given.items() if k in names}
-        if yaml_path:
-            return cls.from_yaml(yaml_path, **given)
-        return cls.from_dict(given, source="command line")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as plain Python values (YAML/JSON-ready)."""
-        return dataclasses.asdict(self)
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Writes the config as YAML (the run's ``config.yaml``)."""
-        with open(path, "w") as handle:
-            yaml.safe_dump(self.to_dict(), handle, sort_keys=False)
 
     def loss_weights(self) -> dict[str, float]:
         """Weights of the loss terms by output name."""

@@ -35,7 +35,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -56,7 +55,7 @@ from ..engine.checkpoint import (
     set_rng_state,
 )
 from ..engine.distributed import resolve_device
-from ..engine.train import isolated_global_state
+from ..engine.train import _autocast, isolated_global_state
 from ..metrics.segmentation import ConfusionMatrix
 from ..registry import create_model, list_models
 from .config import SegmentConfig
@@ -129,12 +128,6 @@ def poly_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: max(0.0, 1.0 - step / total_steps) ** power
     )
-
-
-def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
-    if amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
 def train_one_epoch(
