@@ -34,19 +34,11 @@ import time
 GIB = 1024**3
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def child(args: argparse.Namespace) -> dict:
     import torch
 
     import attnlab
-    from attnlab.bench.memory import peak_memory
+    from attnlab.bench.memory import peak_memory, rss_growth
     from attnlab.segment.loss import segmentation_loss
 
     torch.manual_seed(0)
@@ -73,12 +65,8 @@ def child(args: argparse.Namespace) -> dict:
     if args.child == "tensor":
         result = {"tensor_bytes": peak_memory(lambda: step(x))}
     else:
-        before = _status_kib("VmRSS")
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")  # reset VmHWM (peak RSS) to the current RSS
-        step(x)
-        peak = _status_kib("VmHWM")
-        result = {"rss_growth_bytes": (peak - before) * 1024, "rss_peak_bytes": peak * 1024}
+        rss = rss_growth(lambda: step(x))
+        result = {"rss_growth_bytes": rss["growth_bytes"], "rss_peak_bytes": rss["peak_bytes"]}
     return {**result, "seconds": time.perf_counter() - start, "weight_bytes": weights}
 
 

@@ -27,17 +27,10 @@ import time
 GIB = 1024**3
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def child(size: int, channels: int, mode: str, train: bool) -> dict:
     import torch
 
+    from attnlab.bench.memory import rss_growth
     from attnlab.layers import PositionAttention
 
     torch.manual_seed(0)
@@ -52,18 +45,17 @@ def child(size: int, channels: int, mode: str, train: bool) -> dict:
     for block in (None, 3):
         probe = PositionAttention(channels, block_size=block)
         probe(warm).sum().backward() if train else probe(warm)
-    before = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # reset VmHWM (peak RSS) to the current RSS
+
+    def run() -> None:
+        if train:
+            module(x).square().mean().backward()
+        else:
+            with torch.no_grad():
+                module(x)
+
     start = time.perf_counter()
-    if train:
-        module(x).square().mean().backward()
-    else:
-        with torch.no_grad():
-            module(x)
-    seconds = time.perf_counter() - start
-    peak = _status_kib("VmHWM")
-    return {"growth_bytes": (peak - before) * 1024, "seconds": seconds}
+    growth = rss_growth(run)["growth_bytes"]
+    return {"growth_bytes": growth, "seconds": time.perf_counter() - start}
 
 
 def measure(size: int, channels: int, mode: str, train: bool, runs: int) -> dict:

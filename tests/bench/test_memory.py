@@ -72,3 +72,15 @@ def test_custom_op_internals_are_seen():
 def test_cuda_allocator_statistics():
     n = FLOATS_PER_MIB
     assert peak_memory(lambda: torch.empty(4 * n, device="cuda"), device="cuda") >= 4 * MIB
+
+
+def test_rss_growth_sees_touched_memory():
+    from attnlab.bench.memory import rss_growth
+
+    def touch_64_mib():
+        buffer = torch.ones(16 * 2**20)  # 64 MiB, written, so resident
+        assert buffer.sum() > 0
+
+    result = rss_growth(touch_64_mib)
+    assert result["growth_bytes"] >= 48 * 2**20
+    assert result["peak_bytes"] >= result["growth_bytes"]

@@ -13,8 +13,9 @@ alive before.
   ``torch.library.custom_op`` (attnlab's blocked position attention) are run through their
   Python implementation, so their internal tensors are seen too.
 
-Unlike the peak resident set of the process (``benchmarks/pam_memory.py``), the CPU figure is
-deterministic and exact for what it counts, and needs no fresh process.
+Unlike the peak resident set of the process (:func:`rss_growth`, used by
+``benchmarks/pam_memory.py``), the CPU figure is deterministic and exact for what it counts,
+and needs no fresh process.
 
 Example:
     >>> import torch
@@ -144,3 +145,29 @@ def _custom_op_python_impl(func: Any) -> Callable[..., Any] | None:
         return None
     opdef = OPDEFS.get(name)
     return getattr(opdef, "_init_fn", None)
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def rss_growth(fn: Callable[[], Any]) -> dict[str, int]:
+    """Growth of the process's peak resident set while ``fn`` runs (Linux only).
+
+    Resets the kernel's peak-RSS mark (VmHWM) to the current RSS through /proc/self/clear_refs,
+    runs ``fn`` and reads the mark: what the machine had to provide, allocator caches and
+    scratch buffers included. Run it in a fresh process for a clean figure.
+
+    Returns:
+        {"growth_bytes": peak − RSS before, "peak_bytes": the peak resident set}.
+    """
+    before = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # reset VmHWM (peak RSS) to the current RSS
+    fn()
+    peak = _status_kib("VmHWM")
+    return {"growth_bytes": (peak - before) * 1024, "peak_bytes": peak * 1024}
