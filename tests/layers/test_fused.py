@@ -240,3 +240,21 @@ def test_kernels_reject_bad_tensors():
         ops.gate_grad_spatial(torch.randn(2, 8, 3, 5), x, torch.randn(2, 8))
     with pytest.raises(RuntimeError, match="must be 4-D"):
         ops.channel_pool(torch.randn(8, 5), False)
+
+
+@needs_kernels
+@pytest.mark.parametrize("key", ["cbam", "se", "ca"])
+def test_frozen_input_still_trains_the_module(key):
+    # x without requires_grad (attention after frozen layers): the input-gradient pass is
+    # skipped, the parameter gradients are unchanged.
+    module = _build(key, 16, torch.float64)
+    x = _input((2, 16, 6, 5), "contiguous", torch.float64)
+    grads = {}
+    for path in ("reference", "fast"):
+        module.zero_grad(set_to_none=True)
+        with fused.backend(path):
+            out = module(x)
+        out.backward(torch.ones_like(out))
+        grads[path] = [p.grad for p in module.parameters()]
+    for fast, ref in zip(grads["fast"], grads["reference"], strict=True):
+        torch.testing.assert_close(fast, ref)

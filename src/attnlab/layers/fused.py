@@ -389,7 +389,9 @@ class _GateProduct(torch.autograd.Function):
                 ce = (dmx / ccnt).to(x.dtype).contiguous()
         if ce is None:
             ce = cw.new_zeros(b, c)
-        dx = ops.gate_grad_input(grad, x, cw, sw, sa, se, smx, ca, ce, cmx)
+        # A frozen input (e.g. attention inserted after frozen layers) skips the full-size pass.
+        needs_dx = ctx.needs_input_grad[0]
+        dx = ops.gate_grad_input(grad, x, cw, sw, sa, se, smx, ca, ce, cmx) if needs_dx else None
         return (dx, None, *param_grads)
 
 
@@ -458,4 +460,5 @@ class _CoordProduct(torch.autograd.Function):
         got = torch.autograd.grad(gates, wanted, outs, allow_unused=True, retain_graph=True)
         dh = _from_bch(got[0] / w, ctx.last, x)
         dw = _from_bch(got[1] / h, ctx.last, x)
-        return (ops.coord_grad_input(grad, ah, aw, dh, dw), None, *got[2:])
+        dx = ops.coord_grad_input(grad, ah, aw, dh, dw) if ctx.needs_input_grad[0] else None
+        return (dx, None, *got[2:])
