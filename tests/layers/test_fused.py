@@ -28,7 +28,14 @@ CONFIGS = {
     "channel-gate": (ChannelGate, {}),
     "spatial-gate": (SpatialGate, {}),
     "ca": ("ca", {}),
+    # Non-standard small layers: the per-kernel path that runs the module's own layers.
+    "cbam-gelu": ("cbam", {"act_layer": torch.nn.GELU}),
+    "se-bn": ("se", {"norm_layer": torch.nn.BatchNorm1d}),
 }
+# Which autograd node each configuration's fast path records: one operator per module for the
+# standard layers (_LayerGate), per-kernel otherwise (_GateProduct), CA its own.
+ONE_OP = {"cbam-gelu": "_GateProductBackward", "se-bn": "_GateProductBackward",
+          "ca": "_CoordProductBackward"}  # fmt: skip
 # Includes C and H·W above the kernels' 256-wide blocks (partial last block) and batch 1.
 SHAPES = [(2, 32, 9, 7), (3, 16, 1, 1), (2, 24, 1, 6), (2, 16, 5, 1), (1, 300, 17, 19)]
 LAYOUTS = ["contiguous", "channels_last"]
@@ -78,7 +85,10 @@ def _run(module, x, grad, backend):
 
 
 def _batch_ok(key, shape) -> bool:
-    # CA's BatchNorm sees B·(H+W) values per channel: a 1×1 map with batch 1 is tested in eval.
+    # CA's BatchNorm sees B·(H+W) values per channel: a 1×1 map with batch 1 is tested in eval;
+    # SE's optional BatchNorm1d sees B values.
+    if key == "se-bn":
+        return shape[0] > 1
     return not (key == "ca" and shape[0] * (shape[2] + shape[3]) <= 1)
 
 
@@ -94,7 +104,7 @@ def test_fast_matches_reference_float32(key, shape, layout):
     grad = _input(shape, layout, torch.float32, seed=1)
     y_ref, gx_ref, gp_ref, ref_fn = _run(module, x, grad, "reference")
     y, gx, gp, fast_fn = _run(module, x, grad, "auto")
-    assert type(fast_fn).__name__ != type(ref_fn).__name__, "the fast path was not taken"
+    assert type(fast_fn).__name__ == ONE_OP.get(key, "_LayerGateBackward"), type(fast_fn)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
     # The input gradient sums a handful of paths per element, in a different order: atol 1e-5.
     torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-5)
@@ -228,6 +238,16 @@ def test_fake_implementations_give_shapes():
         assert ops.gate_apply(x, torch.empty(2, 8), None).shape == x.shape
         ph, pw = ops.coord_pool(x)
         assert ph.shape == (2, 8, 5) and pw.shape == (2, 8, 3)
+        none = torch.empty(0)
+        mlp = [torch.empty(2, 8), torch.empty(2), torch.empty(8, 2), torch.empty(8)]
+        spatial = [torch.empty(1, 2, 7, 7), none, torch.empty(1), torch.empty(1)]
+        outs = ops.gate_forward(x, mlp, 1, True, True, spatial, True, 1, none, none, 0.1, 1e-5,
+                                True)  # fmt: skip
+        assert [tuple(t.shape) for t in outs[:3]] == [(2, 8, 5, 3), (2, 8), (2, 15)]
+        grads = ops.gate_backward(x, x, mlp, 1, True, True, spatial, True, 1, outs[1:], True)
+        assert [tuple(t.shape) for t in grads] == [(2, 8, 5, 3)] + [
+            tuple(t.shape) for t in mlp + [spatial[0], none, *spatial[2:]]
+        ]
 
 
 @needs_kernels
@@ -258,3 +278,91 @@ def test_frozen_input_still_trains_the_module(key):
         grads[path] = [p.grad for p in module.parameters()]
     for fast, ref in zip(grads["fast"], grads["reference"], strict=True):
         torch.testing.assert_close(fast, ref)
+
+
+@needs_kernels
+@pytest.mark.parametrize("momentum", [0.01, None])
+@pytest.mark.parametrize("kind", ["cbam", "spatial-gate"])
+def test_one_op_batch_norm_bookkeeping_matches(kind, momentum):
+    # The spatial gate's BatchNorm runs inside the operator: batch statistics in training,
+    # running statistics updated as nn.BatchNorm2d does (momentum, or the cumulative average
+    # when momentum is None), running statistics in eval.
+    torch.manual_seed(0)
+    module = (
+        CBAM(16) if kind == "cbam" else SpatialGate(16, norm_layer=torch.nn.BatchNorm2d)
+    ).double()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    norm = next(m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    norm.momentum = momentum
+    copies = {path: copy.deepcopy(module) for path in ("reference", "fast")}
+    for step in range(3):
+        x = _input((2, 16, 6, 5), "contiguous", torch.float64, seed=step)
+        outs = {}
+        for path, m in copies.items():
+            with fused.backend(path):
+                outs[path] = m.train()(x)
+        torch.testing.assert_close(outs["fast"], outs["reference"])
+    for (name, ref), (_, fast) in zip(
+        copies["reference"].named_buffers(), copies["fast"].named_buffers(), strict=True
+    ):
+        torch.testing.assert_close(fast, ref, msg=name)
+    x = _input((2, 16, 6, 5), "contiguous", torch.float64, seed=9)
+    with fused.backend("fast"):
+        fast = copies["fast"].eval()(x)
+    torch.testing.assert_close(fast, copies["reference"].eval()(x))
+
+
+@needs_kernels
+def test_observed_maps_under_autograd_take_the_module_layers():
+    module = CBAM(16)
+    x = torch.randn(2, 16, 5, 5, requires_grad=True)
+    with capture_maps(module, detach=False) as maps:
+        out = module(x)
+    assert type(out.grad_fn).__name__ == "_GateProductBackward"
+    assert maps["spatial_gate.spatial_map"].requires_grad
+    with torch.no_grad(), capture_maps(module) as maps:
+        plain = module(x)
+    assert maps["channel_gate.channel_map"].shape == (2, 16, 1, 1)
+    torch.testing.assert_close(plain, out.detach(), rtol=1e-5, atol=1e-6)
+
+
+@needs_kernels
+def test_full_size_outputs_reuse_cached_blocks():
+    fused.empty_cache()
+    assert fused.cached_bytes() == 0
+    module = CBAM(64).eval()
+    x = torch.randn(4, 64, 32, 32)  # 1 MiB: above the cache's 256 KiB floor
+    with torch.no_grad():
+        first = module(x)
+        ptr = first.data_ptr()
+        expected = first.clone()
+        del first
+        assert fused.cached_bytes() == x.numel() * 4
+        second = module(x)
+    assert second.data_ptr() == ptr and fused.cached_bytes() == 0
+    torch.testing.assert_close(second, expected, rtol=0, atol=0)  # contents fully rewritten
+    second.resize_(8, 64, 32, 32)  # an ordinary, resizable tensor
+    second.add_(1)
+    del second
+    fused.empty_cache()
+    assert fused.cached_bytes() == 0
+    with torch.no_grad():  # small outputs use PyTorch's allocator
+        module(torch.randn(1, 64, 4, 4))
+    assert fused.cached_bytes() == 0
+
+
+@needs_kernels
+def test_channels_last_module_weights():
+    # model.to(memory_format=torch.channels_last) makes the 1×2×7×7 conv weight non-contiguous.
+    module = _build("cbam", 16, torch.float32).to(memory_format=torch.channels_last)
+    x = _input((2, 16, 6, 5), "channels_last", torch.float32)
+    grad = _input((2, 16, 6, 5), "channels_last", torch.float32, seed=1)
+    y_ref, gx_ref, gp_ref, _ = _run(module, x, grad, "reference")
+    y, gx, gp, fn = _run(module, x, grad, "auto")
+    assert type(fn).__name__ == "_LayerGateBackward"
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-5)
+    for fast, ref in zip(gp, gp_ref, strict=True):
+        torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)

@@ -128,9 +128,17 @@ class ChannelGate(nn.Module):
     def needs_max(self) -> bool:
         return "max" in self.pool_types
 
+    @property
+    def mlp(self) -> tuple[nn.Module, ...]:
+        """The MLP's layers as :func:`fused.layer_gate` takes them."""
+        return (self.fc1, None, self.act, self.fc2, self.gate)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
         if fused.use_fast(x):
+            out = fused.layer_gate(x, mlp=self.mlp, pools=self.pool_types, taps=(self.channel_map,))
+            if out is not None:
+                return out
             return fused.gate_product(
                 x, list(self.parameters()), channel_fn=self.weights, channel_max=self.needs_max
             )
@@ -208,6 +216,9 @@ class SpatialGate(nn.Module):
         check_input(self, x)
         if fused.use_fast(x):
             self.check_statistics(x)
+            out = fused.layer_gate(x, spatial=self, taps=(self.spatial_map,))
+            if out is not None:
+                return out
             return fused.gate_product(x, list(self.parameters()), spatial_fn=self.weights)
         return x * self.attention(x)
 
@@ -306,6 +317,16 @@ class CBAM(nn.Module):
             spatial = self.spatial_gate
             if spatial is not None:
                 spatial.check_statistics(x)
+            channel = self.channel_gate
+            out = fused.layer_gate(
+                x,
+                mlp=channel.mlp,
+                pools=channel.pool_types,
+                spatial=spatial,
+                taps=[channel.channel_map] + ([] if spatial is None else [spatial.spatial_map]),
+            )
+            if out is not None:
+                return out
             return fused.gate_product(
                 x,
                 list(self.parameters()),

@@ -12,6 +12,21 @@ layers, run by PyTorch) and replaces each full-size pass by a fused C++/OpenMP k
   gradient, including the paths through the pooling operations, is written once. Nothing
   full-size is saved besides x itself.
 
+For the standard small layers (the channel MLP Linear → ReLU → Linear → Sigmoid, ECA's 1-D
+conv, the spatial gate's k×k conv → BatchNorm2d(1) or none → Sigmoid) the whole module —
+full-size passes and small layers — is one operator call forward and one backward
+(:func:`layer_gate`): the small layers' cost in PyTorch is per-call overhead (a 2→1 7×7 conv
+backward through oneDNN takes over a millisecond on any map), which one call removes. Other
+small layers (another activation, SE's optional norm) take :func:`gate_product`, which runs
+the module's own layers between the fused full-size kernels.
+
+Memory: the full-size tensors the kernels write (the output, the input gradient) come from a
+cache of freed blocks, so a tensor of a size seen before reuses mapped pages instead of
+faulting fresh ones in (a fresh 13 MB tensor costs ~3,200 page faults, more than the gate's
+arithmetic). Only memory is reused, never results. ``ATTNLAB_CACHE_MB`` caps the cached free
+bytes (default 512; 0 disables), :func:`cached_bytes` reports them and :func:`empty_cache`
+releases them.
+
 BAM keeps the reference path: its cost is in its convolution branches, and a fused
 ``x + x·σ(M)`` kernel measured no faster here than PyTorch's own vectorised sigmoid and
 products (a full-size exp per element either way).
@@ -62,10 +77,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 
 BACKENDS = ("auto", "fast", "reference")
 _CSRC = Path(__file__).with_name("csrc")
-_SOURCES = ("gates.cpp", "coord.h")
+_SOURCES = ("gates.cpp", "coord.h", "gate_layers.h", "pool.h")
 # -fno-trapping-math / -fno-math-errno let the compiler vectorise the branch-free selects and
 # the polynomial exp; results are unchanged for finite inputs.
 _CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
@@ -108,6 +124,19 @@ def build_error() -> str | None:
 def available() -> bool:
     """Whether the compiled kernels are loaded (builds them on first call)."""
     return _load() is not None
+
+
+def cached_bytes() -> int:
+    """Bytes of free full-size blocks the fast path keeps for reuse (0 without the kernels)."""
+    ops = _load()
+    return 0 if ops is None else int(ops.cache_bytes())
+
+
+def empty_cache() -> None:
+    """Returns the fast path's cached free blocks to the system (see "Memory" above)."""
+    ops = _load()
+    if ops is not None:
+        ops.empty_cache()
 
 
 def _load():
@@ -203,6 +232,30 @@ def _register_fakes() -> None:
     @lib("gate_grad_input")
     def _(g, x, cw, sw, sa, se, smx, ca, ce, cmx):
         return torch.empty_like(x)
+
+    @lib("gate_forward")
+    def _(x, ch, kind, use_avg, use_max, sp, max_first, bn, rm, rv, momentum, eps, save):
+        if not save:
+            return [torch.empty_like(x)]
+        b, c, h, w = x.shape
+        p, none = h * w, x.new_empty(0)
+        spatial = sp[0].numel() > 0
+        small = [x.new_empty(b, c)] * 3 if kind else [none] * 3
+        if kind and not use_max:
+            small[1:] = [x.new_empty(0, 0)] * 2
+        maps = [x.new_empty(b, p)] * 3 if spatial else [none] * 3
+        zhat = x.new_empty(b, p) if spatial and bn else x.new_empty(0, 0)
+        return [
+            torch.empty_like(x), x.new_empty(b, c), x.new_empty(b, p) if spatial else none,
+            *small, *maps, zhat if spatial else none, x.new_empty(1) if spatial else none,
+        ]  # fmt: skip
+
+    @lib("gate_backward")
+    def _(g, x, ch, kind, use_avg, use_max, sp, max_first, bn, saved, need_dx):
+        def like(t, on):
+            return torch.empty_like(t) if on and t.numel() else x.new_empty(0)
+
+        return [like(x, need_dx), *(like(t, kind) for t in ch), *(like(t, True) for t in sp)]
 
     @lib("coord_pool")
     def _(x):
@@ -397,6 +450,153 @@ class _GateProduct(torch.autograd.Function):
 
 def _add(a: list, b: list) -> list:
     return [y if x is None else x if y is None else x + y for x, y in zip(a, b, strict=True)]
+
+
+# ---------------------------------------------------------------------------------------------
+# One operator call per module: SE, ECA and CBAM whose small layers are the standard ones.
+
+MLP = tuple  # (fc1: Linear, norm: Module | None, act: ReLU, fc2: Linear, gate: Sigmoid)
+
+
+def layer_gate(
+    x: torch.Tensor,
+    *,
+    mlp: MLP | None = None,
+    eca: tuple[nn.Module, nn.Module] | None = None,
+    pools: Sequence[str] = ("avg",),
+    spatial: nn.Module | None = None,
+    taps: Sequence[nn.Module] = (),
+) -> torch.Tensor | None:
+    """x · M_c(x) · M_s(x · M_c(x)) as one operator call forward and one backward.
+
+    The module's small layers run inside the operator too, so this applies only when they are
+    the standard ones: the channel MLP Linear → ReLU → Linear → Sigmoid (no norm), ECA's
+    bias-free odd 1-D conv → Sigmoid, and the spatial gate's 2→1 odd square conv (zero
+    padding, stride 1) → BatchNorm2d(1) or nothing → Sigmoid, with parameters of x's dtype.
+    Returns None otherwise, and the caller takes :func:`gate_product`, which runs the module's
+    own layers; so it does while autograd records and a map tap is observed (its hooks may
+    want maps that carry the graph). Observed without autograd, the taps see the maps this
+    call used.
+
+    Args:
+        x: B×C×H×W input (NCHW or channels-last), on the fast path (see :func:`use_fast`).
+        mlp: the channel MLP's modules (fc1, norm or None, act, fc2, gate).
+        eca: ECA's (conv, gate) instead of an MLP.
+        pools: the channel pools feeding the MLP ("avg" and/or "max"); ECA uses "avg".
+        spatial: a SpatialGate-like module (``conv``, ``norm``, ``gate``, ``pool_order``).
+        taps: the module's map taps (``kind`` "channel" or "spatial").
+    """
+    observed = [tap for tap in taps if getattr(tap, "observed", False)]
+    none = x.new_empty(0)
+    kind, channel = 0, [none] * 4
+    if mlp is not None:
+        fc1, norm, act, fc2, gate = mlp
+        if not (
+            type(fc1) is nn.Linear
+            and type(fc2) is nn.Linear
+            and (norm is None or type(norm) is nn.Identity)
+            and type(act) is nn.ReLU
+            and type(gate) is nn.Sigmoid
+        ):
+            return None
+        kind, channel = 1, [fc1.weight, fc1.bias, fc2.weight, fc2.bias]
+    elif eca is not None:
+        conv, gate = eca
+        k = conv.kernel_size[0]
+        if not (
+            type(conv) is nn.Conv1d
+            and conv.bias is None
+            and conv.in_channels == conv.out_channels == 1
+            and k % 2 == 1
+            and conv.padding == ((k - 1) // 2,)
+            and conv.stride == (1,)
+            and conv.dilation == (1,)
+            and conv.padding_mode == "zeros"
+            and type(gate) is nn.Sigmoid
+        ):
+            return None
+        kind, channel, pools = 2, [conv.weight, None, None, None], ("avg",)
+    params_sp, bn, norm = [none] * 4, 0, None
+    if spatial is not None:
+        conv, norm, k = spatial.conv, spatial.norm, spatial.conv.kernel_size
+        if not (
+            type(conv) is nn.Conv2d
+            and conv.in_channels == 2
+            and conv.out_channels == 1
+            and k[0] == k[1]
+            and k[0] % 2 == 1
+            and conv.padding == (k[0] // 2,) * 2
+            and conv.stride == (1, 1)
+            and conv.dilation == (1, 1)
+            and conv.groups == 1
+            and conv.padding_mode == "zeros"
+            and type(spatial.gate) is nn.Sigmoid
+        ):
+            return None
+        if type(norm) is nn.BatchNorm2d and norm.num_features == 1:
+            bn = 1 if norm.training or norm.running_mean is None else 2
+            bn_params = [norm.weight, norm.bias]
+        elif type(norm) is nn.Identity:
+            bn_params, norm = [None, None], None
+        else:
+            return None
+        params_sp = [conv.weight, conv.bias, *bn_params]
+    params = [none if p is None else p for p in channel + params_sp]
+    if any(p.dtype != x.dtype or p.device != x.device for p in params):
+        return None
+    momentum, eps, running = 0.0, 1e-5, (none, none)
+    if norm is not None:
+        eps = norm.eps
+        if norm.running_mean is not None:
+            running = (norm.running_mean, norm.running_var)
+            if any(t.dtype != x.dtype for t in running):
+                return None
+            if norm.training:  # nn.BatchNorm2d's bookkeeping, as its forward does it
+                norm.num_batches_tracked.add_(1)
+                momentum = (
+                    1.0 / float(norm.num_batches_tracked)
+                    if norm.momentum is None
+                    else norm.momentum
+                )
+    max_first = spatial is not None and tuple(spatial.pool_order) == ("max", "mean")
+    cfg = (kind, "avg" in pools, "max" in pools, max_first, bn, *running, momentum, eps)
+    x = _layout(x)
+    if _needs_grad(x, [p for p in params if p.requires_grad]):
+        if observed:  # the taps' hooks may want maps that carry the graph: run the layers
+            return None
+        return _LayerGate.apply(x, cfg, *params)
+    outs = torch.ops.attnlab_fast.gate_forward(
+        x, params[:4], cfg[0], cfg[1], cfg[2], params[4:], cfg[3], cfg[4], *cfg[5:], bool(observed)
+    )
+    b, c, h, w = x.shape
+    for tap in observed:  # the maps this very call used, so observing changes no output
+        tap(outs[1].view(b, c, 1, 1) if tap.kind == "channel" else outs[2].view(b, 1, h, w))
+    return outs[0]
+
+
+class _LayerGate(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, cfg, *params):
+        kind, use_avg, use_max, max_first, bn = cfg[:5]
+        outs = torch.ops.attnlab_fast.gate_forward(
+            x, params[:4], kind, use_avg, use_max, params[4:], max_first, bn, *cfg[5:], True
+        )
+        ctx.cfg = cfg[:5]
+        ctx.save_for_backward(x, *params)
+        ctx.small = outs[1:]  # intermediates (not inputs or outputs): kept on ctx directly
+        return outs[0]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, *rest = ctx.saved_tensors
+        kind, use_avg, use_max, max_first, bn = ctx.cfg
+        needs_dx = ctx.needs_input_grad[0]
+        got = torch.ops.attnlab_fast.gate_backward(
+            grad.contiguous(memory_format=_format(x)), x, rest[:4], kind, use_avg, use_max,
+            rest[4:8], max_first, bn, ctx.small, needs_dx,
+        )  # fmt: skip
+        return (got[0] if needs_dx else None, None, *(g if g.numel() else None for g in got[1:]))
 
 
 # ---------------------------------------------------------------------------------------------

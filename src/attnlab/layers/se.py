@@ -94,5 +94,9 @@ class SE(nn.Module):
             check_batch_statistics(
                 "SE", self.norm, x.shape[0], "use batch size >= 2, call .eval(), or norm_layer=None"
             )
+            mlp = (self.fc1, self.norm, self.act, self.fc2, self.gate)
+            out = fused.layer_gate(x, mlp=mlp, taps=(self.channel_map,))
+            if out is not None:
+                return out
             return fused.gate_product(x, list(self.parameters()), channel_fn=self.excite)
         return x * self.attention(x)

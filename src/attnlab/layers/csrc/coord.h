@@ -119,7 +119,7 @@ void coord_apply_kernel(const Tensor& x, const Tensor& ah, const Tensor& aw, Ten
 Tensor coord_apply(const Tensor& x, const Tensor& ah, const Tensor& aw) {
   check_full(x, "x");
   check_coord(x, ah, aw);
-  Tensor out = at::empty_like(x);
+  Tensor out = pooled_empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "coord_apply",
                              [&] { coord_apply_kernel<scalar_t>(x, ah, aw, out); });
   return out;
@@ -247,7 +247,7 @@ Tensor coord_grad_input(const Tensor& g, const Tensor& ah, const Tensor& aw, con
   check_full(g, "grad");
   check_coord(g, ah, aw);
   check_coord(g, dh, dw);
-  Tensor dx = at::empty_like(g);
+  Tensor dx = pooled_empty_like(g);
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "coord_grad_input",
                              [&] { coord_grad_input_kernel<scalar_t>(g, ah, aw, dh, dw, dx); });
   return dx;

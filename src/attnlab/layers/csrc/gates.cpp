@@ -25,6 +25,8 @@
 #include <tuple>
 #include <vector>
 
+#include "pool.h"
+
 namespace {
 
 using at::Tensor;
@@ -273,7 +275,7 @@ Tensor gate_apply(const Tensor& x, const Tensor& cw, const c10::optional<Tensor>
   const auto B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   check_small(cw, B, C, "cw");
   check_small(sw, B, P, "sw");
-  Tensor out = at::empty_like(x);
+  Tensor out = pooled_empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_apply", [&] {
     gate_apply_kernel<scalar_t>(x, cw.data_ptr<scalar_t>(), opt_ptr<scalar_t>(sw), out);
   });
@@ -508,7 +510,7 @@ Tensor gate_grad_input(const Tensor& g, const Tensor& x, const Tensor& cw,
   check_grad(g, x);
   for (const auto* t : {&cw, &ca, &ce, &cmx}) check_small(*t, x.size(0), x.size(1), "channel term");
   const Spatial sp = spatial_terms(x, sw, sa, se, smx);
-  Tensor dx = at::empty_like(x);
+  Tensor dx = pooled_empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_grad_input", [&] {
     gate_grad_input_kernel<scalar_t>(g, x, cw.data_ptr<scalar_t>(), sp, ca.data_ptr<scalar_t>(),
                                      ce.data_ptr<scalar_t>(), cmx.data_ptr<scalar_t>(), dx);
@@ -519,6 +521,214 @@ Tensor gate_grad_input(const Tensor& g, const Tensor& x, const Tensor& cw,
 }  // namespace
 
 #include "coord.h"
+#include "gate_layers.h"
+
+// ---------------------------------------------------------------------------------------------
+// One call per gate module: gate_forward / gate_backward run a whole SE, ECA or CBAM
+// (channel-spatial) — full-size passes and small layers — in one operator each, so a module's
+// forward is one dispatch and its backward another, whatever the map size.
+//
+// channel: kind 0 none; 1 MLP [w1 (R×C), b1 (R), w2 (C×R), b2 (C)] with ReLU, the pooled
+// descriptors (avg and/or max) through it and summed, then σ; 2 ECA [w (1×1×k)] on avg, then σ.
+// spatial: [conv w (1×2×k×k), conv b (1), bn γ (1), bn β (1)], empty list = no spatial gate;
+// the pooled maps enter the conv as [max, mean] when max_first, else [mean, max]; bn 0 none,
+// 1 batch statistics (updating running_mean/var when given), 2 running statistics; then σ.
+// Absent parameters are empty tensors.
+//
+// saved (forward with save=true, outputs 1…): cw, sw, channel avg, max, count, spatial mean,
+// max, count, ẑ (normalised conv output), BN's 1/σ.
+
+namespace {
+
+const Tensor* present(at::TensorList ts, size_t i) {
+  return i < ts.size() && ts[i].defined() && ts[i].numel() > 0 ? &ts[i] : nullptr;
+}
+
+template <typename T>
+const T* ptr(at::TensorList ts, size_t i) {
+  const Tensor* t = present(ts, i);
+  return t ? t->data_ptr<T>() : nullptr;
+}
+
+// The parameters as contiguous tensors (a channels-last model's conv weight is not).
+std::vector<Tensor> params_of(const Tensor& x, at::TensorList ps, const char* what) {
+  std::vector<Tensor> out;
+  for (const auto& p : ps) {
+    if (p.defined() && p.numel() > 0)
+      TORCH_CHECK(p.scalar_type() == x.scalar_type() && p.device().is_cpu(), "attnlab_fast: ",
+                  what, " parameters must be CPU tensors of x's dtype");
+    out.push_back(p.contiguous());
+  }
+  return out;
+}
+
+// The channel MLP on D descriptors V (D·B×C): logits (B×C) = Σ_d W2·relu(W1·v_d + b1) + b2.
+Tensor mlp_forward(const Tensor& V, at::TensorList ch, int64_t D, Tensor* hidden) {
+  Tensor h = present(ch, 1) ? at::addmm(ch[1], V, ch[0].t()) : at::mm(V, ch[0].t());
+  h.clamp_min_(0);
+  Tensor l = present(ch, 3) ? at::addmm(ch[3], h, ch[2].t()) : at::mm(h, ch[2].t());
+  if (hidden) *hidden = h;
+  return D == 1 ? l : l.view({D, -1, l.size(1)}).sum(0);
+}
+
+Tensor descriptors(const Tensor& avg, const Tensor& mx, bool use_avg, bool use_max) {
+  if (use_avg && use_max) return at::cat({avg, mx}, 0);
+  return use_avg ? avg : mx;
+}
+
+template <typename T>
+Tensor channel_logits(const Tensor& avg, const Tensor& mx, at::TensorList ch, int64_t kind,
+                      bool use_avg, bool use_max) {
+  if (kind == 1) {
+    return mlp_forward(descriptors(avg, mx, use_avg, use_max), ch, int64_t(use_avg) + use_max,
+                       nullptr);
+  }
+  Tensor l = at::empty_like(avg);
+  eca_forward<T>(avg.data_ptr<T>(), ch[0].data_ptr<T>(), l.data_ptr<T>(), avg.size(0),
+                 avg.size(1), ch[0].numel());
+  return l;
+}
+
+std::vector<Tensor> gate_forward(const Tensor& x, at::TensorList ch_, int64_t kind, bool use_avg,
+                                 bool use_max, at::TensorList sp_, bool max_first, int64_t bn,
+                                 const Tensor& running_mean, const Tensor& running_var,
+                                 double momentum, double eps, bool save) {
+  check_full(x, "x");
+  const auto chv = params_of(x, ch_, "channel"), spv = params_of(x, sp_, "spatial");
+  const at::TensorList ch(chv), sp(spv);
+  TORCH_CHECK(kind >= 0 && kind <= 2, "attnlab_fast: channel kind must be 0, 1 or 2");
+  TORCH_CHECK(kind == 0 || use_avg || use_max, "attnlab_fast: the channel gate needs a pool");
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = H * W;
+  const bool spatial = present(sp, 0) != nullptr;
+  Tensor cw, sw, cavg, cmax, ccnt, smean, smax, scnt, zhat, invstd;
+  std::vector<Tensor> out;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_forward", [&] {
+    using T = scalar_t;
+    if (kind != 0) {
+      std::tie(cavg, cmax, ccnt) = channel_pool(x, use_max);
+      cw = channel_logits<T>(cavg, cmax, ch, kind, use_avg, use_max);
+      sigmoid_inplace<T>(cw.data_ptr<T>(), cw.numel());
+    } else {
+      cw = at::ones({B, C}, x.options());
+    }
+    if (spatial) {
+      const int64_t k = sp[0].size(-1);
+      TORCH_CHECK(sp[0].numel() == 2 * k * k, "attnlab_fast: spatial conv weight must be 1×2×k×k");
+      std::tie(smean, smax, scnt) = spatial_pool(x, cw);
+      Tensor in = max_first ? at::stack({smax, smean}, 1) : at::stack({smean, smax}, 1);
+      sw = at::empty({B, P}, x.options());
+      const T* cb = ptr<T>(sp, 1);
+      conv2to1_forward<T>(in.data_ptr<T>(), sp[0].data_ptr<T>(), cb ? *cb : T(0),
+                          sw.data_ptr<T>(), B, H, W, k);
+      zhat = at::empty({bn ? B : 0, bn ? P : 0}, x.options());
+      invstd = at::ones({1}, x.options());
+      if (bn) {
+        const bool update = bn == 1 && running_mean.numel() > 0;
+        TORCH_CHECK(bn == 1 || running_mean.numel() > 0,
+                    "attnlab_fast: running statistics need running_mean/var");
+        invstd.fill_(batch_norm1_forward<T>(
+            sw.data_ptr<T>(), zhat.data_ptr<T>(), B * P, ptr<T>(sp, 2), ptr<T>(sp, 3), bn == 1,
+            update || bn == 2 ? running_mean.data_ptr<T>() : nullptr,
+            update || bn == 2 ? running_var.data_ptr<T>() : nullptr, update ? momentum : 0.0,
+            eps));
+      }
+      sigmoid_inplace<T>(sw.data_ptr<T>(), sw.numel());
+    }
+  });
+  out.push_back(gate_apply(x, cw, spatial ? c10::optional<Tensor>(sw) : c10::nullopt));
+  if (save) {
+    auto none = [&] { return at::empty({0}, x.options()); };
+    for (Tensor* t : {&sw, &cavg, &cmax, &ccnt, &smean, &smax, &scnt, &zhat, &invstd})
+      if (!t->defined()) *t = none();
+    out.insert(out.end(), {cw, sw, cavg, cmax, ccnt, smean, smax, scnt, zhat, invstd});
+  }
+  return out;
+}
+
+// Returns [dx (empty unless need_dx), d channel params ×4, d spatial params ×4]; a gradient of an
+// absent parameter is an empty tensor.
+std::vector<Tensor> gate_backward(const Tensor& grad, const Tensor& x, at::TensorList ch_,
+                                  int64_t kind, bool use_avg, bool use_max, at::TensorList sp_,
+                                  bool max_first, int64_t bn, at::TensorList saved,
+                                  bool need_dx) {
+  check_full(x, "x");
+  const auto chv = params_of(x, ch_, "channel"), spv = params_of(x, sp_, "spatial");
+  const at::TensorList ch(chv), sp(spv);
+  check_grad(grad, x);
+  TORCH_CHECK(saved.size() == 10, "attnlab_fast: gate_backward needs the 10 saved tensors");
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = H * W;
+  const Tensor &cw = saved[0], &sw = saved[1], &cavg = saved[2], &cmax = saved[3],
+               &ccnt = saved[4], &smean = saved[5], &smax = saved[6], &scnt = saved[7],
+               &zhat = saved[8], &invstd = saved[9];
+  const bool spatial = present(sp, 0) != nullptr;
+  auto none = [&] { return at::empty({0}, x.options()); };
+  std::vector<Tensor> grads(9);
+  for (auto& t : grads) t = none();
+  c10::optional<Tensor> osw, sa, se, smx;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_backward", [&] {
+    using T = scalar_t;
+    if (spatial) {
+      const int64_t k = sp[0].size(-1);
+      Tensor ds = gate_grad_spatial(grad, x, cw);  // dL/dσ, then dL/d(conv ∘ bn)
+      sigmoid_backward_inplace<T>(ds.data_ptr<T>(), sw.data_ptr<T>(), B * P);
+      if (bn) {
+        for (int i : {7, 8})
+          if (present(sp, i - 5)) grads[i] = at::empty({1}, x.options());
+        batch_norm1_backward<T>(ds.data_ptr<T>(), zhat.data_ptr<T>(), B * P, ptr<T>(sp, 2),
+                                invstd.data_ptr<T>()[0], bn == 1,
+                                present(sp, 2) ? grads[7].data_ptr<T>() : nullptr,
+                                present(sp, 3) ? grads[8].data_ptr<T>() : nullptr);
+      }
+      Tensor in = max_first ? at::stack({smax, smean}, 1) : at::stack({smean, smax}, 1);
+      grads[5] = at::empty_like(sp[0]);
+      const double db = conv2to1_grad_weight<T>(ds.data_ptr<T>(), in.data_ptr<T>(),
+                                                grads[5].data_ptr<T>(), B, H, W, k);
+      if (present(sp, 1)) grads[6] = at::full({1}, db, x.options());
+      Tensor din = at::empty({B, 2, P}, x.options());
+      conv2to1_grad_input<T>(ds.data_ptr<T>(), sp[0].data_ptr<T>(), din.data_ptr<T>(), B, H, W,
+                             k);
+      Tensor dmean = din.select(1, max_first ? 1 : 0), dmax = din.select(1, max_first ? 0 : 1);
+      osw = sw;
+      sa = dmean.div(C).contiguous();
+      se = dmax.div(scnt).contiguous();
+      smx = smax;
+    }
+    Tensor ca = at::zeros({B, C}, x.options()), ce = ca, cm = ca;
+    if (kind != 0) {
+      Tensor dl = gate_grad_channel(grad, x, cw, osw, sa, se, smx);
+      sigmoid_backward_inplace<T>(dl.data_ptr<T>(), cw.data_ptr<T>(), B * C);
+      Tensor davg, dmax;
+      if (kind == 1) {
+        const int64_t D = int64_t(use_avg) + use_max;
+        Tensor V = descriptors(cavg, cmax, use_avg, use_max), h;
+        mlp_forward(V, ch, D, &h);  // recomputes the hidden activations (D·B×R)
+        Tensor dL = D == 1 ? dl : dl.repeat({D, 1});
+        grads[3] = at::mm(dL.t(), h);  // dW2
+        if (present(ch, 3)) grads[4] = dL.sum(0);
+        Tensor dh = at::mm(dL, ch[2]).mul_(h.gt(0));
+        grads[1] = at::mm(dh.t(), V);  // dW1
+        if (present(ch, 1)) grads[2] = dh.sum(0);
+        Tensor dV = at::mm(dh, ch[0]);
+        if (use_avg) davg = dV.narrow(0, 0, B);
+        if (use_max) dmax = dV.narrow(0, use_avg ? B : 0, B);
+      } else {
+        davg = at::empty_like(cavg);
+        grads[1] = at::empty_like(ch[0]);
+        eca_backward<T>(dl.data_ptr<T>(), cavg.data_ptr<T>(), ch[0].data_ptr<T>(),
+                        davg.data_ptr<T>(), grads[1].data_ptr<T>(), B, C, ch[0].numel());
+      }
+      if (davg.defined()) ca = davg.div(P);
+      if (dmax.defined()) {
+        ce = dmax.div(ccnt);
+        cm = cmax;
+      }
+    }
+    if (need_dx) grads[0] = gate_grad_input(grad, x, cw, osw, sa, se, smx, ca, ce, cm);
+  });
+  return grads;
+}
+
+}  // namespace
 
 TORCH_LIBRARY(attnlab_fast, m) {
   m.def("channel_pool(Tensor x, bool with_max) -> (Tensor, Tensor, Tensor)");
@@ -531,10 +741,25 @@ TORCH_LIBRARY(attnlab_fast, m) {
   m.def(
       "gate_grad_input(Tensor g, Tensor x, Tensor cw, Tensor? sw, Tensor? sa, Tensor? se, "
       "Tensor? smx, Tensor ca, Tensor ce, Tensor cmx) -> Tensor");
+  m.def(
+      "gate_forward(Tensor x, Tensor[] channel, int kind, bool use_avg, bool use_max, "
+      "Tensor[] spatial, bool max_first, int bn, Tensor(a!) running_mean, "
+      "Tensor(b!) running_var, float momentum, float eps, bool save) -> Tensor[]");
+  m.def(
+      "gate_backward(Tensor grad, Tensor x, Tensor[] channel, int kind, bool use_avg, "
+      "bool use_max, Tensor[] spatial, bool max_first, int bn, Tensor[] saved, bool need_dx) "
+      "-> Tensor[]");
+  m.def("cache_bytes() -> int");
+  m.def("empty_cache() -> ()");
   m.def("coord_pool(Tensor x) -> (Tensor, Tensor)");
   m.def("coord_apply(Tensor x, Tensor ah, Tensor aw) -> Tensor");
   m.def("coord_grad_gates(Tensor g, Tensor x, Tensor ah, Tensor aw) -> (Tensor, Tensor)");
   m.def("coord_grad_input(Tensor g, Tensor ah, Tensor aw, Tensor dh, Tensor dw) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(attnlab_fast, CompositeExplicitAutograd, m) {
+  m.impl("cache_bytes", &pool_cached);
+  m.impl("empty_cache", &pool_empty);
 }
 
 TORCH_LIBRARY_IMPL(attnlab_fast, CPU, m) {
@@ -544,6 +769,8 @@ TORCH_LIBRARY_IMPL(attnlab_fast, CPU, m) {
   m.impl("gate_grad_spatial", &gate_grad_spatial);
   m.impl("gate_grad_channel", &gate_grad_channel);
   m.impl("gate_grad_input", &gate_grad_input);
+  m.impl("gate_forward", &gate_forward);
+  m.impl("gate_backward", &gate_backward);
   m.impl("coord_pool", &coord_pool);
   m.impl("coord_apply", &coord_apply);
   m.impl("coord_grad_gates", &coord_grad_gates);

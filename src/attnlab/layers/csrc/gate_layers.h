@@ -1,0 +1,207 @@
+// The small layers of the gate modules, forward and backward, for the one-call gate ops
+// (gate_forward / gate_backward in gates.cpp): the spatial gate's k×k conv from the two pooled
+// maps to one, its one-channel BatchNorm, ECA's 1-D conv across channels, and the sigmoid.
+// The channel MLP uses ATen's matmuls (addmm), which are already one call each.
+//
+// These work on B×P (P = H·W) or B×C tensors of a few thousand elements: what they cost in
+// PyTorch is per-call overhead (a 2→1 7×7 conv backward through oneDNN takes over a
+// millisecond on any map size), which calling them here, in one op, removes. Sums accumulate in
+// double. Included by gates.cpp inside its anonymous namespace.
+#pragma once
+
+namespace {
+
+// z[b,y,x] = bias + Σ_{c<2,i,j} w[c,i,j] · in[b,c,y+i-r,x+j-r], zero padding r = k/2.
+template <typename T>
+void conv2to1_forward(const T* in, const T* w, T bias, T* z, int64_t B, int64_t H, int64_t W,
+                      int64_t k) {
+  const int64_t r = k / 2, P = H * W;
+  at::parallel_for(0, B * H, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t by = begin; by < end; ++by) {
+      const int64_t b = by / H, y = by % H;
+      T* __restrict__ o = z + b * P + y * W;
+      for (int64_t x = 0; x < W; ++x) o[x] = bias;
+      for (int64_t c = 0; c < 2; ++c) {
+        for (int64_t i = 0; i < k; ++i) {
+          const int64_t yy = y + i - r;
+          if (yy < 0 || yy >= H) continue;
+          const T* __restrict__ src = in + (b * 2 + c) * P + yy * W;
+          for (int64_t j = 0; j < k; ++j) {
+            const T wv = w[(c * k + i) * k + j];
+            const int64_t d = j - r;
+            const int64_t x0 = std::max<int64_t>(0, -d), x1 = std::min<int64_t>(W, W - d);
+#pragma omp simd
+            for (int64_t x = x0; x < x1; ++x) o[x] += wv * src[x + d];
+          }
+        }
+      }
+    }
+  });
+}
+
+// din[b,c,y,x] = Σ_{i,j} w[c,i,j] · dz[b,y-i+r,x-j+r].
+template <typename T>
+void conv2to1_grad_input(const T* dz, const T* w, T* din, int64_t B, int64_t H, int64_t W,
+                         int64_t k) {
+  const int64_t r = k / 2, P = H * W;
+  at::parallel_for(0, B * H, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t by = begin; by < end; ++by) {
+      const int64_t b = by / H, y = by % H;
+      for (int64_t c = 0; c < 2; ++c) {
+        T* __restrict__ o = din + (b * 2 + c) * P + y * W;
+        for (int64_t x = 0; x < W; ++x) o[x] = T(0);
+        for (int64_t i = 0; i < k; ++i) {
+          const int64_t yz = y - i + r;
+          if (yz < 0 || yz >= H) continue;
+          const T* __restrict__ src = dz + b * P + yz * W;
+          for (int64_t j = 0; j < k; ++j) {
+            const T wv = w[(c * k + i) * k + j];
+            const int64_t d = r - j;
+            const int64_t x0 = std::max<int64_t>(0, -d), x1 = std::min<int64_t>(W, W - d);
+#pragma omp simd
+            for (int64_t x = x0; x < x1; ++x) o[x] += wv * src[x + d];
+          }
+        }
+      }
+    }
+  });
+}
+
+// dw[c,i,j] = Σ_{b,y,x} dz[b,y,x] · in[b,c,y+i-r,x+j-r]; returns Σ dz (the bias gradient).
+template <typename T>
+double conv2to1_grad_weight(const T* dz, const T* in, T* dw, int64_t B, int64_t H, int64_t W,
+                            int64_t k) {
+  const int64_t r = k / 2, P = H * W;
+  at::parallel_for(0, 2 * k * k, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t c = t / (k * k), i = (t / k) % k, j = t % k, d = j - r;
+      const int64_t x0 = std::max<int64_t>(0, -d), x1 = std::min<int64_t>(W, W - d);
+      double acc = 0;
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t y = 0; y < H; ++y) {
+          const int64_t yy = y + i - r;
+          if (yy < 0 || yy >= H) continue;
+          const T* __restrict__ g = dz + b * P + y * W;
+          const T* __restrict__ src = in + (b * 2 + c) * P + yy * W;
+#pragma omp simd reduction(+ : acc)
+          for (int64_t x = x0; x < x1; ++x) acc += double(g[x]) * double(src[x + d]);
+        }
+      }
+      dw[t] = static_cast<T>(acc);
+    }
+  });
+  double s = 0;
+  for (int64_t p = 0; p < B * P; ++p) s += dz[p];
+  return s;
+}
+
+// ECA: logits[b,c] = Σ_j w[j] · y[b,c+j-r] (zero padding r = (k-1)/2).
+template <typename T>
+void eca_forward(const T* y, const T* w, T* logits, int64_t B, int64_t C, int64_t k) {
+  const int64_t r = (k - 1) / 2;
+  for (int64_t b = 0; b < B; ++b) {
+    T* __restrict__ o = logits + b * C;
+    const T* __restrict__ src = y + b * C;
+    for (int64_t c = 0; c < C; ++c) o[c] = T(0);
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t d = j - r;
+      const int64_t c0 = std::max<int64_t>(0, -d), c1 = std::min<int64_t>(C, C - d);
+      const T wv = w[j];
+#pragma omp simd
+      for (int64_t c = c0; c < c1; ++c) o[c] += wv * src[c + d];
+    }
+  }
+}
+
+// ECA backward: dy[b,c] = Σ_j w[j] · dl[b,c-j+r], dw[j] = Σ_{b,c} dl[b,c] · y[b,c+j-r].
+template <typename T>
+void eca_backward(const T* dl, const T* y, const T* w, T* dy, T* dw, int64_t B, int64_t C,
+                  int64_t k) {
+  const int64_t r = (k - 1) / 2;
+  for (int64_t j = 0; j < k; ++j) {
+    const int64_t d = j - r;
+    const int64_t c0 = std::max<int64_t>(0, -d), c1 = std::min<int64_t>(C, C - d);
+    double acc = 0;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t c = c0; c < c1; ++c) acc += double(dl[b * C + c]) * double(y[b * C + c + d]);
+    dw[j] = static_cast<T>(acc);
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    T* __restrict__ o = dy + b * C;
+    const T* __restrict__ src = dl + b * C;
+    for (int64_t c = 0; c < C; ++c) o[c] = T(0);
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t d = r - j;
+      const int64_t c0 = std::max<int64_t>(0, -d), c1 = std::min<int64_t>(C, C - d);
+      const T wv = w[j];
+#pragma omp simd
+      for (int64_t c = c0; c < c1; ++c) o[c] += wv * src[c + d];
+    }
+  }
+}
+
+// One-channel BatchNorm over all N values of z, in place: z ← γ·ẑ + β with ẑ = (z - μ)·s.
+// Batch statistics (train): μ, s = 1/√(var + eps) from z (biased var), and the running
+// statistics, when given, move by `momentum` (unbiased var), as nn.BatchNorm2d does. Running
+// statistics (eval): μ = running mean, s = 1/√(running var + eps). Writes ẑ to zhat; returns s.
+template <typename T>
+T batch_norm1_forward(T* z, T* zhat, int64_t N, const T* gamma, const T* beta, bool batch,
+                      T* running_mean, T* running_var, double momentum, double eps) {
+  double mean, invstd;
+  if (batch) {
+    double s = 0;
+    for (int64_t n = 0; n < N; ++n) s += z[n];
+    mean = s / N;
+    double q = 0;
+    for (int64_t n = 0; n < N; ++n) q += (z[n] - mean) * (z[n] - mean);
+    const double var = q / N;
+    invstd = 1.0 / std::sqrt(var + eps);
+    if (running_mean) {
+      *running_mean = static_cast<T>((1 - momentum) * *running_mean + momentum * mean);
+      const double unbiased = N > 1 ? q / (N - 1) : var;
+      *running_var = static_cast<T>((1 - momentum) * *running_var + momentum * unbiased);
+    }
+  } else {
+    mean = *running_mean;
+    invstd = 1.0 / std::sqrt(double(*running_var) + eps);
+  }
+  const T g = gamma ? *gamma : T(1), bt = beta ? *beta : T(0);
+  const T m = static_cast<T>(mean), s = static_cast<T>(invstd);
+  for (int64_t n = 0; n < N; ++n) {
+    zhat[n] = (z[n] - m) * s;
+    z[n] = zhat[n] * g + bt;
+  }
+  return s;
+}
+
+// Backward of batch_norm1_forward, in place on d (dL/d out → dL/dz); writes dγ and dβ.
+template <typename T>
+void batch_norm1_backward(T* d, const T* zhat, int64_t N, const T* gamma, T invstd, bool batch,
+                          T* dgamma, T* dbeta) {
+  double sd = 0, sdz = 0;
+  for (int64_t n = 0; n < N; ++n) sd += d[n], sdz += double(d[n]) * zhat[n];
+  if (dgamma) *dgamma = static_cast<T>(sdz);
+  if (dbeta) *dbeta = static_cast<T>(sd);
+  const T scale = (gamma ? *gamma : T(1)) * invstd;
+  if (batch) {
+    const T md = static_cast<T>(sd / N), mdz = static_cast<T>(sdz / N);
+    for (int64_t n = 0; n < N; ++n) d[n] = scale * (d[n] - md - zhat[n] * mdz);
+  } else {
+    for (int64_t n = 0; n < N; ++n) d[n] *= scale;
+  }
+}
+
+template <typename T>
+void sigmoid_inplace(T* v, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) v[i] = T(1) / (T(1) + std::exp(-v[i]));
+}
+
+// d ← d · s · (1 - s): the gradient through s = σ(v).
+template <typename T>
+void sigmoid_backward_inplace(T* d, const T* s, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) d[i] *= s[i] * (T(1) - s[i]);
+}
+
+}  // namespace
