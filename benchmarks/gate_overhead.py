@@ -7,22 +7,28 @@
 2. Module: CBAM alone at 8×256×40×40 (stage-1 output in that setting): forward ≤ 3× and
    forward+backward ≤ 10× the time of ``x.clone()``.
 
-Each figure is the median over --rounds rounds of the per-round median of --number calls; the
-candidates of one comparison run interleaved within every round (A B A B …), so drift and
-other load hit them alike. Both the fast path and the reference path are measured
-(``attnlab.layers.fused.backend``). Nothing is cached between iterations: every call runs the
-full computation on the same input.
+Each comparison calls its candidates in turns: the network part one training step (or inference
+pass) of each per turn, --rounds × --number turns; the module part 20 back-to-back calls of
+each per turn (their median), --rounds turns, so that x.clone() runs from cache, at its fastest.
+A time is the median over the turns, a ratio the median over the turns of the two sides' ratio
+in the same turn, so drift and bursts of load (other tenants) hit both sides alike. By default
+glibc is told to keep freed memory (--malloc steady; see steady_malloc), so neither side pays
+this VM's page faults for memory it re-touches; --malloc default measures glibc as it is.
+Both the fast path and the reference path are measured (``attnlab.layers.fused.backend``).
+Nothing is cached between iterations: every call runs the full computation on the same input.
 
 Usage:
     python benchmarks/gate_overhead.py                      # everything (several minutes)
     python benchmarks/gate_overhead.py --part module        # the CBAM module only
     python benchmarks/gate_overhead.py --part network --attn cbam --rounds 7
     python benchmarks/gate_overhead.py --channels-last      # both sides in channels-last
+    python benchmarks/gate_overhead.py --malloc default     # glibc's default (page faults)
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import platform
 import statistics
@@ -36,21 +42,56 @@ import attnlab
 from attnlab.layers import fused
 
 
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int, number: int) -> dict:
-    """Median over rounds of each candidate's per-round median time (seconds)."""
+def interleaved(
+    fns: dict[str, Callable[[], object]], rounds: int, number: int, *, block: bool = False
+) -> dict:
+    """Times the candidates in turns: ``rounds × number`` turns of one call each (A B A B …),
+    or with ``block`` ``rounds`` turns of ``number`` back-to-back calls each (their median).
+
+    Returns ``{name: median seconds}`` plus ``{name + "/": median ratio}``: the median over the
+    turns of that candidate's time divided by the first candidate's time in the same turn, so
+    drift and bursts of load hit both sides of a ratio alike. ``block`` is for sub-millisecond
+    calls: back-to-back calls find their data in cache as a loop over a layer does, and the
+    ``x.clone()`` reference is then at its fastest (a strict baseline).
+    """
     for fn in fns.values():  # warm-up
         for _ in range(2):
             fn()
-    per_round: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds if block else rounds * number):
         for name, fn in fns.items():
-            times = []
-            for _ in range(number):
+            calls = []
+            for _ in range(number if block else 1):
                 start = time.perf_counter()
                 fn()
-                times.append(time.perf_counter() - start)
-            per_round[name].append(statistics.median(times))
-    return {name: statistics.median(values) for name, values in per_round.items()}
+                calls.append(time.perf_counter() - start)
+            times[name].append(statistics.median(calls))
+    first = next(iter(fns))
+    out = {name: statistics.median(values) for name, values in times.items()}
+    for name, values in times.items():
+        out[name + "/"] = statistics.median(
+            t / t0 for t, t0 in zip(values, times[first], strict=True)
+        )
+    return out
+
+
+def steady_malloc() -> bool:
+    """Tells glibc to keep freed memory (no heap trimming, no mmap for blocks up to 32 MiB).
+
+    By default glibc hands large freed blocks back to the system, and the next tensor of that
+    size faults its pages in again (each 4 KiB page zeroed by the kernel, ~2 µs apiece on this
+    VM): a training step of ResNet-50 here takes 0 to 50,000 such faults, at random, which
+    moves a step by ±30 % and a ``x.clone()`` of a 13 MB map by 3×. With this, both sides of
+    every ratio run on memory already mapped. Returns False where it cannot (not glibc).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_trim_threshold, 1 << 30)) and bool(
+            libc.mallopt(m_mmap_threshold, 32 << 20)
+        )
+    except (OSError, AttributeError):
+        return False
 
 
 def network(attns, *, batch, size, rounds, number, channels_last):
@@ -96,9 +137,9 @@ def network(attns, *, batch, size, rounds, number, channels_last):
             row = {
                 "attn": attn, "path": path,
                 "train_base_s": train["base"], "train_attn_s": train["attn"],
-                "train_ratio": train["attn"] / train["base"],
+                "train_ratio": train["attn/"],
                 "infer_base_s": inf["base"], "infer_attn_s": inf["attn"],
-                "infer_ratio": inf["attn"] / inf["base"],
+                "infer_ratio": inf["attn/"],
             }  # fmt: skip
             rows.append(row)
             print(
@@ -133,12 +174,15 @@ def module(names, *, shape, rounds, number, channels_last):
         for path in ("fast", "reference"):
             with fused.backend(path):
                 t = interleaved(
-                    {"clone": lambda: x.clone(), "fwd": fwd, "fwd+bwd": fwd_bwd}, rounds, number
+                    {"clone": lambda: x.clone(), "fwd": fwd, "fwd+bwd": fwd_bwd},
+                    rounds,
+                    number,
+                    block=True,
                 )
             row = {
                 "module": name, "path": path, "clone_s": t["clone"], "fwd_s": t["fwd"],
-                "fwd_bwd_s": t["fwd+bwd"], "fwd_ratio": t["fwd"] / t["clone"],
-                "fwd_bwd_ratio": t["fwd+bwd"] / t["clone"],
+                "fwd_bwd_s": t["fwd+bwd"], "fwd_ratio": t["fwd/"],
+                "fwd_bwd_ratio": t["fwd+bwd/"],
             }  # fmt: skip
             rows.append(row)
             print(
@@ -161,14 +205,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--number", type=int, default=3, help="calls per round (network)")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument(
+        "--malloc", choices=["steady", "default"], default="steady",
+        help="steady: glibc keeps freed memory (see steady_malloc); default: glibc as it is",
+    )  # fmt: skip
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
+    malloc = args.malloc
+    if malloc == "steady" and not steady_malloc():
+        malloc = "default (mallopt unavailable)"
     torch.set_num_threads(args.threads)
     if not fused.available():
         print(f"note: fused kernels unavailable ({fused.build_error()}); fast = reference")
     layout = "channels-last" if args.channels_last else "NCHW"
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{args.threads} threads, {layout}, medians of {args.rounds} rounds\n")  # fmt: skip
+          f"{args.threads} threads, {layout}, malloc {malloc}, medians over turns of "
+          f"{args.rounds}×20 (module), {args.rounds}×{args.number} (network)\n")  # fmt: skip
     out = {}
     if args.part in ("all", "module"):
         shape = (args.batch, 256, args.size // 4, args.size // 4)

@@ -30,7 +30,7 @@
 namespace {
 
 using at::Tensor;
-constexpr int64_t kBlock = 256;  // positions or channels per task in the blocked loops
+constexpr int64_t kBlock = 1024;  // positions or channels per task in the blocked loops
 
 bool channels_last(const Tensor& x) {
   return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
@@ -77,28 +77,47 @@ const T* opt_ptr(const c10::optional<Tensor>& t) {
   } while (0)
 
 template <typename T>
-void channel_pool_kernel(const Tensor& x, Tensor& avg, Tensor& mx, Tensor& cnt, bool with_max) {
+void channel_pool_kernel(const Tensor& x, Tensor& avg, Tensor& mx, Tensor& cnt, bool with_max,
+                         bool with_count) {
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   const T* __restrict__ xp = x.data_ptr<T>();
   T* ap = avg.data_ptr<T>();
   T* mp = with_max ? mx.data_ptr<T>() : nullptr;
-  T* kp = with_max ? cnt.data_ptr<T>() : nullptr;
+  T* kp = with_max && with_count ? cnt.data_ptr<T>() : nullptr;
   if (!channels_last(x)) {
     at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t bc = begin; bc < end; ++bc) {
         const T* __restrict__ row = xp + bc * P;
         double s = 0;
+        T m = row[0];
+        if (P < 64) {  // short rows (late stages): vector reductions cost more than they save
+          T s4[4] = {0, 0, 0, 0}, m4[4] = {m, m, m, m};
+          int64_t p = 0;
+          for (; p + 4 <= P; p += 4)
+            for (int j = 0; j < 4; ++j) {
+              s4[j] += row[p + j];
+              m4[j] = row[p + j] > m4[j] ? row[p + j] : m4[j];
+            }
+          for (; p < P; ++p) s4[0] += row[p], m4[0] = row[p] > m4[0] ? row[p] : m4[0];
+          s = (double(s4[0]) + s4[1]) + (double(s4[2]) + s4[3]);
+          m = std::max(std::max(m4[0], m4[1]), std::max(m4[2], m4[3]));
+        } else if (!with_max) {
 #pragma omp simd reduction(+ : s)
-        for (int64_t p = 0; p < P; ++p) s += row[p];
+          for (int64_t p = 0; p < P; ++p) s += row[p];
+        } else {  // one pass for both
+#pragma omp simd reduction(+ : s) reduction(max : m)
+          for (int64_t p = 0; p < P; ++p) {
+            s += row[p];
+            m = row[p] > m ? row[p] : m;
+          }
+        }
         ap[bc] = static_cast<T>(s / P);
         if (!with_max) continue;
-        T m = row[0];
-#pragma omp simd reduction(max : m)
-        for (int64_t p = 0; p < P; ++p) m = row[p] > m ? row[p] : m;
+        mp[bc] = m;
+        if (!kp) continue;
         T k = 0;
 #pragma omp simd reduction(+ : k)
         for (int64_t p = 0; p < P; ++p) k += row[p] == m ? T(1) : T(0);
-        mp[bc] = m;
         kp[bc] = k;
       }
     });
@@ -117,11 +136,17 @@ void channel_pool_kernel(const Tensor& x, Tensor& avg, Tensor& mx, Tensor& cnt, 
       for (int64_t c = 0; c < n; ++c) s[c] = 0, m[c] = base[c], k[c] = 0;
       for (int64_t p = 0; p < P; ++p) {
         const T* __restrict__ r = base + p * C;
-        if (with_max) {
+        if (kp) {
 #pragma omp simd
           for (int64_t c = 0; c < n; ++c) {
             s[c] += r[c];
             ATTNLAB_MAX_COUNT(r[c], m[c], k[c]);
+          }
+        } else if (with_max) {
+#pragma omp simd
+          for (int64_t c = 0; c < n; ++c) {
+            s[c] += r[c];
+            m[c] = r[c] > m[c] ? r[c] : m[c];
           }
         } else {
 #pragma omp simd
@@ -130,33 +155,123 @@ void channel_pool_kernel(const Tensor& x, Tensor& avg, Tensor& mx, Tensor& cnt, 
       }
       for (int64_t c = 0; c < n; ++c) {
         ap[b * C + c0 + c] = static_cast<T>(s[c] / P);
-        if (with_max) mp[b * C + c0 + c] = m[c], kp[b * C + c0 + c] = k[c];
+        if (with_max) mp[b * C + c0 + c] = m[c];
+        if (kp) kp[b * C + c0 + c] = k[c];
       }
     }
   });
 }
 
-std::tuple<Tensor, Tensor, Tensor> channel_pool(const Tensor& x, bool with_max) {
-  check_full(x, "x");
+// avg, max (with_max) and the count of entries reaching the max (with_count; else empty).
+std::tuple<Tensor, Tensor, Tensor> channel_pool_impl(const Tensor& x, bool with_max,
+                                                     bool with_count) {
   const auto B = x.size(0), C = x.size(1);
+  const bool k = with_max && with_count;
   Tensor avg = at::empty({B, C}, x.options());
   Tensor mx = at::empty({with_max ? B : 0, with_max ? C : 0}, x.options());
-  Tensor cnt = at::empty({with_max ? B : 0, with_max ? C : 0}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "channel_pool",
-                             [&] { channel_pool_kernel<scalar_t>(x, avg, mx, cnt, with_max); });
+  Tensor cnt = at::empty({k ? B : 0, k ? C : 0}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "channel_pool", [&] {
+    channel_pool_kernel<scalar_t>(x, avg, mx, cnt, with_max, with_count);
+  });
   return {avg, mx, cnt};
+}
+
+std::tuple<Tensor, Tensor, Tensor> channel_pool(const Tensor& x, bool with_max) {
+  check_full(x, "x");
+  return channel_pool_impl(x, with_max, true);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Spatial pool of y = x·cw over channels: mean[b,p], max[b,p], count[b,p].
 
+// NCHW reductions across channels run on kLanes positions at a time, the partial results in
+// registers, summing in T over chunks of kChunk channels (then into a second accumulator), so
+// rounding grows with kChunk, not with C.
+constexpr int64_t kLanes = 64, kChunk = 256;
+
+// s[p] = Σ_c x[c,p]·w[c], m[p] = max_c x[c,p]·w[c] for the n ≤ kLanes positions at xb
+// (rows P apart); N is n when known at compile time (kLanes), else 0.
+template <typename T, int64_t N>
+inline void weighted_sum_max(const T* __restrict__ xb, const T* __restrict__ w, int64_t C,
+                             int64_t P, int64_t n, T* __restrict__ s, T* __restrict__ m) {
+  const int64_t len = N ? N : n;
+  T part[kLanes];
+  for (int64_t p = 0; p < len; ++p) s[p] = 0, m[p] = -std::numeric_limits<T>::infinity();
+  for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
+    for (int64_t p = 0; p < len; ++p) part[p] = 0;
+    for (int64_t c = c0, c1 = std::min(C, c0 + kChunk); c < c1; ++c) {
+      const T wc = w[c];
+      const T* __restrict__ r = xb + c * P;
+#pragma omp simd
+      for (int64_t p = 0; p < len; ++p) {
+        const T v = r[p] * wc;
+        part[p] += v;
+        m[p] = v > m[p] ? v : m[p];
+      }
+    }
+#pragma omp simd
+    for (int64_t p = 0; p < len; ++p) s[p] += part[p];
+  }
+}
+
+// s[p] = Σ_c g[c,p]·x[c,p]·w[c] and, with mx, k[p] = #{c : x[c,p]·w[c] == mx[p]}.
+template <typename T, int64_t N>
+inline void weighted_dot_ties(const T* __restrict__ gb, const T* __restrict__ xb,
+                              const T* __restrict__ w, int64_t C, int64_t P, int64_t n,
+                              const T* __restrict__ mx, T* __restrict__ s, T* __restrict__ k) {
+  const int64_t len = N ? N : n;
+  T part[kLanes];
+  for (int64_t p = 0; p < len; ++p) s[p] = 0, k[p] = 0;
+  for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
+    for (int64_t p = 0; p < len; ++p) part[p] = 0;
+    for (int64_t c = c0, c1 = std::min(C, c0 + kChunk); c < c1; ++c) {
+      const T wc = w[c];
+      const T* __restrict__ r = xb + c * P;
+      const T* __restrict__ q = gb + c * P;
+      if (mx) {
+#pragma omp simd
+        for (int64_t p = 0; p < len; ++p) {
+          const T v = r[p] * wc;
+          part[p] += q[p] * v;
+          k[p] += v == mx[p] ? T(1) : T(0);
+        }
+      } else {
+#pragma omp simd
+        for (int64_t p = 0; p < len; ++p) part[p] += q[p] * (r[p] * wc);
+      }
+    }
+#pragma omp simd
+    for (int64_t p = 0; p < len; ++p) s[p] += part[p];
+  }
+}
+
 template <typename T>
-void spatial_pool_kernel(const Tensor& x, const T* cw, Tensor& mean, Tensor& mx, Tensor& cnt) {
+void spatial_pool_kernel(const Tensor& x, const T* cw, Tensor& mean, Tensor& mx, Tensor& cnt,
+                         bool with_count) {
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   const T* __restrict__ xp = x.data_ptr<T>();
   T* sp = mean.data_ptr<T>();
   T* mp = mx.data_ptr<T>();
-  T* kp = cnt.data_ptr<T>();
+  T* kp = with_count ? cnt.data_ptr<T>() : nullptr;
+  if (!channels_last(x) && !kp) {
+    const int64_t nblk = (P + kLanes - 1) / kLanes;
+    at::parallel_for(0, B * nblk, 1, [&](int64_t begin, int64_t end) {
+      T s[kLanes], m[kLanes];
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t b = i / nblk, p0 = (i % nblk) * kLanes, n = std::min(kLanes, P - p0);
+        const T* xb = xp + b * C * P + p0;
+        if (n == kLanes)
+          weighted_sum_max<T, kLanes>(xb, cw + b * C, C, P, n, s, m);
+        else
+          weighted_sum_max<T, 0>(xb, cw + b * C, C, P, n, s, m);
+        for (int64_t p = 0; p < n; ++p) {
+          sp[b * P + p0 + p] = s[p] / T(C);
+          mp[b * P + p0 + p] = m[p];
+        }
+      }
+    });
+    return;
+  }
   if (!channels_last(x)) {
     const int64_t nblk = (P + kBlock - 1) / kBlock;
     at::parallel_for(0, B * nblk, 1, [&](int64_t begin, int64_t end) {
@@ -205,26 +320,32 @@ void spatial_pool_kernel(const Tensor& x, const T* cw, Tensor& mean, Tensor& mx,
         s += v;
         m = v > m ? v : m;
       }
-#pragma omp simd reduction(+ : k)
-      for (int64_t c = 0; c < C; ++c) k += r[c] * w[c] == m ? T(1) : T(0);
       sp[bp] = static_cast<T>(s / C);
       mp[bp] = m;
+      if (!kp) continue;
+#pragma omp simd reduction(+ : k)
+      for (int64_t c = 0; c < C; ++c) k += r[c] * w[c] == m ? T(1) : T(0);
       kp[bp] = k;
     }
   });
 }
 
-std::tuple<Tensor, Tensor, Tensor> spatial_pool(const Tensor& x, const Tensor& cw) {
-  check_full(x, "x");
-  const auto B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
-  check_small(cw, B, C, "cw");
+std::tuple<Tensor, Tensor, Tensor> spatial_pool_impl(const Tensor& x, const Tensor& cw,
+                                                     bool with_count) {
+  const auto B = x.size(0), P = x.size(2) * x.size(3);
   Tensor mean = at::empty({B, P}, x.options());
   Tensor mx = at::empty({B, P}, x.options());
-  Tensor cnt = at::empty({B, P}, x.options());
+  Tensor cnt = at::empty({with_count ? B : 0, with_count ? P : 0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spatial_pool", [&] {
-    spatial_pool_kernel<scalar_t>(x, cw.data_ptr<scalar_t>(), mean, mx, cnt);
+    spatial_pool_kernel<scalar_t>(x, cw.data_ptr<scalar_t>(), mean, mx, cnt, with_count);
   });
   return {mean, mx, cnt};
+}
+
+std::tuple<Tensor, Tensor, Tensor> spatial_pool(const Tensor& x, const Tensor& cw) {
+  check_full(x, "x");
+  check_small(cw, x.size(0), x.size(1), "cw");
+  return spatial_pool_impl(x, cw, true);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -285,28 +406,31 @@ Tensor gate_apply(const Tensor& x, const Tensor& cw, const c10::optional<Tensor>
 // ---------------------------------------------------------------------------------------------
 // Backward, pass 1: dsw[b,p] = Σ_c g·(x·cw).
 
+// With smx: also the count of channels reaching the spatial max, scnt[b,p] = #{c : x·cw == smx}
+// (the backward needs it, the forward does not).
 template <typename T>
-void gate_grad_spatial_kernel(const Tensor& g, const Tensor& x, const T* cw, Tensor& dsw) {
+void gate_grad_spatial_kernel(const Tensor& g, const Tensor& x, const T* cw, Tensor& dsw,
+                              const T* smx, T* kp) {
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   const T* __restrict__ gp = g.data_ptr<T>();
   const T* __restrict__ xp = x.data_ptr<T>();
   T* dp = dsw.data_ptr<T>();
   if (!channels_last(x)) {
-    const int64_t nblk = (P + kBlock - 1) / kBlock;
+    const int64_t nblk = (P + kLanes - 1) / kLanes;
     at::parallel_for(0, B * nblk, 1, [&](int64_t begin, int64_t end) {
-      std::vector<double> av(kBlock);
-      double* __restrict__ a = av.data();
+      T s[kLanes], k[kLanes];
       for (int64_t i = begin; i < end; ++i) {
-        const int64_t b = i / nblk, p0 = (i % nblk) * kBlock, n = std::min(kBlock, P - p0);
-        std::fill(a, a + n, 0.0);
-        for (int64_t c = 0; c < C; ++c) {
-          const T w = cw[b * C + c];
-          const T* __restrict__ r = xp + (b * C + c) * P + p0;
-          const T* __restrict__ q = gp + (b * C + c) * P + p0;
-#pragma omp simd
-          for (int64_t p = 0; p < n; ++p) a[p] += q[p] * (r[p] * w);
+        const int64_t b = i / nblk, p0 = (i % nblk) * kLanes, n = std::min(kLanes, P - p0);
+        const int64_t off = b * C * P + p0;
+        const T* mx = smx ? smx + b * P + p0 : nullptr;
+        if (n == kLanes)
+          weighted_dot_ties<T, kLanes>(gp + off, xp + off, cw + b * C, C, P, n, mx, s, k);
+        else
+          weighted_dot_ties<T, 0>(gp + off, xp + off, cw + b * C, C, P, n, mx, s, k);
+        for (int64_t p = 0; p < n; ++p) {
+          dp[b * P + p0 + p] = s[p];
+          if (kp) kp[b * P + p0 + p] = k[p];
         }
-        for (int64_t p = 0; p < n; ++p) dp[b * P + p0 + p] = static_cast<T>(a[p]);
       }
     });
     return;
@@ -320,19 +444,36 @@ void gate_grad_spatial_kernel(const Tensor& g, const Tensor& x, const T* cw, Ten
 #pragma omp simd reduction(+ : s)
       for (int64_t c = 0; c < C; ++c) s += q[c] * (r[c] * w[c]);
       dp[bp] = static_cast<T>(s);
+      if (!kp) continue;
+      const T m = smx[bp];
+      T k = 0;
+#pragma omp simd reduction(+ : k)
+      for (int64_t c = 0; c < C; ++c) k += r[c] * w[c] == m ? T(1) : T(0);
+      kp[bp] = k;
     }
   });
+}
+
+// dsw and, given the spatial max smx, the tie count (else an empty tensor).
+std::tuple<Tensor, Tensor> grad_spatial(const Tensor& g, const Tensor& x, const Tensor& cw,
+                                        const Tensor& smx) {
+  const int64_t B = x.size(0), P = x.size(2) * x.size(3);
+  const bool k = smx.defined();
+  Tensor dsw = at::empty({B, P}, x.options());
+  Tensor cnt = at::empty({k ? B : 0, k ? P : 0}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_grad_spatial", [&] {
+    gate_grad_spatial_kernel<scalar_t>(g, x, cw.data_ptr<scalar_t>(), dsw,
+                                       k ? smx.data_ptr<scalar_t>() : nullptr,
+                                       k ? cnt.data_ptr<scalar_t>() : nullptr);
+  });
+  return {dsw, cnt};
 }
 
 Tensor gate_grad_spatial(const Tensor& g, const Tensor& x, const Tensor& cw) {
   check_full(x, "x");
   check_grad(g, x);
   check_small(cw, x.size(0), x.size(1), "cw");
-  Tensor dsw = at::empty({x.size(0), x.size(2) * x.size(3)}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_grad_spatial", [&] {
-    gate_grad_spatial_kernel<scalar_t>(g, x, cw.data_ptr<scalar_t>(), dsw);
-  });
-  return dsw;
+  return std::get<0>(grad_spatial(g, x, cw, Tensor()));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -354,7 +495,7 @@ struct Spatial {
 
 template <typename T>
 void gate_grad_channel_kernel(const Tensor& g, const Tensor& x, const T* cw, const Spatial& sp,
-                              Tensor& dcw) {
+                              Tensor& dcw, const T* cmx, T* kp) {
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   const T* __restrict__ gp = g.data_ptr<T>();
   const T* __restrict__ xp = x.data_ptr<T>();
@@ -384,6 +525,12 @@ void gate_grad_channel_kernel(const Tensor& g, const Tensor& x, const T* cw, con
           for (int64_t p = 0; p < P; ++p) s += q[p] * r[p];
         }
         dp[bc] = static_cast<T>(s);
+        if (!kp) continue;
+        const T m = cmx[bc];
+        T k = 0;
+#pragma omp simd reduction(+ : k)
+        for (int64_t p = 0; p < P; ++p) k += r[p] == m ? T(1) : T(0);
+        kp[bc] = k;
       }
     });
     return;
@@ -391,11 +538,15 @@ void gate_grad_channel_kernel(const Tensor& g, const Tensor& x, const T* cw, con
   const int64_t nblk = (C + kBlock - 1) / kBlock;
   at::parallel_for(0, B * nblk, 1, [&](int64_t begin, int64_t end) {
     std::vector<double> av(kBlock);
+    std::vector<T> kv(kBlock);
     double* __restrict__ a = av.data();
+    T* __restrict__ k = kv.data();
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / nblk, c0 = (i % nblk) * kBlock, n = std::min(kBlock, C - c0);
       std::fill(a, a + n, 0.0);
+      std::fill(k, k + n, T(0));
       const T* __restrict__ w = cw + b * C + c0;
+      const T* __restrict__ cm = kp ? cmx + b * C + c0 : nullptr;
       for (int64_t p = 0; p < P; ++p) {
         const T* __restrict__ r = xp + (b * P + p) * C + c0;
         const T* __restrict__ q = gp + (b * P + p) * C + c0;
@@ -409,8 +560,14 @@ void gate_grad_channel_kernel(const Tensor& g, const Tensor& x, const T* cw, con
 #pragma omp simd
           for (int64_t c = 0; c < n; ++c) a[c] += q[c] * r[c];
         }
+        if (kp) {
+#pragma omp simd
+          for (int64_t c = 0; c < n; ++c) k[c] += r[c] == cm[c] ? T(1) : T(0);
+        }
       }
       for (int64_t c = 0; c < n; ++c) dp[b * C + c0 + c] = static_cast<T>(a[c]);
+      if (kp)
+        for (int64_t c = 0; c < n; ++c) kp[b * C + c0 + c] = k[c];
     }
   });
 }
@@ -430,7 +587,7 @@ void gate_grad_input_kernel(const Tensor& g, const Tensor& x, const T* cw, const
     at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t bc = begin; bc < end; ++bc) {
         const int64_t b = bc / C;
-        const T w = cw[bc], a = ca[bc], cm = cmx[bc], e = ce[bc];
+        const T w = cw[bc], a = ca[bc], cm = cmx ? cmx[bc] : T(0), e = cmx ? ce[bc] : T(0);
         const T* __restrict__ r = xp + bc * P;
         const T* __restrict__ q = gp + bc * P;
         T* __restrict__ d = dp + bc * P;
@@ -443,9 +600,12 @@ void gate_grad_input_kernel(const Tensor& g, const Tensor& x, const T* cw, const
           for (int64_t p = 0; p < P; ++p)
             d[p] = (q[p] * s1[p] + s2[p] + (r[p] * w == s4[p] ? s3[p] : T(0))) * w + a +
                    (r[p] == cm ? e : T(0));
-        } else {
+        } else if (cmx) {
 #pragma omp simd
           for (int64_t p = 0; p < P; ++p) d[p] = q[p] * w + a + (r[p] == cm ? e : T(0));
+        } else {  // SE, ECA: x is not read at all
+#pragma omp simd
+          for (int64_t p = 0; p < P; ++p) d[p] = q[p] * w + a;
         }
       }
     });
@@ -459,17 +619,26 @@ void gate_grad_input_kernel(const Tensor& g, const Tensor& x, const T* cw, const
       T* __restrict__ d = dp + bp * C;
       const T* __restrict__ w = cw + b * C;
       const T* __restrict__ a = ca + b * C;
-      const T* __restrict__ cm = cmx + b * C;
-      const T* __restrict__ e = ce + b * C;
+      const T* __restrict__ cm = cmx ? cmx + b * C : nullptr;
+      const T* __restrict__ e = cmx ? ce + b * C : nullptr;
       if (sp.on) {
         const T s = sw[bp], t = sa[bp], f = se[bp], m = smx[bp];
+        if (cmx) {
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c)
-          d[c] = (q[c] * s + t + (r[c] * w[c] == m ? f : T(0))) * w[c] + a[c] +
-                 (r[c] == cm[c] ? e[c] : T(0));
-      } else {
+          for (int64_t c = 0; c < C; ++c)
+            d[c] = (q[c] * s + t + (r[c] * w[c] == m ? f : T(0))) * w[c] + a[c] +
+                   (r[c] == cm[c] ? e[c] : T(0));
+        } else {
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c)
+            d[c] = (q[c] * s + t + (r[c] * w[c] == m ? f : T(0))) * w[c] + a[c];
+        }
+      } else if (cmx) {
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) d[c] = q[c] * w[c] + a[c] + (r[c] == cm[c] ? e[c] : T(0));
+      } else {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) d[c] = q[c] * w[c] + a[c];
       }
     }
   });
@@ -488,18 +657,40 @@ Spatial spatial_terms(const Tensor& x, const c10::optional<Tensor>& sw,
   return {true, sw->data_ptr(), sa->data_ptr(), se->data_ptr(), smx->data_ptr()};
 }
 
+// dcw and, given the channel max cmx, the tie count cnt[b,c] = #{p : x == cmx} (else empty).
+std::tuple<Tensor, Tensor> grad_channel(const Tensor& g, const Tensor& x, const Tensor& cw,
+                                        const Spatial& sp, const Tensor& cmx) {
+  const bool k = cmx.defined();
+  Tensor dcw = at::empty({x.size(0), x.size(1)}, x.options());
+  Tensor cnt = at::empty({k ? x.size(0) : 0, k ? x.size(1) : 0}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_grad_channel", [&] {
+    gate_grad_channel_kernel<scalar_t>(g, x, cw.data_ptr<scalar_t>(), sp, dcw,
+                                       k ? cmx.data_ptr<scalar_t>() : nullptr,
+                                       k ? cnt.data_ptr<scalar_t>() : nullptr);
+  });
+  return {dcw, cnt};
+}
+
 Tensor gate_grad_channel(const Tensor& g, const Tensor& x, const Tensor& cw,
                          const c10::optional<Tensor>& sw, const c10::optional<Tensor>& sa,
                          const c10::optional<Tensor>& se, const c10::optional<Tensor>& smx) {
   check_full(x, "x");
   check_grad(g, x);
   check_small(cw, x.size(0), x.size(1), "cw");
-  const Spatial sp = spatial_terms(x, sw, sa, se, smx);
-  Tensor dcw = at::empty({x.size(0), x.size(1)}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_grad_channel", [&] {
-    gate_grad_channel_kernel<scalar_t>(g, x, cw.data_ptr<scalar_t>(), sp, dcw);
+  return std::get<0>(grad_channel(g, x, cw, spatial_terms(x, sw, sa, se, smx), Tensor()));
+}
+
+// ce and cmx undefined: no channel max pool (its tie term is skipped).
+Tensor grad_input(const Tensor& g, const Tensor& x, const Tensor& cw, const Spatial& sp,
+                  const Tensor& ca, const Tensor& ce, const Tensor& cmx) {
+  Tensor dx = pooled_empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_grad_input", [&] {
+    const bool tie = cmx.defined();
+    gate_grad_input_kernel<scalar_t>(g, x, cw.data_ptr<scalar_t>(), sp, ca.data_ptr<scalar_t>(),
+                                     tie ? ce.data_ptr<scalar_t>() : nullptr,
+                                     tie ? cmx.data_ptr<scalar_t>() : nullptr, dx);
   });
-  return dcw;
+  return dx;
 }
 
 Tensor gate_grad_input(const Tensor& g, const Tensor& x, const Tensor& cw,
@@ -509,13 +700,7 @@ Tensor gate_grad_input(const Tensor& g, const Tensor& x, const Tensor& cw,
   check_full(x, "x");
   check_grad(g, x);
   for (const auto* t : {&cw, &ca, &ce, &cmx}) check_small(*t, x.size(0), x.size(1), "channel term");
-  const Spatial sp = spatial_terms(x, sw, sa, se, smx);
-  Tensor dx = pooled_empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_grad_input", [&] {
-    gate_grad_input_kernel<scalar_t>(g, x, cw.data_ptr<scalar_t>(), sp, ca.data_ptr<scalar_t>(),
-                                     ce.data_ptr<scalar_t>(), cmx.data_ptr<scalar_t>(), dx);
-  });
-  return dx;
+  return grad_input(g, x, cw, spatial_terms(x, sw, sa, se, smx), ca, ce, cmx);
 }
 
 }  // namespace
@@ -605,7 +790,7 @@ std::vector<Tensor> gate_forward(const Tensor& x, at::TensorList ch_, int64_t ki
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_forward", [&] {
     using T = scalar_t;
     if (kind != 0) {
-      std::tie(cavg, cmax, ccnt) = channel_pool(x, use_max);
+      std::tie(cavg, cmax, ccnt) = channel_pool_impl(x, use_max, false);  // counts: backward
       cw = channel_logits<T>(cavg, cmax, ch, kind, use_avg, use_max);
       sigmoid_inplace<T>(cw.data_ptr<T>(), cw.numel());
     } else {
@@ -614,7 +799,7 @@ std::vector<Tensor> gate_forward(const Tensor& x, at::TensorList ch_, int64_t ki
     if (spatial) {
       const int64_t k = sp[0].size(-1);
       TORCH_CHECK(sp[0].numel() == 2 * k * k, "attnlab_fast: spatial conv weight must be 1×2×k×k");
-      std::tie(smean, smax, scnt) = spatial_pool(x, cw);
+      std::tie(smean, smax, scnt) = spatial_pool_impl(x, cw, false);
       Tensor in = max_first ? at::stack({smax, smean}, 1) : at::stack({smean, smax}, 1);
       sw = at::empty({B, P}, x.options());
       const T* cb = ptr<T>(sp, 1);
@@ -657,9 +842,9 @@ std::vector<Tensor> gate_backward(const Tensor& grad, const Tensor& x, at::Tenso
   check_grad(grad, x);
   TORCH_CHECK(saved.size() == 10, "attnlab_fast: gate_backward needs the 10 saved tensors");
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = H * W;
+  // saved[4], saved[7] (the tie counts) are empty: gate_backward counts ties itself.
   const Tensor &cw = saved[0], &sw = saved[1], &cavg = saved[2], &cmax = saved[3],
-               &ccnt = saved[4], &smean = saved[5], &smax = saved[6], &scnt = saved[7],
-               &zhat = saved[8], &invstd = saved[9];
+               &smean = saved[5], &smax = saved[6], &zhat = saved[8], &invstd = saved[9];
   const bool spatial = present(sp, 0) != nullptr;
   auto none = [&] { return at::empty({0}, x.options()); };
   std::vector<Tensor> grads(9);
@@ -669,7 +854,8 @@ std::vector<Tensor> gate_backward(const Tensor& grad, const Tensor& x, at::Tenso
     using T = scalar_t;
     if (spatial) {
       const int64_t k = sp[0].size(-1);
-      Tensor ds = gate_grad_spatial(grad, x, cw);  // dL/dσ, then dL/d(conv ∘ bn)
+      Tensor ds, scnt;  // dL/dσ, then dL/d(conv ∘ bn); the spatial max's tie counts
+      std::tie(ds, scnt) = grad_spatial(grad, x, cw, smax);
       sigmoid_backward_inplace<T>(ds.data_ptr<T>(), sw.data_ptr<T>(), B * P);
       if (bn) {
         for (int i : {7, 8})
@@ -693,19 +879,24 @@ std::vector<Tensor> gate_backward(const Tensor& grad, const Tensor& x, at::Tenso
       se = dmax.div(scnt).contiguous();
       smx = smax;
     }
-    Tensor ca = at::zeros({B, C}, x.options()), ce = ca, cm = ca;
+    Tensor ca = at::zeros({B, C}, x.options()), ce, cm;  // ce, cm: only with a max pool
     if (kind != 0) {
-      Tensor dl = gate_grad_channel(grad, x, cw, osw, sa, se, smx);
+      Tensor dl, ccnt;
+      std::tie(dl, ccnt) = grad_channel(grad, x, cw, spatial_terms(x, osw, sa, se, smx),
+                                        use_max ? cmax : Tensor());
       sigmoid_backward_inplace<T>(dl.data_ptr<T>(), cw.data_ptr<T>(), B * C);
       Tensor davg, dmax;
       if (kind == 1) {
         const int64_t D = int64_t(use_avg) + use_max;
         Tensor V = descriptors(cavg, cmax, use_avg, use_max), h;
         mlp_forward(V, ch, D, &h);  // recomputes the hidden activations (D·B×R)
-        Tensor dL = D == 1 ? dl : dl.repeat({D, 1});
-        grads[3] = at::mm(dL.t(), h);  // dW2
-        if (present(ch, 3)) grads[4] = dL.sum(0);
-        Tensor dh = at::mm(dL, ch[2]).mul_(h.gt(0));
+        const int64_t R = h.size(1);
+        // Every descriptor's MLP output gets the same gradient dl.
+        grads[3] = at::mm(dl.t(), D == 1 ? h : h.view({D, B, R}).sum(0));  // dW2
+        if (present(ch, 3)) grads[4] = dl.sum(0).mul_(double(D));
+        Tensor dh = at::threshold_backward(at::mm(dl, ch[2]).unsqueeze(0).expand({D, B, R}),
+                                           h.view({D, B, R}), 0)
+                        .view({D * B, R});
         grads[1] = at::mm(dh.t(), V);  // dW1
         if (present(ch, 1)) grads[2] = dh.sum(0);
         Tensor dV = at::mm(dh, ch[0]);
@@ -723,7 +914,7 @@ std::vector<Tensor> gate_backward(const Tensor& grad, const Tensor& x, at::Tenso
         cm = cmax;
       }
     }
-    if (need_dx) grads[0] = gate_grad_input(grad, x, cw, osw, sa, se, smx, ca, ce, cm);
+    if (need_dx) grads[0] = grad_input(grad, x, cw, spatial_terms(x, osw, sa, se, smx), ca, ce, cm);
   });
   return grads;
 }
