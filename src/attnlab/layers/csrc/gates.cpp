@@ -30,7 +30,7 @@
 namespace {
 
 using at::Tensor;
-constexpr int64_t kBlock = 1024;  // positions or channels per task in the blocked loops
+constexpr int64_t kBlock = 256;  // positions or channels per task in the blocked loops
 
 bool channels_last(const Tensor& x) {
   return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
