@@ -11,6 +11,21 @@
 
 namespace {
 
+// o[x] += Σ_j wr[j] · src[x + s·(j - r)] along one row, zero outside it (r = k/2): s = +1 is
+// the conv's correlation, s = -1 its transpose (the input gradient).
+template <typename T>
+inline void add_row_taps(T* __restrict__ o, const T* __restrict__ src, const T* wr, int64_t k,
+                         int64_t W, int64_t s) {
+  const int64_t r = k / 2;
+  for (int64_t j = 0; j < k; ++j) {
+    const T wv = wr[j];
+    const int64_t d = s * (j - r);
+    const int64_t x0 = std::max<int64_t>(0, -d), x1 = std::min<int64_t>(W, W - d);
+#pragma omp simd
+    for (int64_t x = x0; x < x1; ++x) o[x] += wv * src[x + d];
+  }
+}
+
 // z[b,y,x] = bias + Σ_{c<2,i,j} w[c,i,j] · in[b,c,y+i-r,x+j-r], zero padding r = k/2.
 template <typename T>
 void conv2to1_forward(const T* in, const T* w, T bias, T* z, int64_t B, int64_t H, int64_t W,
@@ -19,22 +34,12 @@ void conv2to1_forward(const T* in, const T* w, T bias, T* z, int64_t B, int64_t 
   at::parallel_for(0, B * H, 16, [&](int64_t begin, int64_t end) {
     for (int64_t by = begin; by < end; ++by) {
       const int64_t b = by / H, y = by % H;
-      T* __restrict__ o = z + b * P + y * W;
+      T* o = z + b * P + y * W;
       for (int64_t x = 0; x < W; ++x) o[x] = bias;
-      for (int64_t c = 0; c < 2; ++c) {
-        for (int64_t i = 0; i < k; ++i) {
-          const int64_t yy = y + i - r;
-          if (yy < 0 || yy >= H) continue;
-          const T* __restrict__ src = in + (b * 2 + c) * P + yy * W;
-          for (int64_t j = 0; j < k; ++j) {
-            const T wv = w[(c * k + i) * k + j];
-            const int64_t d = j - r;
-            const int64_t x0 = std::max<int64_t>(0, -d), x1 = std::min<int64_t>(W, W - d);
-#pragma omp simd
-            for (int64_t x = x0; x < x1; ++x) o[x] += wv * src[x + d];
-          }
-        }
-      }
+      for (int64_t c = 0; c < 2; ++c)
+        for (int64_t i = 0; i < k; ++i)
+          if (y + i - r >= 0 && y + i - r < H)
+            add_row_taps(o, in + (b * 2 + c) * P + (y + i - r) * W, w + (c * k + i) * k, k, W, 1);
     }
   });
 }
@@ -48,20 +53,11 @@ void conv2to1_grad_input(const T* dz, const T* w, T* din, int64_t B, int64_t H, 
     for (int64_t by = begin; by < end; ++by) {
       const int64_t b = by / H, y = by % H;
       for (int64_t c = 0; c < 2; ++c) {
-        T* __restrict__ o = din + (b * 2 + c) * P + y * W;
+        T* o = din + (b * 2 + c) * P + y * W;
         for (int64_t x = 0; x < W; ++x) o[x] = T(0);
-        for (int64_t i = 0; i < k; ++i) {
-          const int64_t yz = y - i + r;
-          if (yz < 0 || yz >= H) continue;
-          const T* __restrict__ src = dz + b * P + yz * W;
-          for (int64_t j = 0; j < k; ++j) {
-            const T wv = w[(c * k + i) * k + j];
-            const int64_t d = r - j;
-            const int64_t x0 = std::max<int64_t>(0, -d), x1 = std::min<int64_t>(W, W - d);
-#pragma omp simd
-            for (int64_t x = x0; x < x1; ++x) o[x] += wv * src[x + d];
-          }
-        }
+        for (int64_t i = 0; i < k; ++i)
+          if (y - i + r >= 0 && y - i + r < H)
+            add_row_taps(o, dz + b * P + (y - i + r) * W, w + (c * k + i) * k, k, W, -1);
       }
     }
   });
@@ -98,18 +94,9 @@ double conv2to1_grad_weight(const T* dz, const T* in, T* dw, int64_t B, int64_t 
 // ECA: logits[b,c] = Σ_j w[j] · y[b,c+j-r] (zero padding r = (k-1)/2).
 template <typename T>
 void eca_forward(const T* y, const T* w, T* logits, int64_t B, int64_t C, int64_t k) {
-  const int64_t r = (k - 1) / 2;
-  for (int64_t b = 0; b < B; ++b) {
-    T* __restrict__ o = logits + b * C;
-    const T* __restrict__ src = y + b * C;
-    for (int64_t c = 0; c < C; ++c) o[c] = T(0);
-    for (int64_t j = 0; j < k; ++j) {
-      const int64_t d = j - r;
-      const int64_t c0 = std::max<int64_t>(0, -d), c1 = std::min<int64_t>(C, C - d);
-      const T wv = w[j];
-#pragma omp simd
-      for (int64_t c = c0; c < c1; ++c) o[c] += wv * src[c + d];
-    }
+  for (int64_t b = 0; b < B; ++b) {  // k is odd: (k - 1) / 2 = k / 2
+    for (int64_t c = 0; c < C; ++c) logits[b * C + c] = T(0);
+    add_row_taps(logits + b * C, y + b * C, w, k, C, 1);
   }
 }
 
@@ -127,16 +114,8 @@ void eca_backward(const T* dl, const T* y, const T* w, T* dy, T* dw, int64_t B, 
     dw[j] = static_cast<T>(acc);
   }
   for (int64_t b = 0; b < B; ++b) {
-    T* __restrict__ o = dy + b * C;
-    const T* __restrict__ src = dl + b * C;
-    for (int64_t c = 0; c < C; ++c) o[c] = T(0);
-    for (int64_t j = 0; j < k; ++j) {
-      const int64_t d = r - j;
-      const int64_t c0 = std::max<int64_t>(0, -d), c1 = std::min<int64_t>(C, C - d);
-      const T wv = w[j];
-#pragma omp simd
-      for (int64_t c = c0; c < c1; ++c) o[c] += wv * src[c + d];
-    }
+    for (int64_t c = 0; c < C; ++c) dy[b * C + c] = T(0);
+    add_row_taps(dy + b * C, dl + b * C, w, k, C, -1);
   }
 }
 
