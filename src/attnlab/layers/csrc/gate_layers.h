@@ -12,7 +12,7 @@
 namespace {
 
 // o[x] += Σ_j wr[j] · src[x + s·(j - r)] along one row, zero outside it (r = k/2): s = +1 is
-// the conv's correlation, s = -1 its transpose (the input gradient).
+// the conv's correlation, s = -1 its transpose (ECA's 1-D conv and its input gradient).
 template <typename T>
 inline void add_row_taps(T* __restrict__ o, const T* __restrict__ src, const T* wr, int64_t k,
                          int64_t W, int64_t s) {
@@ -26,20 +26,50 @@ inline void add_row_taps(T* __restrict__ o, const T* __restrict__ src, const T* 
   }
 }
 
+// The spatial gate's k×k conv works on zero-padded planes of (H + 2r) × (W + 2r), r = k/2:
+// there every tap (c, i, j) is one long multiply-add over the whole plane at offset i·Wp + j
+// (Wp = W + 2r), its output on the padded row pitch, instead of a short loop per row and tap.
+
+// n planes of H×W → zero-padded planes, the data at (r, r).
+template <typename T>
+void pad_planes(const T* src, T* dst, int64_t n, int64_t H, int64_t W, int64_t r) {
+  const int64_t Wp = W + 2 * r, Hp = H + 2 * r;
+  std::fill(dst, dst + n * Hp * Wp, T(0));
+  for (int64_t q = 0; q < n; ++q)
+    for (int64_t y = 0; y < H; ++y)
+      std::copy(src + (q * H + y) * W, src + (q * H + y + 1) * W, dst + (q * Hp + y + r) * Wp + r);
+}
+
+// out[n] += Σ_{c,i,j} w[c,i,j] · pad_c[n + i·Wp + j] for n < (H - 1)·Wp + W (out on pitch Wp);
+// flip: the kernel rotated by 180° (the transpose, for the input gradient).
+template <typename T>
+void correlate_padded(const T* pad, int64_t planes, const T* w, T* out, int64_t H, int64_t W,
+                      int64_t k, bool flip) {
+  const int64_t Wp = W + k - 1, Hp = H + k - 1, len = (H - 1) * Wp + W;
+  for (int64_t c = 0; c < planes; ++c)
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t j = 0; j < k; ++j) {
+        const T wv = flip ? w[(c * k + k - 1 - i) * k + k - 1 - j] : w[(c * k + i) * k + j];
+        const T* __restrict__ src = pad + c * Hp * Wp + i * Wp + j;
+        T* __restrict__ o = out;
+#pragma omp simd
+        for (int64_t n = 0; n < len; ++n) o[n] += wv * src[n];
+      }
+}
+
 // z[b,y,x] = bias + Σ_{c<2,i,j} w[c,i,j] · in[b,c,y+i-r,x+j-r], zero padding r = k/2.
 template <typename T>
 void conv2to1_forward(const T* in, const T* w, T bias, T* z, int64_t B, int64_t H, int64_t W,
                       int64_t k) {
-  const int64_t r = k / 2, P = H * W;
-  at::parallel_for(0, B * H, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t by = begin; by < end; ++by) {
-      const int64_t b = by / H, y = by % H;
-      T* o = z + b * P + y * W;
-      for (int64_t x = 0; x < W; ++x) o[x] = bias;
-      for (int64_t c = 0; c < 2; ++c)
-        for (int64_t i = 0; i < k; ++i)
-          if (y + i - r >= 0 && y + i - r < H)
-            add_row_taps(o, in + (b * 2 + c) * P + (y + i - r) * W, w + (c * k + i) * k, k, W, 1);
+  const int64_t r = k / 2, P = H * W, Wp = W + 2 * r, Hp = H + 2 * r;
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> pad(2 * Hp * Wp), out(H * Wp);
+    for (int64_t b = begin; b < end; ++b) {
+      pad_planes(in + b * 2 * P, pad.data(), 2, H, W, r);
+      std::fill(out.begin(), out.end(), bias);
+      correlate_padded(pad.data(), 2, w, out.data(), H, W, k, false);
+      for (int64_t y = 0; y < H; ++y)
+        std::copy(out.data() + y * Wp, out.data() + y * Wp + W, z + b * P + y * W);
     }
   });
 }
@@ -48,40 +78,45 @@ void conv2to1_forward(const T* in, const T* w, T bias, T* z, int64_t B, int64_t 
 template <typename T>
 void conv2to1_grad_input(const T* dz, const T* w, T* din, int64_t B, int64_t H, int64_t W,
                          int64_t k) {
-  const int64_t r = k / 2, P = H * W;
-  at::parallel_for(0, B * H, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t by = begin; by < end; ++by) {
-      const int64_t b = by / H, y = by % H;
+  const int64_t r = k / 2, P = H * W, Wp = W + 2 * r, Hp = H + 2 * r;
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> pad(Hp * Wp), out(H * Wp);
+    for (int64_t b = begin; b < end; ++b) {
+      pad_planes(dz + b * P, pad.data(), 1, H, W, r);
       for (int64_t c = 0; c < 2; ++c) {
-        T* o = din + (b * 2 + c) * P + y * W;
-        for (int64_t x = 0; x < W; ++x) o[x] = T(0);
-        for (int64_t i = 0; i < k; ++i)
-          if (y - i + r >= 0 && y - i + r < H)
-            add_row_taps(o, dz + b * P + (y - i + r) * W, w + (c * k + i) * k, k, W, -1);
+        std::fill(out.begin(), out.end(), T(0));
+        correlate_padded(pad.data(), 1, w + c * k * k, out.data(), H, W, k, true);
+        for (int64_t y = 0; y < H; ++y)
+          std::copy(out.data() + y * Wp, out.data() + y * Wp + W, din + (b * 2 + c) * P + y * W);
       }
     }
   });
 }
 
 // dw[c,i,j] = Σ_{b,y,x} dz[b,y,x] · in[b,c,y+i-r,x+j-r]; returns Σ dz (the bias gradient).
+// On padded planes each tap is one long dot product: dz laid on the pitch Wp with zeros in the
+// extra columns, against the padded input at offset i·Wp + j.
 template <typename T>
 double conv2to1_grad_weight(const T* dz, const T* in, T* dw, int64_t B, int64_t H, int64_t W,
                             int64_t k) {
-  const int64_t r = k / 2, P = H * W;
+  const int64_t r = k / 2, P = H * W, Wp = W + 2 * r, Hp = H + 2 * r, len = (H - 1) * Wp + W;
+  std::vector<T> pad(B * 2 * Hp * Wp), dzp(B * H * Wp, T(0));
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      pad_planes(in + b * 2 * P, pad.data() + b * 2 * Hp * Wp, 2, H, W, r);
+      for (int64_t y = 0; y < H; ++y)
+        std::copy(dz + b * P + y * W, dz + b * P + (y + 1) * W, dzp.data() + (b * H + y) * Wp);
+    }
+  });
   at::parallel_for(0, 2 * k * k, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t c = t / (k * k), i = (t / k) % k, j = t % k, d = j - r;
-      const int64_t x0 = std::max<int64_t>(0, -d), x1 = std::min<int64_t>(W, W - d);
+      const int64_t c = t / (k * k), i = (t / k) % k, j = t % k;
       double acc = 0;
       for (int64_t b = 0; b < B; ++b) {
-        for (int64_t y = 0; y < H; ++y) {
-          const int64_t yy = y + i - r;
-          if (yy < 0 || yy >= H) continue;
-          const T* __restrict__ g = dz + b * P + y * W;
-          const T* __restrict__ src = in + (b * 2 + c) * P + yy * W;
+        const T* __restrict__ g = dzp.data() + b * H * Wp;
+        const T* __restrict__ src = pad.data() + (b * 2 + c) * Hp * Wp + i * Wp + j;
 #pragma omp simd reduction(+ : acc)
-          for (int64_t x = x0; x < x1; ++x) acc += double(g[x]) * double(src[x + d]);
-        }
+        for (int64_t n = 0; n < len; ++n) acc += double(g[n]) * double(src[n]);
       }
       dw[t] = static_cast<T>(acc);
     }
