@@ -5,7 +5,9 @@
    backward, SGD step) and an inference pass (eval, no grad). Targets: CBAM training ≤ 1.06×,
    inference ≤ 1.03×; SE and ECA training ≤ 1.03×.
 2. Module: CBAM alone at 8×256×40×40 (stage-1 output in that setting): forward ≤ 3× and
-   forward+backward ≤ 10× the time of ``x.clone()``.
+   forward+backward ≤ 10× the time of ``x.clone()``. The forward is timed in training mode
+   (without autograd: BatchNorm on batch statistics, running statistics updated) and in eval
+   mode (inference); forward+backward in training mode.
 
 Each comparison calls its candidates in turns: the network part one training step (or inference
 pass) of each per turn, --rounds × --number turns; the module part 20 back-to-back calls of
@@ -28,6 +30,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import json
 import platform
@@ -153,6 +156,8 @@ def network(attns, *, batch, size, rounds, number, channels_last):
 
 
 def module(names, *, shape, rounds, number, channels_last):
+    """Forward in training mode (no grad: batch statistics, running-statistics update) and in
+    eval mode (inference), and forward+backward in training mode, each against x.clone()."""
     torch.manual_seed(0)
     x = torch.randn(shape)
     if channels_last:
@@ -161,9 +166,14 @@ def module(names, *, shape, rounds, number, channels_last):
     rows = []
     for name in names:
         m = attnlab.create_attention(name, shape[1])
+        m_eval = copy.deepcopy(m).eval()
         xr = x.clone().requires_grad_()
 
         def fwd(m=m):
+            with torch.no_grad():
+                m(x)
+
+        def fwd_eval(m=m_eval):
             with torch.no_grad():
                 m(x)
 
@@ -174,20 +184,20 @@ def module(names, *, shape, rounds, number, channels_last):
         for path in ("fast", "reference"):
             with fused.backend(path):
                 t = interleaved(
-                    {"clone": lambda: x.clone(), "fwd": fwd, "fwd+bwd": fwd_bwd},
-                    rounds,
-                    number,
-                    block=True,
-                )
+                    {"clone": lambda: x.clone(), "fwd": fwd, "fwd-eval": fwd_eval,
+                     "fwd+bwd": fwd_bwd},
+                    rounds, number, block=True,
+                )  # fmt: skip
             row = {
                 "module": name, "path": path, "clone_s": t["clone"], "fwd_s": t["fwd"],
-                "fwd_bwd_s": t["fwd+bwd"], "fwd_ratio": t["fwd/"],
-                "fwd_bwd_ratio": t["fwd+bwd/"],
+                "fwd_eval_s": t["fwd-eval"], "fwd_bwd_s": t["fwd+bwd"], "fwd_ratio": t["fwd/"],
+                "fwd_eval_ratio": t["fwd-eval/"], "fwd_bwd_ratio": t["fwd+bwd/"],
             }  # fmt: skip
             rows.append(row)
             print(
                 f"| {name} | {path} | {1e3 * t['clone']:.2f} ms | {1e3 * t['fwd']:.2f} ms "
-                f"(**{row['fwd_ratio']:.1f}×**) | {1e3 * t['fwd+bwd']:.2f} ms "
+                f"(**{row['fwd_ratio']:.1f}×**) | {1e3 * t['fwd-eval']:.2f} ms "
+                f"(**{row['fwd_eval_ratio']:.1f}×**) | {1e3 * t['fwd+bwd']:.2f} ms "
                 f"(**{row['fwd_bwd_ratio']:.1f}×**) |",
                 flush=True,
             )
@@ -226,7 +236,10 @@ def main() -> None:
         shape = (args.batch, 256, args.size // 4, args.size // 4)
         print(f"Module alone at {'×'.join(map(str, shape))} vs x.clone() (targets: CBAM "
               "fwd ≤ 3×, fwd+bwd ≤ 10×)\n")  # fmt: skip
-        print("| module | path | clone | forward | forward + backward |\n|---|---|---|---|---|")
+        print(
+            "| module | path | clone | forward (train mode) | forward (eval) | forward + backward "
+            "|\n|---|---|---|---|---|---|"
+        )
         out["module"] = module(
             args.modules, shape=shape, rounds=args.rounds, number=20,
             channels_last=args.channels_last,
