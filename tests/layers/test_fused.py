@@ -366,3 +366,18 @@ def test_channels_last_module_weights():
     torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-5)
     for fast, ref in zip(gp, gp_ref, strict=True):
         torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize("grad", [True, False])
+def test_batch_norm_counts_one_step_per_forward_on_every_path(grad):
+    # Observed under autograd the module runs its own layers: the BatchNorm's bookkeeping must
+    # still happen once per forward, not once in the operator's set-up and again in the layers.
+    module = CBAM(16).train()
+    norm = module.spatial_gate.norm
+    x = torch.randn(2, 16, 5, 5, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        module(x)
+        with capture_maps(module, detach=not grad):
+            module(x)
+    assert int(norm.num_batches_tracked) == 2

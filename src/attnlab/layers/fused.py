@@ -545,31 +545,29 @@ def layer_gate(
     params = [none if p is None else p for p in channel + params_sp]
     if any(p.dtype != x.dtype or p.device != x.device for p in params):
         return None
-    momentum, eps, running = 0.0, 1e-5, (none, none)
-    if norm is not None:
-        eps = norm.eps
-        if norm.running_mean is not None:
-            running = (norm.running_mean, norm.running_var)
-            if any(t.dtype != x.dtype for t in running):
-                return None
-            if norm.training:  # nn.BatchNorm2d's bookkeeping, as its forward does it
-                norm.num_batches_tracked.add_(1)
-                momentum = (
-                    1.0 / float(norm.num_batches_tracked)
-                    if norm.momentum is None
-                    else norm.momentum
-                )
-    max_first = spatial is not None and tuple(spatial.pool_order) == ("max", "mean")
-    cfg = (kind, "avg" in pools, "max" in pools, max_first, bn, *running, momentum, eps)
-    x = _layout(x)
-    if _needs_grad(x, [p for p in params if p.requires_grad]):
-        if observed:  # the taps' hooks may want maps that carry the graph: run the layers
+    running = (none, none)
+    if norm is not None and norm.running_mean is not None:
+        running = (norm.running_mean, norm.running_var)
+        if any(t.dtype != x.dtype for t in running):
             return None
-        return _LayerGate.apply(x, cfg, *params)
-    if spatial is None:
+    grad = _needs_grad(x, [p for p in params if p.requires_grad])
+    if grad and observed:  # the taps' hooks may want maps that carry the graph: run the layers
+        return None
+    if not grad and spatial is None:
         # Inference with a channel gate only: gate_product's PyTorch mean and multiply make
         # the same two passes and measured as fast or faster (SE, ResNet-50 stage shapes).
         return None
+    # From here the operator runs (no fallback), so BatchNorm's bookkeeping happens once.
+    momentum, eps = 0.0, 1e-5 if norm is None else norm.eps
+    if norm is not None and norm.training and norm.running_mean is not None:
+        norm.num_batches_tracked.add_(1)  # as nn.BatchNorm2d's forward does it
+        tracked = float(norm.num_batches_tracked)
+        momentum = 1.0 / tracked if norm.momentum is None else norm.momentum
+    max_first = spatial is not None and tuple(spatial.pool_order) == ("max", "mean")
+    cfg = (kind, "avg" in pools, "max" in pools, max_first, bn, *running, momentum, eps)
+    x = _layout(x)
+    if grad:
+        return _LayerGate.apply(x, cfg, *params)
     outs = torch.ops.attnlab_fast.gate_forward(
         x, params[:4], cfg[0], cfg[1], cfg[2], params[4:], cfg[3], cfg[4], *cfg[5:], bool(observed)
     )
