@@ -260,6 +260,23 @@ def test_kernels_reject_bad_tensors():
         ops.gate_grad_spatial(torch.randn(2, 8, 3, 5), x, torch.randn(2, 8))
     with pytest.raises(RuntimeError, match="must be 4-D"):
         ops.channel_pool(torch.randn(8, 5), False)
+    none = torch.empty(0)
+    mlp = [torch.randn(2, 8), none, torch.randn(8, 2), none]
+
+    def forward(ch, kind, use_avg):
+        return ops.gate_forward(
+            x, ch, kind, use_avg, False, [none] * 4, False, 0, none, none, 0.0, 1e-5, False
+        )
+
+    with pytest.raises(RuntimeError, match="channel kind must be 0, 1 or 2"):
+        forward(mlp, 3, True)
+    with pytest.raises(RuntimeError, match="needs a pool"):
+        forward(mlp, 1, False)
+    with pytest.raises(RuntimeError, match="parameters must be CPU tensors of x's dtype"):
+        forward([t.double() for t in mlp], 1, True)
+    assert forward(mlp, 1, True)[0].shape == x.shape
+    with pytest.raises(RuntimeError, match="needs the 10 saved tensors"):
+        ops.gate_backward(x, x, mlp, 1, True, False, [none] * 4, False, 0, [none] * 3, True)
 
 
 @needs_kernels
