@@ -240,11 +240,10 @@ def _register_fakes() -> None:
         b, c, h, w = x.shape
         p, none = h * w, x.new_empty(0)
         spatial = sp[0].numel() > 0
-        # The tie counts (small[2], maps[2]) are left empty: gate_backward counts ties itself.
-        small = [x.new_empty(b, c), x.new_empty(b, c), x.new_empty(0, 0)] if kind else [none] * 3
+        small = [x.new_empty(b, c), x.new_empty(b, c)] if kind else [none] * 2
         if kind and not use_max:
             small[1] = x.new_empty(0, 0)
-        maps = [x.new_empty(b, p)] * 2 + [x.new_empty(0, 0)] if spatial else [none] * 3
+        maps = [x.new_empty(b, p)] * 2 if spatial else [none] * 2
         zhat = x.new_empty(b, p) if spatial and bn else x.new_empty(0, 0)
         return [
             torch.empty_like(x), x.new_empty(b, c), x.new_empty(b, p) if spatial else none,

@@ -720,8 +720,9 @@ Tensor gate_grad_input(const Tensor& g, const Tensor& x, const Tensor& cw,
 // 1 batch statistics (updating running_mean/var when given), 2 running statistics; then σ.
 // Absent parameters are empty tensors.
 //
-// saved (forward with save=true, outputs 1…): cw, sw, channel avg, max, count, spatial mean,
-// max, count, ẑ (normalised conv output), BN's 1/σ.
+// saved (forward with save=true, outputs 1…): cw, sw, channel avg, max, spatial mean, max,
+// ẑ (normalised conv output), BN's 1/σ. The max pools' tie counts are not among them: the
+// backward passes count ties as they read x.
 
 namespace {
 
@@ -785,12 +786,12 @@ std::vector<Tensor> gate_forward(const Tensor& x, at::TensorList ch_, int64_t ki
   TORCH_CHECK(kind == 0 || use_avg || use_max, "attnlab_fast: the channel gate needs a pool");
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = H * W;
   const bool spatial = present(sp, 0) != nullptr;
-  Tensor cw, sw, cavg, cmax, ccnt, smean, smax, scnt, zhat, invstd;
+  Tensor cw, sw, cavg, cmax, smean, smax, zhat, invstd;
   std::vector<Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_forward", [&] {
     using T = scalar_t;
     if (kind != 0) {
-      std::tie(cavg, cmax, ccnt) = channel_pool_impl(x, use_max, false);  // counts: backward
+      std::tie(cavg, cmax, std::ignore) = channel_pool_impl(x, use_max, false);
       cw = channel_logits<T>(cavg, cmax, ch, kind, use_avg, use_max);
       sigmoid_inplace<T>(cw.data_ptr<T>(), cw.numel());
     } else {
@@ -799,7 +800,7 @@ std::vector<Tensor> gate_forward(const Tensor& x, at::TensorList ch_, int64_t ki
     if (spatial) {
       const int64_t k = sp[0].size(-1);
       TORCH_CHECK(sp[0].numel() == 2 * k * k, "attnlab_fast: spatial conv weight must be 1×2×k×k");
-      std::tie(smean, smax, scnt) = spatial_pool_impl(x, cw, false);
+      std::tie(smean, smax, std::ignore) = spatial_pool_impl(x, cw, false);
       Tensor in = max_first ? at::stack({smax, smean}, 1) : at::stack({smean, smax}, 1);
       sw = at::empty({B, P}, x.options());
       const T* cb = ptr<T>(sp, 1);
@@ -823,9 +824,9 @@ std::vector<Tensor> gate_forward(const Tensor& x, at::TensorList ch_, int64_t ki
   out.push_back(gate_apply(x, cw, spatial ? c10::optional<Tensor>(sw) : c10::nullopt));
   if (save) {
     auto none = [&] { return at::empty({0}, x.options()); };
-    for (Tensor* t : {&sw, &cavg, &cmax, &ccnt, &smean, &smax, &scnt, &zhat, &invstd})
+    for (Tensor* t : {&sw, &cavg, &cmax, &smean, &smax, &zhat, &invstd})
       if (!t->defined()) *t = none();
-    out.insert(out.end(), {cw, sw, cavg, cmax, ccnt, smean, smax, scnt, zhat, invstd});
+    out.insert(out.end(), {cw, sw, cavg, cmax, smean, smax, zhat, invstd});
   }
   return out;
 }
@@ -840,11 +841,10 @@ std::vector<Tensor> gate_backward(const Tensor& grad, const Tensor& x, at::Tenso
   const auto chv = params_of(x, ch_, "channel"), spv = params_of(x, sp_, "spatial");
   const at::TensorList ch(chv), sp(spv);
   check_grad(grad, x);
-  TORCH_CHECK(saved.size() == 10, "attnlab_fast: gate_backward needs the 10 saved tensors");
+  TORCH_CHECK(saved.size() == 8, "attnlab_fast: gate_backward needs the 8 saved tensors");
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = H * W;
-  // saved[4], saved[7] (the tie counts) are empty: gate_backward counts ties itself.
   const Tensor &cw = saved[0], &sw = saved[1], &cavg = saved[2], &cmax = saved[3],
-               &smean = saved[5], &smax = saved[6], &zhat = saved[8], &invstd = saved[9];
+               &smean = saved[4], &smax = saved[5], &zhat = saved[6], &invstd = saved[7];
   const bool spatial = present(sp, 0) != nullptr;
   auto none = [&] { return at::empty({0}, x.options()); };
   std::vector<Tensor> grads(9);
