@@ -275,7 +275,7 @@ def test_kernels_reject_bad_tensors():
     with pytest.raises(RuntimeError, match="parameters must be CPU tensors of x's dtype"):
         forward([t.double() for t in mlp], 1, True)
     assert forward(mlp, 1, True)[0].shape == x.shape
-    with pytest.raises(RuntimeError, match="needs the 8 saved tensors"):
+    with pytest.raises(RuntimeError, match="needs the 9 saved tensors"):
         ops.gate_backward(x, x, mlp, 1, True, False, [none] * 4, False, 0, [none] * 3, True)
 
 

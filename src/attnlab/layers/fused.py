@@ -248,6 +248,7 @@ def _register_fakes() -> None:
         return [
             torch.empty_like(x), x.new_empty(b, c), x.new_empty(b, p) if spatial else none,
             *small, *maps, zhat if spatial else none, x.new_empty(1) if spatial else none,
+            x.new_empty((int(use_avg) + int(use_max)) * b, ch[0].shape[0]) if kind == 1 else none,
         ]  # fmt: skip
 
     @lib("gate_backward")

@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "pool.h"
@@ -214,14 +215,16 @@ inline void weighted_sum_max(const T* __restrict__ xb, const T* __restrict__ w, 
   }
 }
 
-// s[p] = Σ_c g[c,p]·x[c,p]·w[c] and, with mx, k[p] = #{c : x[c,p]·w[c] == mx[p]}.
+// s[p] = Σ_c g[c,p]·x[c,p]·w[c] and, with mx, k[p] = #{c : x[c,p]·w[c] == mx[p]} and
+// ix[p] = the last such c (as a T).
 template <typename T, int64_t N>
 inline void weighted_dot_ties(const T* __restrict__ gb, const T* __restrict__ xb,
                               const T* __restrict__ w, int64_t C, int64_t P, int64_t n,
-                              const T* __restrict__ mx, T* __restrict__ s, T* __restrict__ k) {
+                              const T* __restrict__ mx, T* __restrict__ s, T* __restrict__ k,
+                              T* __restrict__ ix) {
   const int64_t len = N ? N : n;
   T part[kLanes];
-  for (int64_t p = 0; p < len; ++p) s[p] = 0, k[p] = 0;
+  for (int64_t p = 0; p < len; ++p) s[p] = 0, k[p] = 0, ix[p] = -1;
   for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
     for (int64_t p = 0; p < len; ++p) part[p] = 0;
     for (int64_t c = c0, c1 = std::min(C, c0 + kChunk); c < c1; ++c) {
@@ -229,11 +232,14 @@ inline void weighted_dot_ties(const T* __restrict__ gb, const T* __restrict__ xb
       const T* __restrict__ r = xb + c * P;
       const T* __restrict__ q = gb + c * P;
       if (mx) {
+        const T cf = T(c);
 #pragma omp simd
         for (int64_t p = 0; p < len; ++p) {
           const T v = r[p] * wc;
+          const bool tie = v == mx[p];
           part[p] += q[p] * v;
-          k[p] += v == mx[p] ? T(1) : T(0);
+          k[p] += tie ? T(1) : T(0);
+          ix[p] = tie ? cf : ix[p];
         }
       } else {
 #pragma omp simd
@@ -407,10 +413,10 @@ Tensor gate_apply(const Tensor& x, const Tensor& cw, const c10::optional<Tensor>
 // Backward, pass 1: dsw[b,p] = Σ_c g·(x·cw).
 
 // With smx: also the count of channels reaching the spatial max, scnt[b,p] = #{c : x·cw == smx}
-// (the backward needs it, the forward does not).
+// (the backward needs it, the forward does not), and in ip the last such channel (as a T).
 template <typename T>
 void gate_grad_spatial_kernel(const Tensor& g, const Tensor& x, const T* cw, Tensor& dsw,
-                              const T* smx, T* kp) {
+                              const T* smx, T* kp, T* ip) {
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   const T* __restrict__ gp = g.data_ptr<T>();
   const T* __restrict__ xp = x.data_ptr<T>();
@@ -418,18 +424,19 @@ void gate_grad_spatial_kernel(const Tensor& g, const Tensor& x, const T* cw, Ten
   if (!channels_last(x)) {
     const int64_t nblk = (P + kLanes - 1) / kLanes;
     at::parallel_for(0, B * nblk, 1, [&](int64_t begin, int64_t end) {
-      T s[kLanes], k[kLanes];
+      T s[kLanes], k[kLanes], ix[kLanes];
       for (int64_t i = begin; i < end; ++i) {
         const int64_t b = i / nblk, p0 = (i % nblk) * kLanes, n = std::min(kLanes, P - p0);
         const int64_t off = b * C * P + p0;
         const T* mx = smx ? smx + b * P + p0 : nullptr;
         if (n == kLanes)
-          weighted_dot_ties<T, kLanes>(gp + off, xp + off, cw + b * C, C, P, n, mx, s, k);
+          weighted_dot_ties<T, kLanes>(gp + off, xp + off, cw + b * C, C, P, n, mx, s, k, ix);
         else
-          weighted_dot_ties<T, 0>(gp + off, xp + off, cw + b * C, C, P, n, mx, s, k);
+          weighted_dot_ties<T, 0>(gp + off, xp + off, cw + b * C, C, P, n, mx, s, k, ix);
         for (int64_t p = 0; p < n; ++p) {
           dp[b * P + p0 + p] = s[p];
           if (kp) kp[b * P + p0 + p] = k[p];
+          if (ip) ip[b * P + p0 + p] = ix[p];
         }
       }
     });
@@ -446,25 +453,33 @@ void gate_grad_spatial_kernel(const Tensor& g, const Tensor& x, const T* cw, Ten
       dp[bp] = static_cast<T>(s);
       if (!kp) continue;
       const T m = smx[bp];
-      T k = 0;
-#pragma omp simd reduction(+ : k)
-      for (int64_t c = 0; c < C; ++c) k += r[c] * w[c] == m ? T(1) : T(0);
+      T k = 0, last = -1;
+#pragma omp simd reduction(+ : k) reduction(max : last)
+      for (int64_t c = 0; c < C; ++c) {
+        const bool tie = r[c] * w[c] == m;
+        k += tie ? T(1) : T(0);
+        last = std::max(last, tie ? T(c) : T(-1));
+      }
       kp[bp] = k;
+      if (ip) ip[bp] = last;
     }
   });
 }
 
-// dsw and, given the spatial max smx, the tie count (else an empty tensor).
+// dsw and, given the spatial max smx, the tie count (else an empty tensor); with idx, the last
+// tied channel goes there (B×P, as x's dtype).
 std::tuple<Tensor, Tensor> grad_spatial(const Tensor& g, const Tensor& x, const Tensor& cw,
-                                        const Tensor& smx) {
+                                        const Tensor& smx, Tensor* idx = nullptr) {
   const int64_t B = x.size(0), P = x.size(2) * x.size(3);
   const bool k = smx.defined();
   Tensor dsw = at::empty({B, P}, x.options());
   Tensor cnt = at::empty({k ? B : 0, k ? P : 0}, x.options());
+  if (idx) *idx = at::empty({k ? B : 0, k ? P : 0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_grad_spatial", [&] {
     gate_grad_spatial_kernel<scalar_t>(g, x, cw.data_ptr<scalar_t>(), dsw,
                                        k ? smx.data_ptr<scalar_t>() : nullptr,
-                                       k ? cnt.data_ptr<scalar_t>() : nullptr);
+                                       k ? cnt.data_ptr<scalar_t>() : nullptr,
+                                       k && idx ? idx->data_ptr<scalar_t>() : nullptr);
   });
   return {dsw, cnt};
 }
@@ -485,17 +500,22 @@ Tensor gate_grad_spatial(const Tensor& g, const Tensor& x, const Tensor& cw) {
 // Backward, pass 3: dx = dy·cw + ca[b,c] + (x == cmx[b,c] ? ce[b,c] : 0)
 // with ca = davg / P and ce = dmax / count of the channel pool (zeros where a pool is absent).
 
+// sparse: the spatial max's term is left out of the passes (dy = g·sw + sa): gate_backward
+// adds it afterwards at the tied entries only (see add_tie_terms).
 struct Spatial {
   bool on;
   const void* sw;
   const void* sa;
   const void* se;
   const void* smx;
+  bool sparse = false;
 };
 
+// With cmx: kp gets the count of positions reaching the channel max and ip (when given) the last
+// such position (as a T).
 template <typename T>
 void gate_grad_channel_kernel(const Tensor& g, const Tensor& x, const T* cw, const Spatial& sp,
-                              Tensor& dcw, const T* cmx, T* kp) {
+                              Tensor& dcw, const T* cmx, T* kp, T* ip) {
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   const T* __restrict__ gp = g.data_ptr<T>();
   const T* __restrict__ xp = x.data_ptr<T>();
@@ -505,32 +525,54 @@ void gate_grad_channel_kernel(const Tensor& g, const Tensor& x, const T* cw, con
   const T* smx = static_cast<const T*>(sp.smx);
   T* dp = dcw.data_ptr<T>();
   if (!channels_last(x)) {
+    // Sums in T over chunks of kChunk positions (vector accumulators), the chunks in double;
+    // the tie count (with kp) in the same loop.
+    auto row = [&](auto spatial, auto ties, auto sparse, int64_t bc) {
+      const int64_t b = bc / C;
+      const T w = cw[bc], cm = ties ? cmx[bc] : T(0);
+      const T* __restrict__ r = xp + bc * P;
+      const T* __restrict__ q = gp + bc * P;
+      const T* __restrict__ s1 = spatial ? sw + b * P : nullptr;
+      const T* __restrict__ s2 = spatial ? sa + b * P : nullptr;
+      const T* __restrict__ s3 = spatial ? se + b * P : nullptr;
+      const T* __restrict__ s4 = spatial ? smx + b * P : nullptr;
+      double s = 0;
+      T k = 0, last = -1;
+      for (int64_t p0 = 0; p0 < P; p0 += kChunk) {
+        const int64_t p1 = std::min(P, p0 + kChunk);
+        T part = 0;
+#pragma omp simd reduction(+ : part, k) reduction(max : last)
+        for (int64_t p = p0; p < p1; ++p) {
+          if constexpr (spatial && sparse)
+            part += (q[p] * s1[p] + s2[p]) * r[p];
+          else if constexpr (spatial)
+            part += (q[p] * s1[p] + s2[p] + (r[p] * w == s4[p] ? s3[p] : T(0))) * r[p];
+          else
+            part += q[p] * r[p];
+          if constexpr (ties) {
+            const bool tie = r[p] == cm;
+            k += tie ? T(1) : T(0);
+            last = std::max(last, tie ? T(p) : T(-1));
+          }
+        }
+        s += part;
+      }
+      dp[bc] = static_cast<T>(s);
+      if constexpr (ties) {
+        kp[bc] = k;
+        if (ip) ip[bc] = last;
+      }
+    };
+    using on = std::true_type;
+    using off = std::false_type;
     at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t bc = begin; bc < end; ++bc) {
-        const int64_t b = bc / C;
-        const T w = cw[bc];
-        const T* __restrict__ r = xp + bc * P;
-        const T* __restrict__ q = gp + bc * P;
-        double s = 0;
-        if (sp.on) {
-          const T* __restrict__ s1 = sw + b * P;
-          const T* __restrict__ s2 = sa + b * P;
-          const T* __restrict__ s3 = se + b * P;
-          const T* __restrict__ s4 = smx + b * P;
-#pragma omp simd reduction(+ : s)
-          for (int64_t p = 0; p < P; ++p)
-            s += (q[p] * s1[p] + s2[p] + (r[p] * w == s4[p] ? s3[p] : T(0))) * r[p];
-        } else {
-#pragma omp simd reduction(+ : s)
-          for (int64_t p = 0; p < P; ++p) s += q[p] * r[p];
-        }
-        dp[bc] = static_cast<T>(s);
-        if (!kp) continue;
-        const T m = cmx[bc];
-        T k = 0;
-#pragma omp simd reduction(+ : k)
-        for (int64_t p = 0; p < P; ++p) k += r[p] == m ? T(1) : T(0);
-        kp[bc] = k;
+        if (sp.on && sp.sparse && kp) row(on{}, on{}, on{}, bc);
+        else if (sp.on && sp.sparse) row(on{}, off{}, on{}, bc);
+        else if (sp.on && kp) row(on{}, on{}, off{}, bc);
+        else if (sp.on) row(on{}, off{}, off{}, bc);
+        else if (kp) row(off{}, on{}, off{}, bc);
+        else row(off{}, off{}, off{}, bc);
       }
     });
     return;
@@ -538,19 +580,26 @@ void gate_grad_channel_kernel(const Tensor& g, const Tensor& x, const T* cw, con
   const int64_t nblk = (C + kBlock - 1) / kBlock;
   at::parallel_for(0, B * nblk, 1, [&](int64_t begin, int64_t end) {
     std::vector<double> av(kBlock);
-    std::vector<T> kv(kBlock);
+    std::vector<T> kv(kBlock), iv(kBlock);
     double* __restrict__ a = av.data();
     T* __restrict__ k = kv.data();
+    T* __restrict__ ix = iv.data();
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / nblk, c0 = (i % nblk) * kBlock, n = std::min(kBlock, C - c0);
       std::fill(a, a + n, 0.0);
       std::fill(k, k + n, T(0));
+      std::fill(ix, ix + n, T(-1));
       const T* __restrict__ w = cw + b * C + c0;
       const T* __restrict__ cm = kp ? cmx + b * C + c0 : nullptr;
       for (int64_t p = 0; p < P; ++p) {
         const T* __restrict__ r = xp + (b * P + p) * C + c0;
         const T* __restrict__ q = gp + (b * P + p) * C + c0;
-        if (sp.on) {
+        if (sp.on && sp.sparse) {
+          const int64_t bp = b * P + p;
+          const T s = sw[bp], t = sa[bp];
+#pragma omp simd
+          for (int64_t c = 0; c < n; ++c) a[c] += (q[c] * s + t) * r[c];
+        } else if (sp.on) {
           const int64_t bp = b * P + p;
           const T s = sw[bp], t = sa[bp], e = se[bp], m = smx[bp];
 #pragma omp simd
@@ -561,13 +610,20 @@ void gate_grad_channel_kernel(const Tensor& g, const Tensor& x, const T* cw, con
           for (int64_t c = 0; c < n; ++c) a[c] += q[c] * r[c];
         }
         if (kp) {
+          const T pf = T(p);
 #pragma omp simd
-          for (int64_t c = 0; c < n; ++c) k[c] += r[c] == cm[c] ? T(1) : T(0);
+          for (int64_t c = 0; c < n; ++c) {
+            const bool tie = r[c] == cm[c];
+            k[c] += tie ? T(1) : T(0);
+            ix[c] = tie ? pf : ix[c];
+          }
         }
       }
       for (int64_t c = 0; c < n; ++c) dp[b * C + c0 + c] = static_cast<T>(a[c]);
       if (kp)
         for (int64_t c = 0; c < n; ++c) kp[b * C + c0 + c] = k[c];
+      if (kp && ip)
+        for (int64_t c = 0; c < n; ++c) ip[b * C + c0 + c] = ix[c];
     }
   });
 }
@@ -591,7 +647,12 @@ void gate_grad_input_kernel(const Tensor& g, const Tensor& x, const T* cw, const
         const T* __restrict__ r = xp + bc * P;
         const T* __restrict__ q = gp + bc * P;
         T* __restrict__ d = dp + bc * P;
-        if (sp.on) {
+        if (sp.on && sp.sparse && !cmx) {  // x is not read: the tie terms come afterwards
+          const T* __restrict__ s1 = sw + b * P;
+          const T* __restrict__ s2 = sa + b * P;
+#pragma omp simd
+          for (int64_t p = 0; p < P; ++p) d[p] = (q[p] * s1[p] + s2[p]) * w + a;
+        } else if (sp.on) {
           const T* __restrict__ s1 = sw + b * P;
           const T* __restrict__ s2 = sa + b * P;
           const T* __restrict__ s3 = se + b * P;
@@ -621,7 +682,11 @@ void gate_grad_input_kernel(const Tensor& g, const Tensor& x, const T* cw, const
       const T* __restrict__ a = ca + b * C;
       const T* __restrict__ cm = cmx ? cmx + b * C : nullptr;
       const T* __restrict__ e = cmx ? ce + b * C : nullptr;
-      if (sp.on) {
+      if (sp.on && sp.sparse && !cmx) {
+        const T s = sw[bp], t = sa[bp];
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) d[c] = (q[c] * s + t) * w[c] + a[c];
+      } else if (sp.on) {
         const T s = sw[bp], t = sa[bp], f = se[bp], m = smx[bp];
         if (cmx) {
 #pragma omp simd
@@ -657,16 +722,20 @@ Spatial spatial_terms(const Tensor& x, const c10::optional<Tensor>& sw,
   return {true, sw->data_ptr(), sa->data_ptr(), se->data_ptr(), smx->data_ptr()};
 }
 
-// dcw and, given the channel max cmx, the tie count cnt[b,c] = #{p : x == cmx} (else empty).
+// dcw and, given the channel max cmx, the tie count cnt[b,c] = #{p : x == cmx} (else empty);
+// with idx, the last tied position goes there (B×C, as x's dtype).
 std::tuple<Tensor, Tensor> grad_channel(const Tensor& g, const Tensor& x, const Tensor& cw,
-                                        const Spatial& sp, const Tensor& cmx) {
+                                        const Spatial& sp, const Tensor& cmx,
+                                        Tensor* idx = nullptr) {
   const bool k = cmx.defined();
   Tensor dcw = at::empty({x.size(0), x.size(1)}, x.options());
   Tensor cnt = at::empty({k ? x.size(0) : 0, k ? x.size(1) : 0}, x.options());
+  if (idx) *idx = at::empty_like(cnt);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_grad_channel", [&] {
     gate_grad_channel_kernel<scalar_t>(g, x, cw.data_ptr<scalar_t>(), sp, dcw,
                                        k ? cmx.data_ptr<scalar_t>() : nullptr,
-                                       k ? cnt.data_ptr<scalar_t>() : nullptr);
+                                       k ? cnt.data_ptr<scalar_t>() : nullptr,
+                                       k && idx ? idx->data_ptr<scalar_t>() : nullptr);
   });
   return {dcw, cnt};
 }
@@ -703,6 +772,72 @@ Tensor gate_grad_input(const Tensor& g, const Tensor& x, const Tensor& cw,
   return grad_input(g, x, cw, spatial_terms(x, sw, sa, se, smx), ca, ce, cmx);
 }
 
+// ---------------------------------------------------------------------------------------------
+// The max pools' tie terms, added at the tied entries only, so that the passes before them need
+// not read x for them (gate_backward's sparse mode). cnt and idx come from the passes that did
+// read x: with one tied entry idx names it; with more, that column (spatial) or row (channel) of
+// x is scanned for them; with none (a NaN max) there is nothing to add.
+//
+// Spatial max, per (b, p), at the channels c with x·cw == smx: dcw[b,c] += se·x (dcw given) and
+// dx[b,c,p] += se·cw[b,c] (dx given). Channel max, per (b, c), at the positions p with
+// x == cmx: dx[b,c,p] += ce.
+
+template <typename T>
+void spatial_tie_terms(const Tensor& x, const T* cw, const T* smx, const T* se, const T* cnt,
+                       const T* idx, T* dcw, T* dx) {
+  const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  const bool last = channels_last(x);
+  const int64_t sc = last ? 1 : P, sp = last ? C : 1;  // strides of c and p within a sample
+  const T* xp = x.data_ptr<T>();
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const T* xb = xp + b * C * P;
+      const T* w = cw + b * C;
+      auto add = [&](int64_t c, int64_t p, T e) {
+        const int64_t o = c * sc + p * sp;
+        if (dcw) dcw[b * C + c] += e * xb[o];
+        if (dx) dx[b * C * P + o] += e * w[c];
+      };
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t bp = b * P + p;
+        const T e = se[bp], k = cnt[bp];
+        if (k == T(1)) {
+          add(static_cast<int64_t>(idx[bp]), p, e);
+        } else if (k > T(1)) {
+          const T m = smx[bp];
+          for (int64_t c = 0; c < C; ++c)
+            if (xb[c * sc + p * sp] * w[c] == m) add(c, p, e);
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+void channel_tie_terms(const Tensor& x, const T* cmx, const T* ce, const T* cnt, const T* idx,
+                       T* dx) {
+  const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  const bool last = channels_last(x);
+  const int64_t sc = last ? 1 : P, sp = last ? C : 1;
+  const T* xp = x.data_ptr<T>();
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t bc = b * C + c;
+        const T e = ce[bc], k = cnt[bc];
+        const int64_t base = b * C * P + c * sc;
+        if (k == T(1)) {
+          dx[base + static_cast<int64_t>(idx[bc]) * sp] += e;
+        } else if (k > T(1)) {
+          const T m = cmx[bc];
+          for (int64_t p = 0; p < P; ++p)
+            if (xp[base + p * sp] == m) dx[base + p * sp] += e;
+        }
+      }
+    }
+  });
+}
+
 }  // namespace
 
 #include "coord.h"
@@ -721,8 +856,9 @@ Tensor gate_grad_input(const Tensor& g, const Tensor& x, const Tensor& cw,
 // Absent parameters are empty tensors.
 //
 // saved (forward with save=true, outputs 1…): cw, sw, channel avg, max, spatial mean, max,
-// ẑ (normalised conv output), BN's 1/σ. The max pools' tie counts are not among them: the
-// backward passes count ties as they read x.
+// ẑ (normalised conv output), BN's 1/σ, the MLP's hidden activations (D·B×R, after the ReLU;
+// kept, not recomputed: at late stages the MLP is the gate's largest cost). The max pools' tie
+// counts are not among them: the backward passes count ties as they read x.
 
 namespace {
 
@@ -764,10 +900,10 @@ Tensor descriptors(const Tensor& avg, const Tensor& mx, bool use_avg, bool use_m
 
 template <typename T>
 Tensor channel_logits(const Tensor& avg, const Tensor& mx, at::TensorList ch, int64_t kind,
-                      bool use_avg, bool use_max) {
+                      bool use_avg, bool use_max, Tensor* hidden) {
   if (kind == 1) {
     return mlp_forward(descriptors(avg, mx, use_avg, use_max), ch, int64_t(use_avg) + use_max,
-                       nullptr);
+                       hidden);
   }
   Tensor l = at::empty_like(avg);
   eca_forward<T>(avg.data_ptr<T>(), ch[0].data_ptr<T>(), l.data_ptr<T>(), avg.size(0),
@@ -786,13 +922,13 @@ std::vector<Tensor> gate_forward(const Tensor& x, at::TensorList ch_, int64_t ki
   TORCH_CHECK(kind == 0 || use_avg || use_max, "attnlab_fast: the channel gate needs a pool");
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = H * W;
   const bool spatial = present(sp, 0) != nullptr;
-  Tensor cw, sw, cavg, cmax, smean, smax, zhat, invstd;
+  Tensor cw, sw, cavg, cmax, smean, smax, zhat, invstd, hidden;
   std::vector<Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_forward", [&] {
     using T = scalar_t;
     if (kind != 0) {
       std::tie(cavg, cmax, std::ignore) = channel_pool_impl(x, use_max, false);
-      cw = channel_logits<T>(cavg, cmax, ch, kind, use_avg, use_max);
+      cw = channel_logits<T>(cavg, cmax, ch, kind, use_avg, use_max, save ? &hidden : nullptr);
       sigmoid_inplace<T>(cw.data_ptr<T>(), cw.numel());
     } else {
       cw = at::ones({B, C}, x.options());
@@ -824,9 +960,9 @@ std::vector<Tensor> gate_forward(const Tensor& x, at::TensorList ch_, int64_t ki
   out.push_back(gate_apply(x, cw, spatial ? c10::optional<Tensor>(sw) : c10::nullopt));
   if (save) {
     auto none = [&] { return at::empty({0}, x.options()); };
-    for (Tensor* t : {&sw, &cavg, &cmax, &smean, &smax, &zhat, &invstd})
+    for (Tensor* t : {&sw, &cavg, &cmax, &smean, &smax, &zhat, &invstd, &hidden})
       if (!t->defined()) *t = none();
-    out.insert(out.end(), {cw, sw, cavg, cmax, smean, smax, zhat, invstd});
+    out.insert(out.end(), {cw, sw, cavg, cmax, smean, smax, zhat, invstd, hidden});
   }
   return out;
 }
@@ -841,7 +977,7 @@ std::vector<Tensor> gate_backward(const Tensor& grad, const Tensor& x, at::Tenso
   const auto chv = params_of(x, ch_, "channel"), spv = params_of(x, sp_, "spatial");
   const at::TensorList ch(chv), sp(spv);
   check_grad(grad, x);
-  TORCH_CHECK(saved.size() == 8, "attnlab_fast: gate_backward needs the 8 saved tensors");
+  TORCH_CHECK(saved.size() == 9, "attnlab_fast: gate_backward needs the 9 saved tensors");
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = H * W;
   const Tensor &cw = saved[0], &sw = saved[1], &cavg = saved[2], &cmax = saved[3],
                &smean = saved[4], &smax = saved[5], &zhat = saved[6], &invstd = saved[7];
@@ -850,12 +986,16 @@ std::vector<Tensor> gate_backward(const Tensor& grad, const Tensor& x, at::Tenso
   std::vector<Tensor> grads(9);
   for (auto& t : grads) t = none();
   c10::optional<Tensor> osw, sa, se, smx;
+  // Sparse: the max pools' tie terms are added at the tied entries afterwards, so the input
+  // gradient's pass does not read x; it needs the tied index exact in T.
+  const bool sparse = x.scalar_type() == at::kDouble || std::max(C, P) < (int64_t(1) << 24);
+  Tensor scnt, sidx, cidx;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_backward", [&] {
     using T = scalar_t;
     if (spatial) {
       const int64_t k = sp[0].size(-1);
-      Tensor ds, scnt;  // dL/dσ, then dL/d(conv ∘ bn); the spatial max's tie counts
-      std::tie(ds, scnt) = grad_spatial(grad, x, cw, smax);
+      Tensor ds;  // dL/dσ, then dL/d(conv ∘ bn)
+      std::tie(ds, scnt) = grad_spatial(grad, x, cw, smax, sparse ? &sidx : nullptr);
       sigmoid_backward_inplace<T>(ds.data_ptr<T>(), sw.data_ptr<T>(), B * P);
       if (bn) {
         for (int i : {7, 8})
@@ -879,17 +1019,23 @@ std::vector<Tensor> gate_backward(const Tensor& grad, const Tensor& x, at::Tenso
       se = dmax.div(scnt).contiguous();
       smx = smax;
     }
-    Tensor ca = at::zeros({B, C}, x.options()), ce, cm;  // ce, cm: only with a max pool
+    Spatial terms = spatial_terms(x, osw, sa, se, smx);
+    terms.sparse = sparse;
+    Tensor ca = at::zeros({B, C}, x.options()), ce, cm, ccnt;  // ce, cm: only with a max pool
     if (kind != 0) {
-      Tensor dl, ccnt;
-      std::tie(dl, ccnt) = grad_channel(grad, x, cw, spatial_terms(x, osw, sa, se, smx),
-                                        use_max ? cmax : Tensor());
+      Tensor dl;
+      std::tie(dl, ccnt) =
+          grad_channel(grad, x, cw, terms, use_max ? cmax : Tensor(), sparse ? &cidx : nullptr);
+      if (spatial && sparse)
+        spatial_tie_terms<T>(x, cw.data_ptr<T>(), smax.data_ptr<T>(), se->data_ptr<T>(),
+                             scnt.data_ptr<T>(), sidx.data_ptr<T>(), dl.data_ptr<T>(), nullptr);
       sigmoid_backward_inplace<T>(dl.data_ptr<T>(), cw.data_ptr<T>(), B * C);
       Tensor davg, dmax;
       if (kind == 1) {
         const int64_t D = int64_t(use_avg) + use_max;
-        Tensor V = descriptors(cavg, cmax, use_avg, use_max), h;
-        mlp_forward(V, ch, D, &h);  // recomputes the hidden activations (D·B×R)
+        Tensor V = descriptors(cavg, cmax, use_avg, use_max);
+        const Tensor& h = saved[8];  // the hidden activations (D·B×R)
+        TORCH_CHECK(h.dim() == 2 && h.size(0) == D * B, "attnlab_fast: bad saved hidden state");
         const int64_t R = h.size(1);
         // Every descriptor's MLP output gets the same gradient dl.
         grads[3] = at::mm(dl.t(), D == 1 ? h : h.view({D, B, R}).sum(0));  // dW2
@@ -914,7 +1060,17 @@ std::vector<Tensor> gate_backward(const Tensor& grad, const Tensor& x, at::Tenso
         cm = cmax;
       }
     }
-    if (need_dx) grads[0] = grad_input(grad, x, cw, spatial_terms(x, osw, sa, se, smx), ca, ce, cm);
+    if (need_dx && !sparse) grads[0] = grad_input(grad, x, cw, terms, ca, ce, cm);
+    if (need_dx && sparse) {
+      grads[0] = grad_input(grad, x, cw, terms, ca, Tensor(), Tensor());
+      T* dx = grads[0].data_ptr<T>();
+      if (spatial)
+        spatial_tie_terms<T>(x, cw.data_ptr<T>(), smax.data_ptr<T>(), se->data_ptr<T>(),
+                             scnt.data_ptr<T>(), sidx.data_ptr<T>(), nullptr, dx);
+      if (cm.defined())
+        channel_tie_terms<T>(x, cm.data_ptr<T>(), ce.data_ptr<T>(), ccnt.data_ptr<T>(),
+                             cidx.data_ptr<T>(), dx);
+    }
   });
   return grads;
 }
