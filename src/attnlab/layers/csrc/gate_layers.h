@@ -1,7 +1,8 @@
 // The small layers of the gate modules, forward and backward, for the one-call gate ops
 // (gate_forward / gate_backward in gates.cpp): the spatial gate's k×k conv from the two pooled
 // maps to one, its one-channel BatchNorm, ECA's 1-D conv across channels, and the sigmoid.
-// The channel MLP uses ATen's matmuls (addmm), which are already one call each.
+// The channel MLP's forward uses ATen's matmuls (addmm, as nn.Linear does, so the gate values
+// and which entries reach the max pools are those of the reference path); its backward is here.
 //
 // These work on B×P (P = H·W) or B×C tensors of a few thousand elements: what they cost in
 // PyTorch is per-call overhead (a 2→1 7×7 conv backward through oneDNN takes over a
@@ -216,6 +217,94 @@ template <typename T>
 void sigmoid_backward_inplace(T* d, const T* s, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) d[i] *= s[i] * (T(1) - s[i]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The channel MLP's backward (logits = Σ_d W2·relu(W1·v_d + b1) + b2, d over the D pooled
+// descriptors), given dl = dL/dlogits (B×C), the descriptors V (D·B×C) and the saved hidden
+// activations h (D·B×R, after the ReLU). Writes dW1 (R×C), db1 (R), dW2 (C×R), db2 (C) (each
+// may be null) and dV (D·B×C). Each loop is a row update (axpy) over a contiguous row; the
+// long sum, over C, accumulates in double. A few hundred kFLOP at the early stages, a few tens
+// of MFLOP at the last: the threads split rows only where that pays for their start.
+template <typename T>
+void mlp_backward(const T* dl, const T* V, const T* h, const T* W1, const T* W2, int64_t B,
+                  int64_t C, int64_t R, int64_t D, T* dW1, T* db1, T* dW2, T* db2, T* dV) {
+  const int64_t N = D * B;
+  auto grain = [](int64_t work_per_row) {
+    return std::max<int64_t>(1, (int64_t(1) << 16) / std::max<int64_t>(1, work_per_row));
+  };
+  // dh = relu'(h) · (dl·W2), the same dl·W2 for every descriptor.
+  std::vector<T> dh(N * R);
+  at::parallel_for(0, B, grain(C * R), [&](int64_t begin, int64_t end) {
+    std::vector<double> acc(R);
+    for (int64_t b = begin; b < end; ++b) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      double* __restrict__ a = acc.data();
+      for (int64_t c = 0; c < C; ++c) {
+        const double g = dl[b * C + c];
+        const T* __restrict__ w = W2 + c * R;
+#pragma omp simd
+        for (int64_t r = 0; r < R; ++r) a[r] += g * w[r];
+      }
+      for (int64_t d = 0; d < D; ++d) {
+        const T* __restrict__ hr = h + (d * B + b) * R;
+        T* __restrict__ o = dh.data() + (d * B + b) * R;
+        for (int64_t r = 0; r < R; ++r) o[r] = hr[r] > T(0) ? static_cast<T>(a[r]) : T(0);
+      }
+    }
+  });
+  // dW2[c, :] = Σ_b dl[b,c] · Σ_d h[d,b,:];  db2[c] = D · Σ_b dl[b,c]
+  std::vector<T> hs(B * R, T(0));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t r = 0; r < R; ++r) hs[(n % B) * R + r] += h[n * R + r];
+  at::parallel_for(0, C, grain(B * R), [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      T* __restrict__ o = dW2 ? dW2 + c * R : nullptr;
+      T sum = 0;
+      if (o) std::fill(o, o + R, T(0));
+      for (int64_t b = 0; b < B; ++b) {
+        const T g = dl[b * C + c];
+        sum += g;
+        if (!o) continue;
+        const T* __restrict__ hr = hs.data() + b * R;
+#pragma omp simd
+        for (int64_t r = 0; r < R; ++r) o[r] += g * hr[r];
+      }
+      if (db2) db2[c] = sum * T(D);
+    }
+  });
+  // dW1[r, :] = Σ_n dh[n,r] · V[n, :];  db1[r] = Σ_n dh[n,r]
+  at::parallel_for(0, R, grain(N * C), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      T* __restrict__ o = dW1 ? dW1 + r * C : nullptr;
+      T sum = 0;
+      if (o) std::fill(o, o + C, T(0));
+      for (int64_t n = 0; n < N; ++n) {
+        const T g = dh[n * R + r];
+        if (g == T(0)) continue;
+        sum += g;
+        if (!o) continue;
+        const T* __restrict__ v = V + n * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) o[c] += g * v[c];
+      }
+      if (db1) db1[r] = sum;
+    }
+  });
+  // dV[n, :] = Σ_r dh[n,r] · W1[r, :]
+  at::parallel_for(0, N, grain(R * C), [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      T* __restrict__ o = dV + n * C;
+      std::fill(o, o + C, T(0));
+      for (int64_t r = 0; r < R; ++r) {
+        const T g = dh[n * R + r];
+        if (g == T(0)) continue;
+        const T* __restrict__ w = W1 + r * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) o[c] += g * w[c];
+      }
+    }
+  });
 }
 
 }  // namespace

@@ -1013,10 +1013,23 @@ std::vector<Tensor> gate_backward(const Tensor& grad, const Tensor& x, at::Tenso
       Tensor din = at::empty({B, 2, P}, x.options());
       conv2to1_grad_input<T>(ds.data_ptr<T>(), sp[0].data_ptr<T>(), din.data_ptr<T>(), B, H, W,
                              k);
-      Tensor dmean = din.select(1, max_first ? 1 : 0), dmax = din.select(1, max_first ? 0 : 1);
+      // sa = dmean / C, se = dmax / count
+      Tensor sa_ = at::empty({B, P}, x.options()), se_ = at::empty({B, P}, x.options());
+      {
+        const T* d = din.data_ptr<T>();
+        const T* kc = scnt.data_ptr<T>();
+        T* a = sa_.data_ptr<T>();
+        T* e = se_.data_ptr<T>();
+        const int64_t im = max_first ? 1 : 0, ix = 1 - im;
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t p = 0; p < P; ++p) {
+            a[b * P + p] = d[(b * 2 + im) * P + p] / T(C);
+            e[b * P + p] = d[(b * 2 + ix) * P + p] / kc[b * P + p];
+          }
+      }
       osw = sw;
-      sa = dmean.div(C).contiguous();
-      se = dmax.div(scnt).contiguous();
+      sa = sa_;
+      se = se_;
       smx = smax;
     }
     Spatial terms = spatial_terms(x, osw, sa, se, smx);
@@ -1037,15 +1050,14 @@ std::vector<Tensor> gate_backward(const Tensor& grad, const Tensor& x, at::Tenso
         const Tensor& h = saved[8];  // the hidden activations (D·B×R)
         TORCH_CHECK(h.dim() == 2 && h.size(0) == D * B, "attnlab_fast: bad saved hidden state");
         const int64_t R = h.size(1);
-        // Every descriptor's MLP output gets the same gradient dl.
-        grads[3] = at::mm(dl.t(), D == 1 ? h : h.view({D, B, R}).sum(0));  // dW2
-        if (present(ch, 3)) grads[4] = dl.sum(0).mul_(double(D));
-        Tensor dh = at::threshold_backward(at::mm(dl, ch[2]).unsqueeze(0).expand({D, B, R}),
-                                           h.view({D, B, R}), 0)
-                        .view({D * B, R});
-        grads[1] = at::mm(dh.t(), V);  // dW1
-        if (present(ch, 1)) grads[2] = dh.sum(0);
-        Tensor dV = at::mm(dh, ch[0]);
+        for (int i : {1, 2, 3, 4})
+          if (present(ch, i - 1)) grads[i] = at::empty_like(ch[i - 1]);
+        Tensor dV = at::empty({D * B, C}, x.options());
+        mlp_backward<T>(dl.data_ptr<T>(), V.data_ptr<T>(), h.data_ptr<T>(), ch[0].data_ptr<T>(),
+                        ch[2].data_ptr<T>(), B, C, R, D, grads[1].data_ptr<T>(),
+                        present(ch, 1) ? grads[2].data_ptr<T>() : nullptr,
+                        grads[3].data_ptr<T>(),
+                        present(ch, 3) ? grads[4].data_ptr<T>() : nullptr, dV.data_ptr<T>());
         if (use_avg) davg = dV.narrow(0, 0, B);
         if (use_max) dmax = dV.narrow(0, use_avg ? B : 0, B);
       } else {
@@ -1054,9 +1066,18 @@ std::vector<Tensor> gate_backward(const Tensor& grad, const Tensor& x, at::Tenso
         eca_backward<T>(dl.data_ptr<T>(), cavg.data_ptr<T>(), ch[0].data_ptr<T>(),
                         davg.data_ptr<T>(), grads[1].data_ptr<T>(), B, C, ch[0].numel());
       }
-      if (davg.defined()) ca = davg.div(P);
+      // ca = davg / P, ce = dmax / count (davg and dmax are rows of a contiguous dV)
+      if (davg.defined()) {
+        const T* d = davg.data_ptr<T>();
+        T* a = ca.data_ptr<T>();
+        for (int64_t i = 0; i < B * C; ++i) a[i] = d[i] / T(P);
+      }
       if (dmax.defined()) {
-        ce = dmax.div(ccnt);
+        ce = at::empty({B, C}, x.options());
+        const T* d = dmax.data_ptr<T>();
+        const T* kc = ccnt.data_ptr<T>();
+        T* e = ce.data_ptr<T>();
+        for (int64_t i = 0; i < B * C; ++i) e[i] = d[i] / kc[i];
         cm = cmax;
       }
     }
