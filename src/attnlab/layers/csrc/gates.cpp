@@ -890,12 +890,42 @@ Tensor mlp_forward(const Tensor& V, at::TensorList ch, int64_t D, Tensor* hidden
   h.clamp_min_(0);
   Tensor l = present(ch, 3) ? at::addmm(ch[3], h, ch[2].t()) : at::mm(h, ch[2].t());
   if (hidden) *hidden = h;
-  return D == 1 ? l : l.view({D, -1, l.size(1)}).sum(0);
+  if (D == 1) return l;
+  // l_avg + l_max: one addition per entry, as the reference's sum of the two MLP outputs
+  const int64_t n = l.size(0) / 2 * l.size(1);
+  Tensor out = at::empty({l.size(0) / 2, l.size(1)}, l.options());
+  AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "mlp_forward", [&] {
+    const scalar_t* a = l.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < n; ++i) o[i] = a[i] + a[n + i];
+  });
+  return out;
+}
+
+// The channel pools of gate_forward: with both, avg and max are the two halves of one (2B)×C
+// tensor, the MLP's input as it is (no concatenation, forward or backward).
+std::tuple<Tensor, Tensor> pooled_descriptors(const Tensor& x, bool use_avg, bool use_max) {
+  const int64_t B = x.size(0), C = x.size(1);
+  if (!(use_avg && use_max)) {
+    Tensor avg, mx;
+    std::tie(avg, mx, std::ignore) = channel_pool_impl(x, use_max, false);
+    return {avg, mx};
+  }
+  Tensor V = at::empty({2 * B, C}, x.options());
+  Tensor avg = V.narrow(0, 0, B), mx = V.narrow(0, B, B), none;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "channel_pool", [&] {
+    channel_pool_kernel<scalar_t>(x, avg, mx, none, true, false);
+  });
+  return {avg, mx};
 }
 
 Tensor descriptors(const Tensor& avg, const Tensor& mx, bool use_avg, bool use_max) {
-  if (use_avg && use_max) return at::cat({avg, mx}, 0);
-  return use_avg ? avg : mx;
+  if (!(use_avg && use_max)) return use_avg ? avg : mx;
+  const int64_t B = avg.size(0), C = avg.size(1);
+  if (avg.storage().is_alias_of(mx.storage()) && avg.storage_offset() == 0 &&
+      mx.storage_offset() == B * C && avg.is_contiguous() && mx.is_contiguous())
+    return avg.as_strided({2 * B, C}, {C, 1});  // the halves of one tensor (pooled_descriptors)
+  return at::cat({avg, mx}, 0);
 }
 
 template <typename T>
@@ -927,7 +957,7 @@ std::vector<Tensor> gate_forward(const Tensor& x, at::TensorList ch_, int64_t ki
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_forward", [&] {
     using T = scalar_t;
     if (kind != 0) {
-      std::tie(cavg, cmax, std::ignore) = channel_pool_impl(x, use_max, false);
+      std::tie(cavg, cmax) = pooled_descriptors(x, kind == 1 && use_avg, use_max);
       cw = channel_logits<T>(cavg, cmax, ch, kind, use_avg, use_max, save ? &hidden : nullptr);
       sigmoid_inplace<T>(cw.data_ptr<T>(), cw.numel());
     } else {
