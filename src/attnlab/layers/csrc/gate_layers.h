@@ -112,12 +112,17 @@ double conv2to1_grad_weight(const T* dz, const T* in, T* dw, int64_t B, int64_t 
   at::parallel_for(0, 2 * k * k, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t c = t / (k * k), i = (t / k) % k, j = t % k;
-      double acc = 0;
+      double acc = 0;  // per plane: a sum in T over vector lanes, then into double
       for (int64_t b = 0; b < B; ++b) {
         const T* __restrict__ g = dzp.data() + b * H * Wp;
         const T* __restrict__ src = pad.data() + (b * 2 + c) * Hp * Wp + i * Wp + j;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t n = 0; n < len; ++n) acc += double(g[n]) * double(src[n]);
+        for (int64_t n0 = 0; n0 < len; n0 += 4096) {  // chunks bound the rounding in T
+          const int64_t n1 = std::min(len, n0 + 4096);
+          T part = 0;
+#pragma omp simd reduction(+ : part)
+          for (int64_t n = n0; n < n1; ++n) part += g[n] * src[n];
+          acc += part;
+        }
       }
       dw[t] = static_cast<T>(acc);
     }
