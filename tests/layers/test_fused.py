@@ -398,3 +398,69 @@ def test_batch_norm_counts_one_step_per_forward_on_every_path(grad):
         with capture_maps(module, detach=not grad):
             module(x)
     assert int(norm.num_batches_tracked) == 2
+
+
+def _forward_both(module, x):
+    """The module's output on the fast path and on the reference path (eval, no grad)."""
+    with torch.no_grad():
+        with fused.backend("auto"):
+            fast = module(x)
+        with fused.backend("reference"):
+            ref = module(x)
+    return fast, ref
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    "change",
+    ["activation", "activation-via-dict", "weight", "bias-buffer-swap", "pool-types",
+     "pool-order", "conv-padding-mode", "dtype"],
+)  # fmt: skip
+def test_kept_layer_checks_notice_every_change(change):
+    # owned_layer_gate checks a module's layers once and keeps the result on the module; any
+    # change to them afterwards must be noticed (else the fast path would compute the old
+    # module: a silent wrong answer).
+    module = _build("cbam", 16, torch.float32).eval()
+    x = _input((2, 16, 6, 7), "contiguous", torch.float32)
+    fast, ref = _forward_both(module, x)
+    torch.testing.assert_close(fast, ref)
+    assert module.__dict__.get("_attnlab_plan") is not None
+    channel, spatial = module.channel_gate, module.spatial_gate
+    if change == "activation":
+        channel.act = torch.nn.GELU()
+    elif change == "activation-via-dict":
+        channel._modules["act"] = torch.nn.GELU()
+    elif change == "weight":
+        channel.fc1.weight = torch.nn.Parameter(torch.randn_like(channel.fc1.weight))
+    elif change == "bias-buffer-swap":
+        spatial.norm._buffers["running_mean"] = torch.full((1,), 3.0)
+    elif change == "pool-types":
+        channel.pool_types = ("max",)
+    elif change == "pool-order":
+        spatial.pool_order = ("mean", "max") if spatial.pool_order[0] == "max" else ("max", "mean")
+    elif change == "conv-padding-mode":
+        spatial.conv.padding_mode = "reflect"  # not the fast path's zero padding
+    elif change == "dtype":
+        module.double()
+        x = x.double()
+    fast2, ref2 = _forward_both(module, x)
+    assert not torch.equal(ref2, ref) if change != "dtype" else ref2.dtype == torch.float64
+    torch.testing.assert_close(fast2, ref2)
+
+
+@needs_kernels
+def test_kept_layer_checks_are_not_copied_or_pickled(tmp_path):
+    module = _build("cbam", 16, torch.float32).eval()
+    x = _input((2, 16, 6, 7), "contiguous", torch.float32)
+    _forward_both(module, x)
+    copied = copy.deepcopy(module)
+    assert copied.__dict__.get("_attnlab_plan") is None
+    with torch.no_grad():
+        copied.channel_gate.fc2.bias.add_(1.0)  # the copy's own parameters, not the original's
+    fast, ref = _forward_both(copied, x)
+    torch.testing.assert_close(fast, ref)
+    assert not torch.equal(fast, _forward_both(module, x)[0])
+    torch.save(module, tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=False)
+    assert loaded.__dict__.get("_attnlab_plan") is None
+    torch.testing.assert_close(_forward_both(loaded, x)[0], _forward_both(module, x)[0])

@@ -136,7 +136,9 @@ class ChannelGate(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
         if fused.use_fast(x):
-            out = fused.layer_gate(x, mlp=self.mlp, pools=self.pool_types, taps=(self.channel_map,))
+            out = fused.owned_layer_gate(
+                self, x, lambda: dict(mlp=self.mlp, pools=self.pool_types, taps=(self.channel_map,))
+            )
             if out is not None:
                 return out
             return fused.gate_product(
@@ -216,7 +218,9 @@ class SpatialGate(nn.Module):
         check_input(self, x)
         if fused.use_fast(x):
             self.check_statistics(x)
-            out = fused.layer_gate(x, spatial=self, taps=(self.spatial_map,))
+            out = fused.owned_layer_gate(
+                self, x, lambda: dict(spatial=self, taps=(self.spatial_map,))
+            )
             if out is not None:
                 return out
             return fused.gate_product(x, list(self.parameters()), spatial_fn=self.weights)
@@ -311,20 +315,23 @@ class CBAM(nn.Module):
             else None
         )
 
+    def _fast_layers(self) -> dict:
+        """The layers as :func:`fused.layer_gate` takes them (channel→spatial order)."""
+        channel, spatial = self.channel_gate, self.spatial_gate
+        return dict(
+            mlp=channel.mlp,
+            pools=channel.pool_types,
+            spatial=spatial,
+            taps=[channel.channel_map] + ([] if spatial is None else [spatial.spatial_map]),
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
         if self.order == "channel-spatial" and fused.use_fast(x):
             spatial = self.spatial_gate
             if spatial is not None:
                 spatial.check_statistics(x)
-            channel = self.channel_gate
-            out = fused.layer_gate(
-                x,
-                mlp=channel.mlp,
-                pools=channel.pool_types,
-                spatial=spatial,
-                taps=[channel.channel_map] + ([] if spatial is None else [spatial.spatial_map]),
-            )
+            out = fused.owned_layer_gate(self, x, self._fast_layers)
             if out is not None:
                 return out
             return fused.gate_product(

@@ -89,7 +89,9 @@ class ECA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
         if fused.use_fast(x):
-            out = fused.layer_gate(x, eca=(self.conv, self.gate), taps=(self.channel_map,))
+            out = fused.owned_layer_gate(
+                self, x, lambda: dict(eca=(self.conv, self.gate), taps=(self.channel_map,))
+            )
             if out is not None:
                 return out
             return fused.gate_product(x, list(self.parameters()), channel_fn=self.weights)

@@ -18,7 +18,10 @@ full-size passes and small layers — is one operator call forward and one backw
 (:func:`layer_gate`): the small layers' cost in PyTorch is per-call overhead (a 2→1 7×7 conv
 backward through oneDNN takes over a millisecond on any map), which one call removes. Other
 small layers (another activation, SE's optional norm) take :func:`gate_product`, which runs
-the module's own layers between the fused full-size kernels.
+the module's own layers between the fused full-size kernels. The modules check their layers
+once and keep the result (:func:`owned_layer_gate`): a forward then costs a few identity
+checks in Python, not a walk over every layer's settings; replacing a layer, parameter,
+buffer or pool setting, or changing a conv's hyperparameters, is noticed and checked anew.
 
 Memory: the full-size tensors the kernels write (the output, the input gradient) come from a
 cache of freed blocks, so a tensor of a size seen before reuses mapped pages instead of
@@ -459,6 +462,133 @@ def _add(a: list, b: list) -> list:
 MLP = tuple  # (fc1: Linear, norm: Module | None, act: ReLU, fc2: Linear, gate: Sigmoid)
 
 
+class _Plan:
+    """What :func:`layer_gate` derives from a module's layers, and what that depends on.
+
+    ``refs`` are (dict, key, value) triples: every submodule, parameter and buffer entry of the
+    owner's module tree when the plan was made, and the gates' pool settings, so that a
+    replaced layer, parameter, buffer or setting (assigned, or written into ``_modules``
+    directly) is noticed by an identity check. ``geom`` holds the conv layers' hyperparameters
+    as they were. A plan is never copied or pickled with
+    its owner (it refers to the owner's own tensors): copies make their own.
+    """
+
+    __slots__ = (
+        "refs", "geom", "dtype", "ok", "kind", "params", "use_avg", "use_max", "max_first",
+        "norm", "running", "taps", "convs",
+    )  # fmt: skip
+
+    def __reduce__(self):
+        return (_no_plan, ())
+
+    def valid(self, x: torch.Tensor) -> bool:
+        if x.dtype is not self.dtype:
+            return False
+        for d, key, value in self.refs:
+            if d.get(key) is not value:
+                return False
+        for conv, geom in zip(self.convs, self.geom, strict=True):
+            if _conv_geometry(conv) != geom:
+                return False
+        return True
+
+
+def _no_plan() -> None:
+    return None
+
+
+def _conv_geometry(conv: nn.Module) -> tuple:
+    d = conv.__dict__
+    return tuple(d.get(k) for k in _GEOMETRY)
+
+
+_WATCHED = ("pool_types", "pool_order")
+_GEOMETRY = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+             "groups", "padding_mode", "transposed", "output_padding")  # fmt: skip
+
+
+def _make_plan(x, owner, *, mlp=None, eca=None, pools=("avg",), spatial=None, taps=()) -> _Plan:
+    plan = _Plan()
+    plan.dtype, plan.ok, plan.taps = x.dtype, False, tuple(taps)
+    plan.refs, plan.convs, plan.geom = [], [], []
+    for m in owner.modules() if owner is not None else ():
+        for d in (m._modules, m._parameters, m._buffers):
+            plan.refs.extend((d, key, value) for key, value in d.items())
+        for key in _WATCHED:  # the gates' own settings that layer_gate reads
+            if key in m.__dict__:
+                plan.refs.append((m.__dict__, key, m.__dict__[key]))
+    none = x.new_empty(0)
+    kind, channel = 0, [none] * 4
+    if mlp is not None:
+        fc1, norm, act, fc2, gate = mlp
+        if not (
+            type(fc1) is nn.Linear
+            and type(fc2) is nn.Linear
+            and (norm is None or type(norm) is nn.Identity)
+            and type(act) is nn.ReLU
+            and type(gate) is nn.Sigmoid
+        ):
+            return plan
+        kind, channel = 1, [fc1.weight, fc1.bias, fc2.weight, fc2.bias]
+    elif eca is not None:
+        conv, gate = eca
+        plan.convs.append(conv)
+        plan.geom.append(_conv_geometry(conv))
+        k = conv.kernel_size[0]
+        if not (
+            type(conv) is nn.Conv1d
+            and conv.bias is None
+            and conv.in_channels == conv.out_channels == 1
+            and k % 2 == 1
+            and conv.padding == ((k - 1) // 2,)
+            and conv.stride == (1,)
+            and conv.dilation == (1,)
+            and conv.padding_mode == "zeros"
+            and type(gate) is nn.Sigmoid
+        ):
+            return plan
+        kind, channel, pools = 2, [conv.weight, None, None, None], ("avg",)
+    params_sp, norm = [none] * 4, None
+    if spatial is not None:
+        conv, norm, k = spatial.conv, spatial.norm, spatial.conv.kernel_size
+        plan.convs.append(conv)
+        plan.geom.append(_conv_geometry(conv))
+        if not (
+            type(conv) is nn.Conv2d
+            and conv.in_channels == 2
+            and conv.out_channels == 1
+            and k[0] == k[1]
+            and k[0] % 2 == 1
+            and conv.padding == (k[0] // 2,) * 2
+            and conv.stride == (1, 1)
+            and conv.dilation == (1, 1)
+            and conv.groups == 1
+            and conv.padding_mode == "zeros"
+            and type(spatial.gate) is nn.Sigmoid
+        ):
+            return plan
+        if type(norm) is nn.BatchNorm2d and norm.num_features == 1:
+            bn_params = [norm.weight, norm.bias]
+        elif type(norm) is nn.Identity:
+            bn_params, norm = [None, None], None
+        else:
+            return plan
+        params_sp = [conv.weight, conv.bias, *bn_params]
+    params = [none if p is None else p for p in channel + params_sp]
+    if any(p.dtype != x.dtype or p.device != x.device for p in params):
+        return plan
+    running = (none, none)
+    if norm is not None and norm.running_mean is not None:
+        running = (norm.running_mean, norm.running_var)
+        if any(t.dtype != x.dtype for t in running):
+            return plan
+    plan.kind, plan.params, plan.norm, plan.running = kind, params, norm, running
+    plan.use_avg, plan.use_max = "avg" in pools, "max" in pools
+    plan.max_first = spatial is not None and tuple(spatial.pool_order) == ("max", "mean")
+    plan.ok = True
+    return plan
+
+
 def layer_gate(
     x: torch.Tensor,
     *,
@@ -487,84 +617,57 @@ def layer_gate(
         spatial: a SpatialGate-like module (``conv``, ``norm``, ``gate``, ``pool_order``).
         taps: the module's map taps (``kind`` "channel" or "spatial").
     """
-    observed = [tap for tap in taps if getattr(tap, "observed", False)]
-    none = x.new_empty(0)
-    kind, channel = 0, [none] * 4
-    if mlp is not None:
-        fc1, norm, act, fc2, gate = mlp
-        if not (
-            type(fc1) is nn.Linear
-            and type(fc2) is nn.Linear
-            and (norm is None or type(norm) is nn.Identity)
-            and type(act) is nn.ReLU
-            and type(gate) is nn.Sigmoid
-        ):
-            return None
-        kind, channel = 1, [fc1.weight, fc1.bias, fc2.weight, fc2.bias]
-    elif eca is not None:
-        conv, gate = eca
-        k = conv.kernel_size[0]
-        if not (
-            type(conv) is nn.Conv1d
-            and conv.bias is None
-            and conv.in_channels == conv.out_channels == 1
-            and k % 2 == 1
-            and conv.padding == ((k - 1) // 2,)
-            and conv.stride == (1,)
-            and conv.dilation == (1,)
-            and conv.padding_mode == "zeros"
-            and type(gate) is nn.Sigmoid
-        ):
-            return None
-        kind, channel, pools = 2, [conv.weight, None, None, None], ("avg",)
-    params_sp, bn, norm = [none] * 4, 0, None
-    if spatial is not None:
-        conv, norm, k = spatial.conv, spatial.norm, spatial.conv.kernel_size
-        if not (
-            type(conv) is nn.Conv2d
-            and conv.in_channels == 2
-            and conv.out_channels == 1
-            and k[0] == k[1]
-            and k[0] % 2 == 1
-            and conv.padding == (k[0] // 2,) * 2
-            and conv.stride == (1, 1)
-            and conv.dilation == (1, 1)
-            and conv.groups == 1
-            and conv.padding_mode == "zeros"
-            and type(spatial.gate) is nn.Sigmoid
-        ):
-            return None
-        if type(norm) is nn.BatchNorm2d and norm.num_features == 1:
-            bn = 1 if norm.training or norm.running_mean is None else 2
-            bn_params = [norm.weight, norm.bias]
-        elif type(norm) is nn.Identity:
-            bn_params, norm = [None, None], None
-        else:
-            return None
-        params_sp = [conv.weight, conv.bias, *bn_params]
-    params = [none if p is None else p for p in channel + params_sp]
-    if any(p.dtype != x.dtype or p.device != x.device for p in params):
+    return _run_plan(
+        _make_plan(x, None, mlp=mlp, eca=eca, pools=pools, spatial=spatial, taps=taps), x
+    )
+
+
+def owned_layer_gate(
+    owner: nn.Module, x: torch.Tensor, layers: Callable[[], dict]
+) -> torch.Tensor | None:
+    """:func:`layer_gate` for ``owner``, with the checks of its layers done once.
+
+    ``layers()`` gives layer_gate's keyword arguments (the owner's layers, pools and taps); it
+    is called, and its layers checked, only when no plan is kept on ``owner`` for them: on the
+    first call, after any of the owner's submodules, parameters or buffers was replaced, after
+    a conv's hyperparameters changed, or for another dtype. Per call there remain identity
+    checks and what may change between calls (training mode, BatchNorm's momentum, which taps
+    are observed, which parameters need gradients, their dtype).
+    """
+    plan = owner.__dict__.get("_attnlab_plan")
+    if plan is None or not plan.valid(x):
+        plan = _make_plan(x, owner, **layers())
+        owner.__dict__["_attnlab_plan"] = plan
+    return _run_plan(plan, x)
+
+
+def _run_plan(plan: _Plan, x: torch.Tensor) -> torch.Tensor | None:
+    if not plan.ok:
         return None
-    running = (none, none)
-    if norm is not None and norm.running_mean is not None:
-        running = (norm.running_mean, norm.running_var)
-        if any(t.dtype != x.dtype for t in running):
+    params, norm, dtype = plan.params, plan.norm, x.dtype
+    for p in params:  # .to(dtype) keeps the Parameter objects
+        if p.dtype is not dtype:
             return None
-    grad = _needs_grad(x, [p for p in params if p.requires_grad])
+    observed = [tap for tap in plan.taps if getattr(tap, "observed", False)]
+    grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
     if grad and observed:  # the taps' hooks may want maps that carry the graph: run the layers
         return None
-    if not grad and spatial is None:
+    spatial = plan.params[4].numel() > 0
+    if not grad and not spatial:
         # Inference with a channel gate only: gate_product's PyTorch mean and multiply make
         # the same two passes and measured as fast or faster (SE, ResNet-50 stage shapes).
         return None
+    bn, running = 0, plan.running
+    tracking = norm is not None and running[0].numel() > 0
+    if norm is not None:
+        bn = 1 if norm.training or not tracking else 2
     # From here the operator runs (no fallback), so BatchNorm's bookkeeping happens once.
     momentum, eps = 0.0, 1e-5 if norm is None else norm.eps
-    if norm is not None and norm.training and norm.running_mean is not None:
+    if tracking and norm.training:
         norm.num_batches_tracked.add_(1)  # as nn.BatchNorm2d's forward does it
         tracked = float(norm.num_batches_tracked)
         momentum = 1.0 / tracked if norm.momentum is None else norm.momentum
-    max_first = spatial is not None and tuple(spatial.pool_order) == ("max", "mean")
-    cfg = (kind, "avg" in pools, "max" in pools, max_first, bn, *running, momentum, eps)
+    cfg = (plan.kind, plan.use_avg, plan.use_max, plan.max_first, bn, *running, momentum, eps)
     x = _layout(x)
     if grad:
         return _LayerGate.apply(x, cfg, *params)

@@ -88,14 +88,19 @@ class SE(nn.Module):
         s = self.gate(self.fc2(self.act(self.norm(self.fc1(z)))))
         return self.channel_map(s[:, :, None, None]).flatten(1)
 
+    def _fast_layers(self) -> dict:
+        """The layers as :func:`fused.layer_gate` takes them."""
+        return dict(
+            mlp=(self.fc1, self.norm, self.act, self.fc2, self.gate), taps=(self.channel_map,)
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
         if fused.use_fast(x):
             check_batch_statistics(
                 "SE", self.norm, x.shape[0], "use batch size >= 2, call .eval(), or norm_layer=None"
             )
-            mlp = (self.fc1, self.norm, self.act, self.fc2, self.gate)
-            out = fused.layer_gate(x, mlp=mlp, taps=(self.channel_map,))
+            out = fused.owned_layer_gate(self, x, self._fast_layers)
             if out is not None:
                 return out
             return fused.gate_product(x, list(self.parameters()), channel_fn=self.excite)
