@@ -9,7 +9,8 @@ layers, run by PyTorch) and replaces each full-size pass by a fused C++/OpenMP k
 - forward: one read of x per pooling stage, one read of x and one write of the output for the
   gate product (CBAM: 3 reads, 1 write; the textbook form: about 6 reads and 2 writes);
 - backward: the gradient of each gate is a reduction over one read of (grad, x); the input's
-  gradient, including the paths through the pooling operations, is written once. Nothing
+  gradient, including the paths through the pooling operations, is written once, from one
+  read of grad (the max pools' tie terms are added at the tied entries afterwards). Nothing
   full-size is saved besides x itself.
 
 For the standard small layers (the channel MLP Linear → ReLU → Linear → Sigmoid, ECA's 1-D
@@ -56,7 +57,10 @@ compiler and ninja; about a minute once) and cached under ``TORCH_EXTENSIONS_DIR
 built at install time: pip's isolated build environment would have to install torch.
 
 Max pooling ties: the gradient is split evenly among the entries equal to the maximum, as
-PyTorch's ``amax`` does, so both paths agree even on ReLU-zeroed maps.
+PyTorch's ``amax`` does, so both paths agree even on ReLU-zeroed maps. In the one-call
+backward the passes that read x count the tied entries and note the last one; the max pools'
+terms are then added at those entries only (a scan of that row or column of x where more than
+one entry ties), so the input gradient's full-size pass reads the gradient alone, not x.
 
 Example:
     >>> import torch

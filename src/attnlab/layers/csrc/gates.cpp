@@ -2,14 +2,16 @@
 //
 // Each kernel reads and writes a full B×C×H×W activation at most once; the small per-channel
 // (B×C) and per-position (B×P, P = H·W) tensors in between are computed in PyTorch by the
-// module's own layers. Inputs are NCHW-contiguous or channels-last (NHWC); full-size outputs
+// module's own layers (the per-kernel ops), or inside the op (gate_forward / gate_backward,
+// below). Inputs are NCHW-contiguous or channels-last (NHWC); full-size outputs
 // take the input's layout. Small tensors are contiguous, B×C or B×P, except that the
 // Coordinate Attention kernels take and give their per-row / per-column tensors as B×C×H and
 // B×C×W for NCHW and B×H×C and B×W×C for NHWC (the caller transposes).
 //
-// Max pooling records the max and how many entries reach it:
-// (as a float count in the element type); the backward recomputes which entries tie (x == max) and splits the gradient evenly among
-// them, as PyTorch's amax does.
+// Max pooling: the gradient is split evenly among the entries equal to the max, as PyTorch's
+// amax does. The backward passes that read x count those entries (a count in the element type)
+// and, for gate_backward, note the last one, so that the max pools' terms can be added at the
+// tied entries alone afterwards (spatial_tie_terms, channel_tie_terms) and the input gradient's pass need not read x.
 //
 // Registered as torch operators in the namespace attnlab_fast (see fused.py for the Python side
 // and the fake implementations).
@@ -501,7 +503,7 @@ Tensor gate_grad_spatial(const Tensor& g, const Tensor& x, const Tensor& cw) {
 // with ca = davg / P and ce = dmax / count of the channel pool (zeros where a pool is absent).
 
 // sparse: the spatial max's term is left out of the passes (dy = g·sw + sa): gate_backward
-// adds it afterwards at the tied entries only (see add_tie_terms).
+// adds it afterwards at the tied entries only (spatial_tie_terms, channel_tie_terms).
 struct Spatial {
   bool on;
   const void* sw;
