@@ -669,8 +669,9 @@ def _run_plan(plan: _Plan, x: torch.Tensor) -> torch.Tensor | None:
     momentum, eps = 0.0, 1e-5 if norm is None else norm.eps
     if tracking and norm.training:
         norm.num_batches_tracked.add_(1)  # as nn.BatchNorm2d's forward does it
-        tracked = float(norm.num_batches_tracked)
-        momentum = 1.0 / tracked if norm.momentum is None else norm.momentum
+        momentum = norm.momentum
+        if momentum is None:  # a cumulative average
+            momentum = 1.0 / float(norm.num_batches_tracked)
     cfg = (plan.kind, plan.use_avg, plan.use_max, plan.max_first, bn, *running, momentum, eps)
     x = _layout(x)
     if grad:
