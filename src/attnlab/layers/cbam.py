@@ -217,12 +217,12 @@ class SpatialGate(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
         if fused.use_fast(x):
-            self.check_statistics(x)
             out = fused.owned_layer_gate(
                 self, x, lambda: dict(spatial=self, taps=(self.spatial_map,))
             )
             if out is not None:
                 return out
+            self.check_statistics(x)
             return fused.gate_product(x, list(self.parameters()), spatial_fn=self.weights)
         return x * self.attention(x)
 
@@ -328,12 +328,12 @@ class CBAM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
         if self.order == "channel-spatial" and fused.use_fast(x):
-            spatial = self.spatial_gate
-            if spatial is not None:
-                spatial.check_statistics(x)
             out = fused.owned_layer_gate(self, x, self._fast_layers)
             if out is not None:
                 return out
+            spatial = self.spatial_gate
+            if spatial is not None:
+                spatial.check_statistics(x)
             return fused.gate_product(
                 x,
                 list(self.parameters()),

@@ -81,6 +81,8 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from itertools import chain, repeat
+from operator import attrgetter, is_
 from pathlib import Path
 
 import torch
@@ -106,10 +108,27 @@ def set_backend(name: str) -> None:
 
 def get_backend() -> str:
     """The backend in force: set_backend's choice, else $ATTNLAB_BACKEND, else ``"auto"``."""
-    name = _state["backend"] or os.environ.get("ATTNLAB_BACKEND", "auto").strip().lower()
-    if name not in BACKENDS:
-        raise ValueError(f"ATTNLAB_BACKEND must be one of {list(BACKENDS)}, got {name!r}")
+    if _state["backend"]:
+        return _state["backend"]
+    # os.environ's own dict (one lookup; .get goes through several Python calls, which the
+    # gates pay on every forward), else os.environ.get
+    raw = _ENV_DATA.get(_ENV_KEY) if _ENV_DATA is not None else os.environ.get(_ENV_NAME)
+    name = _ENV_PARSED.get(raw)
+    if name is None:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        name = (text if text is not None else "auto").strip().lower()
+        if name not in BACKENDS:
+            raise ValueError(f"ATTNLAB_BACKEND must be one of {list(BACKENDS)}, got {name!r}")
+        _ENV_PARSED[raw] = name
     return name
+
+
+_ENV_NAME = "ATTNLAB_BACKEND"
+try:
+    _ENV_DATA, _ENV_KEY = os.environ._data, os.environ.encodekey(_ENV_NAME)  # CPython's os
+except AttributeError:
+    _ENV_DATA = _ENV_KEY = None
+_ENV_PARSED: dict = {}
 
 
 @contextlib.contextmanager
@@ -469,41 +488,52 @@ MLP = tuple  # (fc1: Linear, norm: Module | None, act: ReLU, fc2: Linear, gate: 
 class _Plan:
     """What :func:`layer_gate` derives from a module's layers, and what that depends on.
 
-    ``refs`` are (dict, key, value) triples: every submodule, parameter and buffer entry of the
-    owner's module tree when the plan was made, and the gates' pool settings, so that a
-    replaced layer, parameter, buffer or setting (assigned, or written into ``_modules``
-    directly) is noticed by an identity check. ``geom`` holds the conv layers' hyperparameters
-    as they were. A plan is never copied or pickled with
-    its owner (it refers to the owner's own tensors): copies make their own.
+    ``dicts``/``values`` are the ``_modules``, ``_parameters`` and ``_buffers`` dicts of the
+    owner's module tree and their entries when the plan was made; ``attrs`` (dict, key) and
+    ``attr_values`` the gates' pool settings and the conv layers' hyperparameters. A replaced
+    layer, parameter, buffer or setting (assigned, or written into ``_modules`` directly) is
+    noticed by identity checks, run at C level (``map``), which matters more than it seems: in a
+    network each gate's Python runs with caches just flushed by a convolution, where every
+    Python step costs ten times its warm time. A plan is never copied or pickled with its owner
+    (it refers to the owner's own tensors): copies make their own.
     """
 
     __slots__ = (
-        "refs", "geom", "dtype", "ok", "kind", "params", "use_avg", "use_max", "max_first",
-        "norm", "running", "taps", "convs",
+        "dicts", "lens", "values", "attr_dicts", "attr_keys", "attr_values", "dtype", "ok",
+        "kind", "params", "use_avg", "use_max", "max_first", "norm", "running", "taps",
+        "stat_check", "spatial", "tracked",
     )  # fmt: skip
 
     def __reduce__(self):
         return (_no_plan, ())
 
     def valid(self, x: torch.Tensor) -> bool:
-        if x.dtype is not self.dtype:
-            return False
-        for d, key, value in self.refs:
-            if d.get(key) is not value:
-                return False
-        for conv, geom in zip(self.convs, self.geom, strict=True):
-            if _conv_geometry(conv) != geom:
-                return False
-        return True
+        return (
+            x.dtype is self.dtype
+            and list(map(len, self.dicts)) == self.lens
+            and all(map(is_, chain.from_iterable(map(dict.values, self.dicts)), self.values))
+            and all(map(is_, map(dict.get, self.attr_dicts, self.attr_keys), self.attr_values))
+        )
+
+    def watch(self, obj: object, keys: Sequence[str]) -> None:
+        d = obj.__dict__
+        for key in keys:
+            if key in d:
+                self.attr_dicts.append(d)
+                self.attr_keys.append(key)
+                self.attr_values.append(d[key])
 
 
 def _no_plan() -> None:
     return None
 
 
-def _conv_geometry(conv: nn.Module) -> tuple:
-    d = conv.__dict__
-    return tuple(d.get(k) for k in _GEOMETRY)
+_dtype_of = attrgetter("dtype")
+_requires_grad = attrgetter("requires_grad")
+
+
+def _observed(tap: nn.Module) -> bool:
+    return getattr(tap, "observed", False)
 
 
 _WATCHED = ("pool_types", "pool_order")
@@ -514,13 +544,13 @@ _GEOMETRY = ("in_channels", "out_channels", "kernel_size", "stride", "padding", 
 def _make_plan(x, owner, *, mlp=None, eca=None, pools=("avg",), spatial=None, taps=()) -> _Plan:
     plan = _Plan()
     plan.dtype, plan.ok, plan.taps = x.dtype, False, tuple(taps)
-    plan.refs, plan.convs, plan.geom = [], [], []
+    plan.dicts, plan.attr_dicts, plan.attr_keys, plan.attr_values = [], [], [], []
+    plan.stat_check = None
     for m in owner.modules() if owner is not None else ():
-        for d in (m._modules, m._parameters, m._buffers):
-            plan.refs.extend((d, key, value) for key, value in d.items())
-        for key in _WATCHED:  # the gates' own settings that layer_gate reads
-            if key in m.__dict__:
-                plan.refs.append((m.__dict__, key, m.__dict__[key]))
+        plan.dicts += [m._modules, m._parameters, m._buffers]
+        plan.watch(m, _WATCHED)  # the gates' own settings that layer_gate reads
+    plan.lens = list(map(len, plan.dicts))
+    plan.values = tuple(chain.from_iterable(map(dict.values, plan.dicts)))
     none = x.new_empty(0)
     kind, channel = 0, [none] * 4
     if mlp is not None:
@@ -536,8 +566,7 @@ def _make_plan(x, owner, *, mlp=None, eca=None, pools=("avg",), spatial=None, ta
         kind, channel = 1, [fc1.weight, fc1.bias, fc2.weight, fc2.bias]
     elif eca is not None:
         conv, gate = eca
-        plan.convs.append(conv)
-        plan.geom.append(_conv_geometry(conv))
+        plan.watch(conv, _GEOMETRY)
         k = conv.kernel_size[0]
         if not (
             type(conv) is nn.Conv1d
@@ -555,8 +584,7 @@ def _make_plan(x, owner, *, mlp=None, eca=None, pools=("avg",), spatial=None, ta
     params_sp, norm = [none] * 4, None
     if spatial is not None:
         conv, norm, k = spatial.conv, spatial.norm, spatial.conv.kernel_size
-        plan.convs.append(conv)
-        plan.geom.append(_conv_geometry(conv))
+        plan.watch(conv, _GEOMETRY)
         if not (
             type(conv) is nn.Conv2d
             and conv.in_channels == 2
@@ -573,6 +601,7 @@ def _make_plan(x, owner, *, mlp=None, eca=None, pools=("avg",), spatial=None, ta
             return plan
         if type(norm) is nn.BatchNorm2d and norm.num_features == 1:
             bn_params = [norm.weight, norm.bias]
+            plan.stat_check = spatial.check_statistics
         elif type(norm) is nn.Identity:
             bn_params, norm = [None, None], None
         else:
@@ -581,12 +610,14 @@ def _make_plan(x, owner, *, mlp=None, eca=None, pools=("avg",), spatial=None, ta
     params = [none if p is None else p for p in channel + params_sp]
     if any(p.dtype != x.dtype or p.device != x.device for p in params):
         return plan
-    running = (none, none)
+    running, plan.tracked = (none, none), None
     if norm is not None and norm.running_mean is not None:
         running = (norm.running_mean, norm.running_var)
+        plan.tracked = norm.num_batches_tracked
         if any(t.dtype != x.dtype for t in running):
             return plan
     plan.kind, plan.params, plan.norm, plan.running = kind, params, norm, running
+    plan.spatial = spatial is not None
     plan.use_avg, plan.use_max = "avg" in pools, "max" in pools
     plan.max_first = spatial is not None and tuple(spatial.pool_order) == ("max", "mean")
     plan.ok = True
@@ -648,16 +679,17 @@ def owned_layer_gate(
 def _run_plan(plan: _Plan, x: torch.Tensor) -> torch.Tensor | None:
     if not plan.ok:
         return None
-    params, norm, dtype = plan.params, plan.norm, x.dtype
-    for p in params:  # .to(dtype) keeps the Parameter objects
-        if p.dtype is not dtype:
-            return None
-    observed = [tap for tap in plan.taps if getattr(tap, "observed", False)]
-    grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params))
+    params, norm = plan.params, plan.norm
+    # .to(dtype) keeps the Parameter objects. (C-level loops: see _Plan.)
+    if not all(map(is_, map(_dtype_of, params), repeat(x.dtype))):
+        return None
+    if plan.stat_check is not None and x.shape[0] * x.shape[2] * x.shape[3] == 1:
+        plan.stat_check(x)  # a BatchNorm that would see one value: a clear error
+    observed = [*filter(_observed, plan.taps)] if any(map(_observed, plan.taps)) else ()
+    grad = torch.is_grad_enabled() and (x.requires_grad or any(map(_requires_grad, params)))
     if grad and observed:  # the taps' hooks may want maps that carry the graph: run the layers
         return None
-    spatial = plan.params[4].numel() > 0
-    if not grad and not spatial:
+    if not grad and not plan.spatial:
         # Inference with a channel gate only: gate_product's PyTorch mean and multiply make
         # the same two passes and measured as fast or faster (SE, ResNet-50 stage shapes).
         return None
@@ -668,10 +700,10 @@ def _run_plan(plan: _Plan, x: torch.Tensor) -> torch.Tensor | None:
     # From here the operator runs (no fallback), so BatchNorm's bookkeeping happens once.
     momentum, eps = 0.0, 1e-5 if norm is None else norm.eps
     if tracking and norm.training:
-        norm.num_batches_tracked.add_(1)  # as nn.BatchNorm2d's forward does it
+        plan.tracked.add_(1)  # num_batches_tracked, as nn.BatchNorm2d's forward does it
         momentum = norm.momentum
         if momentum is None:  # a cumulative average
-            momentum = 1.0 / float(norm.num_batches_tracked)
+            momentum = 1.0 / float(plan.tracked)
     cfg = (plan.kind, plan.use_avg, plan.use_max, plan.max_first, bn, *running, momentum, eps)
     x = _layout(x)
     if grad:
