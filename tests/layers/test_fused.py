@@ -33,9 +33,19 @@ CONFIGS = {
     "se-bn": ("se", {"norm_layer": torch.nn.BatchNorm1d}),
 }
 # Which autograd node each configuration's fast path records: one operator per module for the
-# standard layers (_LayerGate), per-kernel otherwise (_GateProduct), CA its own.
+# standard layers (gate_train's C++ node, LayerGateFn), per-kernel otherwise (_GateProduct), CA
+# its own.
 ONE_OP = {"cbam-gelu": "_GateProductBackward", "se-bn": "_GateProductBackward",
           "ca": "_CoordProductBackward"}  # fmt: skip
+LAYER_GATE_NODE = "LayerGateFn"
+
+
+def _node(fn) -> str:
+    """The autograd node's name: the Python class for Python Functions, C++'s for C++ ones."""
+    name = type(fn).__name__
+    return LAYER_GATE_NODE if name == "CppFunction" and LAYER_GATE_NODE in fn.name() else name
+
+
 # Includes C and H·W above the kernels' 256-wide blocks (partial last block) and batch 1.
 SHAPES = [(2, 32, 9, 7), (3, 16, 1, 1), (2, 24, 1, 6), (2, 16, 5, 1), (1, 300, 17, 19)]
 LAYOUTS = ["contiguous", "channels_last"]
@@ -104,7 +114,7 @@ def test_fast_matches_reference_float32(key, shape, layout):
     grad = _input(shape, layout, torch.float32, seed=1)
     y_ref, gx_ref, gp_ref, ref_fn = _run(module, x, grad, "reference")
     y, gx, gp, fast_fn = _run(module, x, grad, "auto")
-    assert type(fast_fn).__name__ == ONE_OP.get(key, "_LayerGateBackward"), type(fast_fn)
+    assert _node(fast_fn) == ONE_OP.get(key, LAYER_GATE_NODE), fast_fn.name()
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
     # The input gradient sums a handful of paths per element, in a different order: atol 1e-5.
     torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-5)
@@ -378,7 +388,7 @@ def test_channels_last_module_weights():
     grad = _input((2, 16, 6, 5), "channels_last", torch.float32, seed=1)
     y_ref, gx_ref, gp_ref, _ = _run(module, x, grad, "reference")
     y, gx, gp, fn = _run(module, x, grad, "auto")
-    assert type(fn).__name__ == "_LayerGateBackward"
+    assert _node(fn) == LAYER_GATE_NODE
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-5)
     for fast, ref in zip(gp, gp_ref, strict=True):
@@ -464,3 +474,17 @@ def test_kept_layer_checks_are_not_copied_or_pickled(tmp_path):
     loaded = torch.load(tmp_path / "m.pt", weights_only=False)
     assert loaded.__dict__.get("_attnlab_plan") is None
     torch.testing.assert_close(_forward_both(loaded, x)[0], _forward_both(module, x)[0])
+
+
+@needs_kernels
+def test_one_op_backward_refuses_double_backward_loudly():
+    # gate_train's backward is C++ and not itself differentiable: with create_graph the first
+    # derivative is still right, and differentiating it again raises (never a silent zero).
+    module = _build("cbam", 8, torch.float32)
+    x = _input((2, 8, 5, 6), "contiguous", torch.float32).requires_grad_()
+    with fused.backend("reference"):
+        (ref,) = torch.autograd.grad(module(x).pow(2).sum(), x, create_graph=True)
+    (fast,) = torch.autograd.grad(module(x).pow(2).sum(), x, create_graph=True)
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="cannot be differentiated again"):
+        fast.sum().backward()

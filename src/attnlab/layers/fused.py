@@ -277,6 +277,10 @@ def _register_fakes() -> None:
             x.new_empty((int(use_avg) + int(use_max)) * b, ch[0].shape[0]) if kind == 1 else none,
         ]  # fmt: skip
 
+    @lib("gate_train")
+    def _(x, ch, kind, use_avg, use_max, sp, max_first, bn, rm, rv, momentum, eps):
+        return torch.empty_like(x)
+
     @lib("gate_backward")
     def _(g, x, ch, kind, use_avg, use_max, sp, max_first, bn, saved, need_dx):
         def like(t, on):
@@ -706,8 +710,10 @@ def _run_plan(plan: _Plan, x: torch.Tensor) -> torch.Tensor | None:
             momentum = 1.0 / float(plan.tracked)
     cfg = (plan.kind, plan.use_avg, plan.use_max, plan.max_first, bn, *running, momentum, eps)
     x = _layout(x)
-    if grad:
-        return _LayerGate.apply(x, cfg, *params)
+    if grad:  # autograd's node is C++ too (attnlab_fast::gate_train)
+        return torch.ops.attnlab_fast.gate_train(
+            x, params[:4], cfg[0], cfg[1], cfg[2], params[4:], cfg[3], cfg[4], *cfg[5:]
+        )
     outs = torch.ops.attnlab_fast.gate_forward(
         x, params[:4], cfg[0], cfg[1], cfg[2], params[4:], cfg[3], cfg[4], *cfg[5:], bool(observed)
     )
@@ -715,31 +721,6 @@ def _run_plan(plan: _Plan, x: torch.Tensor) -> torch.Tensor | None:
     for tap in observed:  # the maps this very call used, so observing changes no output
         tap(outs[1].view(b, c, 1, 1) if tap.kind == "channel" else outs[2].view(b, 1, h, w))
     return outs[0]
-
-
-class _LayerGate(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, cfg, *params):
-        kind, use_avg, use_max, max_first, bn = cfg[:5]
-        outs = torch.ops.attnlab_fast.gate_forward(
-            x, params[:4], kind, use_avg, use_max, params[4:], max_first, bn, *cfg[5:], True
-        )
-        ctx.cfg = cfg[:5]
-        ctx.save_for_backward(x, *params)
-        ctx.small = outs[1:]  # intermediates (not inputs or outputs): kept on ctx directly
-        return outs[0]
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        x, *rest = ctx.saved_tensors
-        kind, use_avg, use_max, max_first, bn = ctx.cfg
-        needs_dx = ctx.needs_input_grad[0]
-        got = torch.ops.attnlab_fast.gate_backward(
-            grad.contiguous(memory_format=_format(x)), x, rest[:4], kind, use_avg, use_max,
-            rest[4:8], max_first, bn, ctx.small, needs_dx,
-        )  # fmt: skip
-        return (got[0] if needs_dx else None, None, *(g if g.numel() else None for g in got[1:]))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,9 @@
 // and the fake implementations).
 
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 #include <torch/types.h>
 
@@ -1130,6 +1133,101 @@ std::vector<Tensor> gate_backward(const Tensor& grad, const Tensor& x, at::Tenso
 
 }  // namespace
 
+// ---------------------------------------------------------------------------------------------
+// gate_train: gate_forward with its backward registered in C++ (an autograd Function), so that a
+// training step's gate is one op each way with no Python in between (in a network a gate's
+// Python runs with caches a convolution has just flushed, at ~10× its warm cost).
+// Backward: gate_backward. Like a Python once_differentiable Function, its gradients cannot be
+// differentiated again: with create_graph they carry a node that raises if they are.
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+struct LayerGateFn : public torch::autograd::Function<LayerGateFn> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, at::TensorList ch, int64_t kind,
+                        bool use_avg, bool use_max, at::TensorList sp, bool max_first, int64_t bn,
+                        const Tensor& running_mean, const Tensor& running_var, double momentum,
+                        double eps) {
+    auto outs = gate_forward(x, ch, kind, use_avg, use_max, sp, max_first, bn, running_mean,
+                             running_var, momentum, eps, true);
+    std::vector<Tensor> keep{x};
+    keep.insert(keep.end(), ch.begin(), ch.end());
+    keep.insert(keep.end(), sp.begin(), sp.end());
+    ctx->save_for_backward(keep);
+    ctx->saved_data["small"] = std::vector<Tensor>(outs.begin() + 1, outs.end());
+    ctx->saved_data["cfg"] = std::vector<int64_t>{kind, use_avg, use_max, max_first, bn,
+                                                  int64_t(ch.size()), int64_t(sp.size())};
+    return outs[0];
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto kept = ctx->get_saved_variables();
+    const auto cfg = ctx->saved_data["cfg"].toIntVector();
+    const auto small = ctx->saved_data["small"].toTensorVector();
+    const int64_t nch = cfg[5], nsp = cfg[6];
+    const Tensor& x = kept[0];
+    const std::vector<Tensor> ch(kept.begin() + 1, kept.begin() + 1 + nch);
+    const std::vector<Tensor> sp(kept.begin() + 1 + nch, kept.begin() + 1 + nch + nsp);
+    const bool need_dx = ctx->needs_input_grad(0);
+    Tensor grad = grad_outputs[0].contiguous(channels_last(x) ? at::MemoryFormat::ChannelsLast
+                                                              : at::MemoryFormat::Contiguous);
+    std::vector<Tensor> got;
+    {
+      at::AutoDispatchBelowADInplaceOrView below;  // the kernels, not their autograd
+      got = gate_backward(grad, x, ch, cfg[0], cfg[1], cfg[2], sp, cfg[3], cfg[4], small, need_dx);
+    }
+    auto grad_or_none = [](const Tensor& t) { return t.numel() > 0 ? t : Tensor(); };
+    // One entry per forward argument, the tensor lists expanded (as Function::apply counts them):
+    // x, channel…, kind, use_avg, use_max, spatial…, max_first, bn, running_mean, running_var,
+    // momentum, eps.
+    variable_list out;
+    out.push_back(need_dx ? got[0] : Tensor());
+    for (int64_t i = 0; i < nch; ++i) out.push_back(i < 4 ? grad_or_none(got[1 + i]) : Tensor());
+    out.insert(out.end(), 3, Tensor());
+    for (int64_t i = 0; i < nsp; ++i) out.push_back(i < 4 ? grad_or_none(got[5 + i]) : Tensor());
+    out.insert(out.end(), 6, Tensor());
+    if (torch::autograd::GradMode::is_enabled()) {
+      // create_graph: what these gradients depend on is not recorded, so differentiating them
+      // again must fail loudly rather than give zeros (as Python's once_differentiable does).
+      variable_list defined;
+      std::vector<size_t> where;
+      for (size_t i = 0; i < out.size(); ++i)
+        if (out[i].defined()) defined.push_back(out[i]), where.push_back(i);
+      auto wrapped = torch::autograd::wrap_outputs(
+          grad_outputs, std::move(defined), [&](torch::autograd::edge_list&& next) {
+            return c10::intrusive_ptr<torch::autograd::Node>(
+                c10::make_intrusive<torch::autograd::Error>(
+                    "attnlab: the fused gate's backward cannot be differentiated again (double "
+                    "backward); run the module on the reference path for that "
+                    "(attnlab.layers.fused.backend(\"reference\"))",
+                    std::move(next)));
+          });
+      for (size_t j = 0; j < where.size(); ++j) out[where[j]] = wrapped[j];
+    }
+    return out;
+  }
+};
+
+Tensor gate_train_autograd(const Tensor& x, at::TensorList ch, int64_t kind, bool use_avg,
+                           bool use_max, at::TensorList sp, bool max_first, int64_t bn,
+                           const Tensor& running_mean, const Tensor& running_var,
+                           double momentum, double eps) {
+  return LayerGateFn::apply(x, ch, kind, use_avg, use_max, sp, max_first, bn, running_mean,
+                            running_var, momentum, eps);
+}
+
+Tensor gate_train_cpu(const Tensor& x, at::TensorList ch, int64_t kind, bool use_avg,
+                      bool use_max, at::TensorList sp, bool max_first, int64_t bn,
+                      const Tensor& running_mean, const Tensor& running_var, double momentum,
+                      double eps) {
+  return gate_forward(x, ch, kind, use_avg, use_max, sp, max_first, bn, running_mean, running_var,
+                      momentum, eps, false)[0];
+}
+
+}  // namespace
+
 TORCH_LIBRARY(attnlab_fast, m) {
   m.def("channel_pool(Tensor x, bool with_max) -> (Tensor, Tensor, Tensor)");
   m.def("spatial_pool(Tensor x, Tensor cw) -> (Tensor, Tensor, Tensor)");
@@ -1149,6 +1247,10 @@ TORCH_LIBRARY(attnlab_fast, m) {
       "gate_backward(Tensor grad, Tensor x, Tensor[] channel, int kind, bool use_avg, "
       "bool use_max, Tensor[] spatial, bool max_first, int bn, Tensor[] saved, bool need_dx) "
       "-> Tensor[]");
+  m.def(
+      "gate_train(Tensor x, Tensor[] channel, int kind, bool use_avg, bool use_max, "
+      "Tensor[] spatial, bool max_first, int bn, Tensor(a!) running_mean, "
+      "Tensor(b!) running_var, float momentum, float eps) -> Tensor");
   m.def("cache_bytes() -> int");
   m.def("empty_cache() -> ()");
   m.def("coord_pool(Tensor x) -> (Tensor, Tensor)");
@@ -1171,8 +1273,11 @@ TORCH_LIBRARY_IMPL(attnlab_fast, CPU, m) {
   m.impl("gate_grad_input", &gate_grad_input);
   m.impl("gate_forward", &gate_forward);
   m.impl("gate_backward", &gate_backward);
+  m.impl("gate_train", &gate_train_cpu);
   m.impl("coord_pool", &coord_pool);
   m.impl("coord_apply", &coord_apply);
   m.impl("coord_grad_gates", &coord_grad_gates);
   m.impl("coord_grad_input", &coord_grad_input);
 }
+
+TORCH_LIBRARY_IMPL(attnlab_fast, Autograd, m) { m.impl("gate_train", &gate_train_autograd); }
