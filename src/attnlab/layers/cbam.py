@@ -135,7 +135,7 @@ class ChannelGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
-        if fused.use_fast(x):
+        if fused.use_fast(x, channel_only=True):
             out = fused.owned_layer_gate(
                 self, x, lambda: dict(mlp=self.mlp, pools=self.pool_types, taps=(self.channel_map,))
             )
@@ -327,7 +327,9 @@ class CBAM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
-        if self.order == "channel-spatial" and fused.use_fast(x):
+        if self.order == "channel-spatial" and fused.use_fast(
+            x, channel_only=self.spatial_gate is None
+        ):
             out = fused.owned_layer_gate(self, x, self._fast_layers)
             if out is not None:
                 return out

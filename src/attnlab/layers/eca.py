@@ -88,7 +88,7 @@ class ECA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
-        if fused.use_fast(x):
+        if fused.use_fast(x, channel_only=True):
             out = fused.owned_layer_gate(
                 self, x, lambda: dict(eca=(self.conv, self.gate), taps=(self.channel_map,))
             )

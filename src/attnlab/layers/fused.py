@@ -317,8 +317,16 @@ def _format(x: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if _is_channels_last(x) else torch.contiguous_format
 
 
-def use_fast(x: torch.Tensor) -> bool:
-    """Whether a gate module should take the fast path for input ``x`` (see module doc)."""
+def use_fast(x: torch.Tensor, *, channel_only: bool = False) -> bool:
+    """Whether a gate module should take the fast path for input ``x`` (see module doc).
+
+    ``channel_only``: the module is a channel gate alone (SE, ECA, CBAM's channel gate), whose
+    inference (no autograd) runs its reference code: PyTorch's mean and broadcast multiply
+    already make the minimum passes (one read; one read and one write), and skipping the fast
+    path's bookkeeping saves its Python, which in a network costs more than it seems.
+    """
+    if channel_only and not torch.is_grad_enabled():
+        return False
     name = get_backend()
     if name == "reference":
         return False

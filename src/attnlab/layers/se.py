@@ -96,7 +96,7 @@ class SE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
-        if fused.use_fast(x):
+        if fused.use_fast(x, channel_only=True):
             check_batch_statistics(
                 "SE", self.norm, x.shape[0], "use batch size >= 2, call .eval(), or norm_layer=None"
             )
