@@ -501,8 +501,9 @@ class _Plan:
     """What :func:`layer_gate` derives from a module's layers, and what that depends on.
 
     ``dicts``/``values`` are the ``_modules``, ``_parameters`` and ``_buffers`` dicts of the
-    owner's module tree and their entries when the plan was made; ``attrs`` (dict, key) and
-    ``attr_values`` the gates' pool settings and the conv layers' hyperparameters. A replaced
+    owner's module tree and their entries when the plan was made; ``attr_dicts``,
+    ``attr_keys`` and ``attr_values`` the gates' pool settings and the conv layers'
+    hyperparameters, where they were read from and what they were. A replaced
     layer, parameter, buffer or setting (assigned, or written into ``_modules`` directly) is
     noticed by identity checks, run at C level (``map``), which matters more than it seems: in a
     network each gate's Python runs with caches just flushed by a convolution, where every
