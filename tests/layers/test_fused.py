@@ -155,11 +155,16 @@ def test_fast_gradcheck_float64(key, shape, layout):
 
 
 @needs_kernels
+@pytest.mark.parametrize("ties", ["sparse", "dense"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("key", ["cbam", "cbam-max-pool", "spatial-gate", "channel-gate"])
-def test_max_pool_ties_split_like_amax(key, layout):
+def test_max_pool_ties_split_like_amax(key, layout, ties, monkeypatch):
     # ReLU-zeroed maps and constant channels: many entries tie for the maximum, and PyTorch's
-    # amax splits the gradient evenly among them; the fused kernels must do the same.
+    # amax splits the gradient evenly among them; the fused kernels must do the same, both
+    # adding the tie terms at the tied entries (sparse, the default) and testing x == max in
+    # every pass (dense: what runs for maps of 2^24 positions or more in float32).
+    if ties == "dense":
+        monkeypatch.setenv("ATTNLAB_DENSE_TIES", "1")
     module = _build(key, 8, torch.float64)
     x = _input((2, 8, 4, 5), layout, torch.float64).relu()
     x[:, :2] = 0.5  # whole channels constant

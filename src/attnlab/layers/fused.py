@@ -61,6 +61,8 @@ PyTorch's ``amax`` does, so both paths agree even on ReLU-zeroed maps. In the on
 backward the passes that read x count the tied entries and note the last one; the max pools'
 terms are then added at those entries only (a scan of that row or column of x where more than
 one entry ties), so the input gradient's full-size pass reads the gradient alone, not x.
+(Float32 maps of 2^24 positions or channels and more, where a float cannot name each entry,
+test ``x == max`` in every pass instead; ``ATTNLAB_DENSE_TIES=1`` forces that form.)
 
 Example:
     >>> import torch
