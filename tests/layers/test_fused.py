@@ -493,3 +493,28 @@ def test_one_op_backward_refuses_double_backward_loudly():
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
     with pytest.raises(RuntimeError, match="cannot be differentiated again"):
         fast.sum().backward()
+
+
+@needs_kernels
+def test_kept_layer_checks_do_not_keep_a_module_alive():
+    # The plan kept on a module must not form a reference cycle with it: a deleted gate is
+    # freed at once (with its parameters), not at the next garbage collection.
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        modules = {
+            "spatial-gate-bn": lambda: SpatialGate(8, norm_layer=torch.nn.BatchNorm2d),
+            **{key: lambda key=key: _build(key, 8, torch.float32) for key in ("cbam", "se", "eca")},
+        }
+        for key, make in modules.items():
+            module = make()
+            x = _input((2, 8, 5, 6), "contiguous", torch.float32)
+            module(x).sum().backward()
+            assert module.__dict__.get("_attnlab_plan") is not None, key
+            ref = weakref.ref(module)
+            del module
+            assert ref() is None, key
+    finally:
+        gc.enable()

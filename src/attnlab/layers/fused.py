@@ -82,6 +82,7 @@ import hashlib
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from itertools import chain, repeat
 from operator import attrgetter, is_
@@ -616,7 +617,8 @@ def _make_plan(x, owner, *, mlp=None, eca=None, pools=("avg",), spatial=None, ta
             return plan
         if type(norm) is nn.BatchNorm2d and norm.num_features == 1:
             bn_params = [norm.weight, norm.bias]
-            plan.stat_check = spatial.check_statistics
+            # weakly: a SpatialGate owning the plan would otherwise keep itself alive in a cycle
+            plan.stat_check = weakref.WeakMethod(spatial.check_statistics)
         elif type(norm) is nn.Identity:
             bn_params, norm = [None, None], None
         else:
@@ -699,7 +701,9 @@ def _run_plan(plan: _Plan, x: torch.Tensor) -> torch.Tensor | None:
     if not all(map(is_, map(_dtype_of, params), repeat(x.dtype))):
         return None
     if plan.stat_check is not None and x.shape[0] * x.shape[2] * x.shape[3] == 1:
-        plan.stat_check(x)  # a BatchNorm that would see one value: a clear error
+        check = plan.stat_check()
+        if check is not None:
+            check(x)  # a BatchNorm that would see one value: a clear error
     observed = [*filter(_observed, plan.taps)] if any(map(_observed, plan.taps)) else ()
     grad = torch.is_grad_enabled() and (x.requires_grad or any(map(_requires_grad, params)))
     if grad and observed:  # the taps' hooks may want maps that carry the graph: run the layers
