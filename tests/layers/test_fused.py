@@ -506,15 +506,41 @@ def test_kept_layer_checks_do_not_keep_a_module_alive():
     try:
         modules = {
             "spatial-gate-bn": lambda: SpatialGate(8, norm_layer=torch.nn.BatchNorm2d),
-            **{key: lambda key=key: _build(key, 8, torch.float32) for key in ("cbam", "se", "eca")},
+            **{
+                key: lambda key=key: _build(key, 8, torch.float32)
+                for key in ("cbam", "se", "eca", "channel-gate", "spatial-gate")
+            },
         }
         for key, make in modules.items():
             module = make()
             x = _input((2, 8, 5, 6), "contiguous", torch.float32)
             module(x).sum().backward()
             assert module.__dict__.get("_attnlab_plan") is not None, key
-            ref = weakref.ref(module)
+            refs = [weakref.ref(module), *map(weakref.ref, module.parameters())]
             del module
-            assert ref() is None, key
+            assert all(ref() is None for ref in refs), key
     finally:
         gc.enable()
+
+
+@needs_kernels
+def test_kept_layer_checks_notice_the_owners_own_settings():
+    # A gate's own pool settings (not a child's) are checked through the owner, not held.
+    x = _input((2, 16, 6, 7), "contiguous", torch.float32)
+    channel = ChannelGate(16).train()
+    spatial = SpatialGate(16, norm_layer=torch.nn.BatchNorm2d).eval()
+    for module, attr, value in (
+        (channel, "pool_types", ("max",)),
+        (spatial, "pool_order", ("mean", "max")),
+    ):
+        grad_on = module.training  # a channel gate alone takes the fast path under autograd
+        with torch.set_grad_enabled(grad_on), fused.backend("auto"):
+            module(x)
+        assert module.__dict__.get("_attnlab_plan") is not None
+        setattr(module, attr, value)
+        with torch.set_grad_enabled(grad_on):
+            with fused.backend("auto"):
+                fast = module(x)
+            with fused.backend("reference"):
+                ref = module(x)
+        torch.testing.assert_close(fast, ref)

@@ -517,18 +517,21 @@ class _Plan:
     __slots__ = (
         "dicts", "lens", "values", "attr_dicts", "attr_keys", "attr_values", "dtype", "ok",
         "kind", "params", "use_avg", "use_max", "max_first", "norm", "running", "taps",
-        "stat_check", "spatial", "tracked",
+        "stat_check", "spatial", "tracked", "own_attrs",
     )  # fmt: skip
 
     def __reduce__(self):
         return (_no_plan, ())
 
-    def valid(self, x: torch.Tensor) -> bool:
+    def valid(self, x: torch.Tensor, owner: nn.Module) -> bool:
+        d = owner.__dict__  # the owner's own settings: its __dict__ holds the plan, so the
+        # plan must not hold it (a cycle would keep a deleted module's tensors until gc runs)
         return (
             x.dtype is self.dtype
             and list(map(len, self.dicts)) == self.lens
             and all(map(is_, chain.from_iterable(map(dict.values, self.dicts)), self.values))
             and all(map(is_, map(dict.get, self.attr_dicts, self.attr_keys), self.attr_values))
+            and all(d.get(key) is value for key, value in self.own_attrs)
         )
 
     def watch(self, obj: object, keys: Sequence[str]) -> None:
@@ -562,9 +565,13 @@ def _make_plan(x, owner, *, mlp=None, eca=None, pools=("avg",), spatial=None, ta
     plan.dtype, plan.ok, plan.taps = x.dtype, False, tuple(taps)
     plan.dicts, plan.attr_dicts, plan.attr_keys, plan.attr_values = [], [], [], []
     plan.stat_check = None
+    plan.own_attrs = ()
     for m in owner.modules() if owner is not None else ():
         plan.dicts += [m._modules, m._parameters, m._buffers]
-        plan.watch(m, _WATCHED)  # the gates' own settings that layer_gate reads
+        if m is owner:
+            plan.own_attrs = tuple((k, m.__dict__[k]) for k in _WATCHED if k in m.__dict__)
+        else:
+            plan.watch(m, _WATCHED)  # the gates' own settings that layer_gate reads
     plan.lens = list(map(len, plan.dicts))
     plan.values = tuple(chain.from_iterable(map(dict.values, plan.dicts)))
     none = x.new_empty(0)
@@ -687,7 +694,7 @@ def owned_layer_gate(
     are observed, which parameters need gradients, their dtype).
     """
     plan = owner.__dict__.get("_attnlab_plan")
-    if plan is None or not plan.valid(x):
+    if plan is None or not plan.valid(x, owner):
         plan = _make_plan(x, owner, **layers())
         owner.__dict__["_attnlab_plan"] = plan
     return _run_plan(plan, x)
