@@ -432,7 +432,7 @@ def _forward_both(module, x):
      "pool-order", "conv-padding-mode", "dtype"],
 )  # fmt: skip
 def test_kept_layer_checks_notice_every_change(change):
-    # owned_layer_gate checks a module's layers once and keeps the result on the module; any
+    # layer_gate checks a module's layers once and keeps the result on the module; any
     # change to them afterwards must be noticed (else the fast path would compute the old
     # module: a silent wrong answer).
     module = _build("cbam", 16, torch.float32).eval()

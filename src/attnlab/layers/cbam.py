@@ -136,7 +136,7 @@ class ChannelGate(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
         if fused.use_fast(x, channel_only=True):
-            out = fused.owned_layer_gate(
+            out = fused.layer_gate(
                 self, x, lambda: dict(mlp=self.mlp, pools=self.pool_types, taps=(self.channel_map,))
             )
             if out is not None:
@@ -217,9 +217,7 @@ class SpatialGate(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
         if fused.use_fast(x):
-            out = fused.owned_layer_gate(
-                self, x, lambda: dict(spatial=self, taps=(self.spatial_map,))
-            )
+            out = fused.layer_gate(self, x, lambda: dict(spatial=self, taps=(self.spatial_map,)))
             if out is not None:
                 return out
             self.check_statistics(x)
@@ -330,7 +328,7 @@ class CBAM(nn.Module):
         if self.order == "channel-spatial" and fused.use_fast(
             x, channel_only=self.spatial_gate is None
         ):
-            out = fused.owned_layer_gate(self, x, self._fast_layers)
+            out = fused.layer_gate(self, x, self._fast_layers)
             if out is not None:
                 return out
             spatial = self.spatial_gate

@@ -89,7 +89,7 @@ class ECA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
         if fused.use_fast(x, channel_only=True):
-            out = fused.owned_layer_gate(
+            out = fused.layer_gate(
                 self, x, lambda: dict(eca=(self.conv, self.gate), taps=(self.channel_map,))
             )
             if out is not None:

@@ -20,7 +20,7 @@ full-size passes and small layers — is one operator call forward and one backw
 backward through oneDNN takes over a millisecond on any map), which one call removes. Other
 small layers (another activation, SE's optional norm) take :func:`gate_product`, which runs
 the module's own layers between the fused full-size kernels. The modules check their layers
-once and keep the result (:func:`owned_layer_gate`): a forward then costs a few identity
+once and keep the result (:func:`layer_gate`): a forward then costs a few identity
 checks in Python, not a walk over every layer's settings; replacing a layer, parameter,
 buffer or pool setting, or changing a conv's hyperparameters, is noticed and checked anew.
 
@@ -497,8 +497,6 @@ def _add(a: list, b: list) -> list:
 # ---------------------------------------------------------------------------------------------
 # One operator call per module: SE, ECA and CBAM whose small layers are the standard ones.
 
-MLP = tuple  # (fc1: Linear, norm: Module | None, act: ReLU, fc2: Linear, gate: Sigmoid)
-
 
 class _Plan:
     """What :func:`layer_gate` derives from a module's layers, and what that depends on.
@@ -566,7 +564,7 @@ def _make_plan(x, owner, *, mlp=None, eca=None, pools=("avg",), spatial=None, ta
     plan.dicts, plan.attr_dicts, plan.attr_keys, plan.attr_values = [], [], [], []
     plan.stat_check = None
     plan.own_attrs = ()
-    for m in owner.modules() if owner is not None else ():
+    for m in owner.modules():
         plan.dicts += [m._modules, m._parameters, m._buffers]
         if m is owner:
             plan.own_attrs = tuple((k, m.__dict__[k]) for k in _WATCHED if k in m.__dict__)
@@ -649,15 +647,9 @@ def _make_plan(x, owner, *, mlp=None, eca=None, pools=("avg",), spatial=None, ta
 
 
 def layer_gate(
-    x: torch.Tensor,
-    *,
-    mlp: MLP | None = None,
-    eca: tuple[nn.Module, nn.Module] | None = None,
-    pools: Sequence[str] = ("avg",),
-    spatial: nn.Module | None = None,
-    taps: Sequence[nn.Module] = (),
+    owner: nn.Module, x: torch.Tensor, layers: Callable[[], dict]
 ) -> torch.Tensor | None:
-    """x · M_c(x) · M_s(x · M_c(x)) as one operator call forward and one backward.
+    """x · M_c(x) · M_s(x · M_c(x)) for the gate ``owner``: one operator call each way.
 
     The module's small layers run inside the operator too, so this applies only when they are
     the standard ones: the channel MLP Linear → ReLU → Linear → Sigmoid (no norm), ECA's
@@ -668,30 +660,20 @@ def layer_gate(
     want maps that carry the graph). Observed without autograd, the taps see the maps this
     call used.
 
+    ``layers()`` gives the owner's layers as keyword arguments: ``mlp`` (fc1, norm or None,
+    act, fc2, gate) or ``eca`` (conv, gate); ``pools`` ("avg" and/or "max", default "avg");
+    ``spatial`` (a SpatialGate-like module: ``conv``, ``norm``, ``gate``, ``pool_order``);
+    ``taps`` (the map taps). It is called, and the layers checked, only when no plan is kept on
+    ``owner`` for them: on the first call, after any of the owner's submodules, parameters or
+    buffers was replaced, after a pool setting or a conv's hyperparameters changed, or for
+    another dtype. Per call there remain identity checks and what may change between calls
+    (training mode, BatchNorm's momentum, which taps are observed, which parameters need
+    gradients, their dtype).
+
     Args:
+        owner: the gate module (the plan is kept in its ``__dict__``).
         x: B×C×H×W input (NCHW or channels-last), on the fast path (see :func:`use_fast`).
-        mlp: the channel MLP's modules (fc1, norm or None, act, fc2, gate).
-        eca: ECA's (conv, gate) instead of an MLP.
-        pools: the channel pools feeding the MLP ("avg" and/or "max"); ECA uses "avg".
-        spatial: a SpatialGate-like module (``conv``, ``norm``, ``gate``, ``pool_order``).
-        taps: the module's map taps (``kind`` "channel" or "spatial").
-    """
-    return _run_plan(
-        _make_plan(x, None, mlp=mlp, eca=eca, pools=pools, spatial=spatial, taps=taps), x
-    )
-
-
-def owned_layer_gate(
-    owner: nn.Module, x: torch.Tensor, layers: Callable[[], dict]
-) -> torch.Tensor | None:
-    """:func:`layer_gate` for ``owner``, with the checks of its layers done once.
-
-    ``layers()`` gives layer_gate's keyword arguments (the owner's layers, pools and taps); it
-    is called, and its layers checked, only when no plan is kept on ``owner`` for them: on the
-    first call, after any of the owner's submodules, parameters or buffers was replaced, after
-    a conv's hyperparameters changed, or for another dtype. Per call there remain identity
-    checks and what may change between calls (training mode, BatchNorm's momentum, which taps
-    are observed, which parameters need gradients, their dtype).
+        layers: () → the keyword arguments above.
     """
     plan = owner.__dict__.get("_attnlab_plan")
     if plan is None or not plan.valid(x, owner):
@@ -711,7 +693,7 @@ def _run_plan(plan: _Plan, x: torch.Tensor) -> torch.Tensor | None:
         check = plan.stat_check()
         if check is not None:
             check(x)  # a BatchNorm that would see one value: a clear error
-    observed = [*filter(_observed, plan.taps)] if any(map(_observed, plan.taps)) else ()
+    observed = [*filter(_observed, plan.taps)]
     grad = torch.is_grad_enabled() and (x.requires_grad or any(map(_requires_grad, params)))
     if grad and observed:  # the taps' hooks may want maps that carry the graph: run the layers
         return None

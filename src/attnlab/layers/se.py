@@ -100,7 +100,7 @@ class SE(nn.Module):
             check_batch_statistics(
                 "SE", self.norm, x.shape[0], "use batch size >= 2, call .eval(), or norm_layer=None"
             )
-            out = fused.owned_layer_gate(self, x, self._fast_layers)
+            out = fused.layer_gate(self, x, self._fast_layers)
             if out is not None:
                 return out
             return fused.gate_product(x, list(self.parameters()), channel_fn=self.excite)
