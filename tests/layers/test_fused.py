@@ -544,3 +544,159 @@ def test_kept_layer_checks_notice_the_owners_own_settings():
             with fused.backend("reference"):
                 ref = module(x)
         torch.testing.assert_close(fast, ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# relu(gate(x) + shortcut) in the gate's call (fused.residual_relu), as the ResNet blocks run it.
+
+RESIDUAL_KEYS = ["se", "eca", "cbam", "cbam-paper", "cbam-channel-only", "cbam-max-pool"]
+
+
+def _run_residual(module, x, s, grad, how):
+    """(output, x grad, shortcut grad, parameter grads, grad_fn) of relu(module(x) + s)."""
+    x = x.detach().clone().requires_grad_(grad is not None)
+    s = s.detach().clone().requires_grad_(grad is not None)
+    module.zero_grad(set_to_none=True)
+    with torch.set_grad_enabled(grad is not None):
+        if how == "fused":
+            y = fused.residual_relu(module, x, s)
+            assert y is not None
+        else:
+            with fused.backend("reference"):
+                y = torch.relu(module(x) + s)
+    if grad is None:
+        return y, None, None, None, None
+    y.backward(grad)
+    params = [p.grad.clone() if p.grad is not None else None for p in module.parameters()]
+    return y.detach(), x.grad, s.grad, params, y.grad_fn
+
+
+@needs_kernels
+@pytest.mark.parametrize("mode", ["train", "eval-grad", "inference"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("key", RESIDUAL_KEYS)
+def test_residual_relu_matches_reference(key, shape, layout, mode):
+    module = _build(key, shape[1], torch.float32)
+    if mode != "train" or shape[0] * shape[2] * shape[3] == 1:
+        module.eval()  # (a spatial BatchNorm over one value cannot train)
+    x = _input(shape, layout, torch.float32)
+    s = _input(shape, layout, torch.float32, seed=2)
+    grad = None if mode == "inference" else _input(shape, layout, torch.float32, seed=1)
+    ref_module = copy.deepcopy(module)
+    y, gx, gs, gp, fn = _run_residual(module, x, s, grad, "fused")
+    y_ref, gx_ref, gs_ref, gp_ref, _ = _run_residual(ref_module, x, s, grad, "reference")
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    assert (y >= 0).all()
+    for buf, buf_ref in zip(module.buffers(), ref_module.buffers(), strict=True):
+        torch.testing.assert_close(buf, buf_ref, rtol=1e-5, atol=1e-6)  # BN running statistics
+    if layout == "channels_last" and shape[2] * shape[3] > 1:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+    if grad is None:
+        return
+    assert _node(fn) == LAYER_GATE_NODE, fn.name()
+    torch.testing.assert_close(gs, gs_ref, rtol=1e-5, atol=1e-6)  # the ReLU's mask
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-5, atol=1e-5)
+    truth = _run_residual(
+        copy.deepcopy(ref_module).double(), x.double(), s.double(), grad.double(), "reference"
+    )[3]
+    for fast, ref, true in zip(gp, gp_ref, truth, strict=True):  # as in the float32 test above
+        if true is None:
+            assert fast is None or torch.count_nonzero(fast) == 0
+            continue
+        err_fast = (fast.double() - true).abs().max().item()
+        err_ref = (ref.double() - true).abs().max().item()
+        assert err_fast <= 2 * err_ref + 1e-5 * (1 + true.abs().max().item()), (err_fast, err_ref)
+
+
+@needs_kernels
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("key", ["se", "eca", "cbam", "cbam-paper"])
+def test_residual_relu_gradcheck_float64(key, layout):
+    module = _build(key, 6, torch.float64)
+    x = _input((2, 6, 4, 3), layout, torch.float64).requires_grad_()
+    s = _input((2, 6, 4, 3), layout, torch.float64, seed=2).requires_grad_()
+    params = list(module.parameters())[:2]
+
+    def fn(inp, short, *_):
+        return fused.residual_relu(module, inp, short)
+
+    with fused.backend("fast"):
+        assert torch.autograd.gradcheck(fn, (x, s, *params), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@needs_kernels
+def test_residual_relu_with_one_side_frozen():
+    module = _build("cbam", 16, torch.float32)
+    x, s = torch.randn(2, 16, 5, 6), torch.randn(2, 16, 5, 6)
+    for x_grad, s_grad in [(False, True), (True, False)]:
+        xs = [t.clone().requires_grad_(r) for t, r in [(x, x_grad), (s, s_grad)]]
+        refs = [t.clone().requires_grad_(r) for t, r in [(x, x_grad), (s, s_grad)]]
+        fused.residual_relu(module, *xs).sum().backward()
+        with fused.backend("reference"):
+            torch.relu(module(refs[0]) + refs[1]).sum().backward()
+        for t, r in zip(xs, refs, strict=True):
+            assert (t.grad is None) == (r.grad is None)
+            if t.grad is not None:
+                torch.testing.assert_close(t.grad, r.grad, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+def test_residual_relu_output_is_saved_for_its_backward():
+    # The ReLU's backward reads the output, as an in-place nn.ReLU's does: changing it in place
+    # afterwards must fail the backward, not give a wrong gradient.
+    module = _build("se", 8, torch.float32)
+    x = torch.randn(2, 8, 3, 3, requires_grad=True)
+    y = fused.residual_relu(module, x, torch.randn(2, 8, 3, 3))
+    y.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
+@needs_kernels
+def test_residual_relu_declines_where_it_does_not_apply():
+    x, s = torch.randn(2, 16, 5, 5), torch.randn(2, 16, 5, 5)
+    cbam = _build("cbam", 16, torch.float32)
+    assert fused.residual_relu(cbam, x, s) is not None
+    assert fused.residual_relu(torch.nn.Identity(), x, s) is None
+    assert fused.residual_relu(_build("ca", 16, torch.float32), x, s) is None
+    assert fused.residual_relu(cbam, x, s[:, :, :1, :1]) is None  # broadcasting: PyTorch's add
+    assert fused.residual_relu(cbam, x, s.double()) is None
+    with fused.backend("reference"):
+        assert fused.residual_relu(cbam, x, s) is None
+    assert fused.residual_relu(CBAM(16, order="spatial-channel"), x, s) is None
+
+    class Mine(CBAM):
+        def forward(self, inp):
+            return super().forward(inp) * 2
+
+    assert fused.residual_relu(Mine(16), x, s) is None
+    # hooks must see the module's own output
+    handle = cbam.register_forward_hook(lambda *a: None)
+    assert fused.residual_relu(cbam, x, s) is None
+    handle.remove()
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda *a: None)
+    try:
+        assert fused.residual_relu(cbam, x, s) is None
+    finally:
+        handle.remove()
+    assert fused.residual_relu(cbam, x, s) is not None
+    # layers the one call does not take: None, before BatchNorm counts a step
+    gelu = _build("cbam-gelu", 16, torch.float32)
+    steps = gelu.spatial_gate.norm.num_batches_tracked.item()
+    assert fused.residual_relu(gelu, x, s) is None
+    assert gelu.spatial_gate.norm.num_batches_tracked.item() == steps
+
+
+@needs_kernels
+def test_residual_relu_observed_maps_at_inference():
+    module = _build("cbam", 16, torch.float32).eval()
+    x, s = torch.randn(2, 16, 5, 7), torch.randn(2, 16, 5, 7)
+    with torch.no_grad(), capture_maps(module) as maps:
+        y = fused.residual_relu(module, x, s)
+    with torch.no_grad(), fused.backend("reference"), capture_maps(module) as ref_maps:
+        y_ref = torch.relu(module(x) + s)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    assert maps.keys() == ref_maps.keys() and len(maps) == 2
+    for name in maps:
+        torch.testing.assert_close(maps[name], ref_maps[name], rtol=1e-5, atol=1e-6)

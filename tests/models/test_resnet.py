@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
 
 import attnlab
-from attnlab.layers import CBAM, ECA, SE
+from attnlab.layers import CBAM, ECA, SE, fused
 
 RESNET50 = 25_557_032
 ECA_AUTHORS_K = [{"k_size": k} for k in (3, 5, 5, 7)]
@@ -176,6 +177,33 @@ def test_attention_sits_before_the_shortcut_addition():
     expected_in = block.bn2(block.conv2(block.relu(block.bn1(block.conv1(x)))))
     torch.testing.assert_close(seen["inp"], expected_in)
     torch.testing.assert_close(y, torch.relu(seen["out"] + x))
+
+
+@pytest.mark.skipif(not fused.available(), reason="fused kernels unavailable")
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("attn", ["se", "eca", "cbam"])
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_blocks_fuse_their_tail_into_the_gate(name, attn, mode):
+    # relu(attn(out) + shortcut) runs in the gate's own operator call (fused.residual_relu);
+    # the network must not notice: same outputs, gradients and running statistics as the
+    # reference path, whose blocks add and apply the ReLU themselves.
+    torch.manual_seed(0)
+    model = attnlab.create_model(name, attn=attn, num_classes=5).train(mode == "train")
+    ref = copy.deepcopy(model)
+    x = torch.randn(2, 3, 64, 64)
+    tails = []
+    model.layer1[0].register_forward_hook(lambda m, i, o: tails.append(o.grad_fn.name()))
+    y = model(x)
+    y.square().mean().backward()
+    with fused.backend("reference"):
+        y_ref = ref(x)
+        y_ref.square().mean().backward()
+    assert "LayerGateFn" in tails[0], tails
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
+    for (n, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=n)
+    for b, c in zip(model.buffers(), ref.buffers(), strict=True):
+        torch.testing.assert_close(b, c, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize(("output_stride", "strides"), [(8, [4, 8, 8, 8]), (16, [4, 8, 16, 16])])

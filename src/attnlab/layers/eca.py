@@ -89,13 +89,20 @@ class ECA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
         if fused.use_fast(x, channel_only=True):
-            out = fused.layer_gate(
-                self, x, lambda: dict(eca=(self.conv, self.gate), taps=(self.channel_map,))
-            )
+            out = fused.layer_gate(self, x, self._fast_layers)
             if out is not None:
                 return out
             return fused.gate_product(x, list(self.parameters()), channel_fn=self.weights)
         return x * self.attention(x)
+
+    def _fast_layers(self) -> dict:
+        """The layers as :func:`fused.layer_gate` takes them."""
+        return dict(eca=(self.conv, self.gate), taps=(self.channel_map,))
+
+    def _fused_residual(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor | None:
+        """relu(self(x) + shortcut) in one operator call, or None (see fused.residual_relu)."""
+        check_input(self, x)
+        return fused.layer_gate(self, x, self._fast_layers, residual=shortcut)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, k_size={self.k_size}"

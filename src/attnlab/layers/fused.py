@@ -24,6 +24,13 @@ once and keep the result (:func:`layer_gate`): a forward then costs a few identi
 checks in Python, not a walk over every layer's settings; replacing a layer, parameter,
 buffer or pool setting, or changing a conv's hyperparameters, is noticed and checked anew.
 
+A residual block's tail, relu(gate(x) + shortcut), can run in the same call
+(:func:`residual_relu`, which the ResNet blocks call first): the output pass reads the shortcut
+as well and writes the sum through the ReLU, so the block's own addition and ReLU (two more
+full-size passes) disappear; the backward applies the ReLU's mask once and hands the result to
+the shortcut as its gradient. A gate with hooks, or any module but SE, ECA and CBAM, keeps
+the block's own addition and ReLU.
+
 Memory: the full-size tensors the kernels write (the output, the input gradient) come from a
 cache of freed blocks, so a tensor of a size seen before reuses mapped pages instead of
 faulting fresh ones in (a fresh 13 MB tensor costs ~3,200 page faults, more than the gate's
@@ -263,7 +270,7 @@ def _register_fakes() -> None:
         return torch.empty_like(x)
 
     @lib("gate_forward")
-    def _(x, ch, kind, use_avg, use_max, sp, max_first, bn, rm, rv, momentum, eps, save):
+    def _(x, ch, kind, use_avg, use_max, sp, max_first, bn, rm, rv, momentum, eps, save, res=None):
         if not save:
             return [torch.empty_like(x)]
         b, c, h, w = x.shape
@@ -281,7 +288,7 @@ def _register_fakes() -> None:
         ]  # fmt: skip
 
     @lib("gate_train")
-    def _(x, ch, kind, use_avg, use_max, sp, max_first, bn, rm, rv, momentum, eps):
+    def _(x, ch, kind, use_avg, use_max, sp, max_first, bn, rm, rv, momentum, eps, res=None):
         return torch.empty_like(x)
 
     @lib("gate_backward")
@@ -647,7 +654,10 @@ def _make_plan(x, owner, *, mlp=None, eca=None, pools=("avg",), spatial=None, ta
 
 
 def layer_gate(
-    owner: nn.Module, x: torch.Tensor, layers: Callable[[], dict]
+    owner: nn.Module,
+    x: torch.Tensor,
+    layers: Callable[[], dict],
+    residual: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """x · M_c(x) · M_s(x · M_c(x)) for the gate ``owner``: one operator call each way.
 
@@ -674,15 +684,17 @@ def layer_gate(
         owner: the gate module (the plan is kept in its ``__dict__``).
         x: B×C×H×W input (NCHW or channels-last), on the fast path (see :func:`use_fast`).
         layers: () → the keyword arguments above.
+        residual: a tensor of x's shape, dtype and device: the result is then
+            relu(gate(x) + residual), in the same pass (see :func:`residual_relu`).
     """
     plan = owner.__dict__.get("_attnlab_plan")
     if plan is None or not plan.valid(x, owner):
         plan = _make_plan(x, owner, **layers())
         owner.__dict__["_attnlab_plan"] = plan
-    return _run_plan(plan, x)
+    return _run_plan(plan, x, residual)
 
 
-def _run_plan(plan: _Plan, x: torch.Tensor) -> torch.Tensor | None:
+def _run_plan(plan: _Plan, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor | None:
     if not plan.ok:
         return None
     params, norm = plan.params, plan.norm
@@ -694,10 +706,14 @@ def _run_plan(plan: _Plan, x: torch.Tensor) -> torch.Tensor | None:
         if check is not None:
             check(x)  # a BatchNorm that would see one value: a clear error
     observed = [*filter(_observed, plan.taps)]
-    grad = torch.is_grad_enabled() and (x.requires_grad or any(map(_requires_grad, params)))
+    grad = torch.is_grad_enabled() and (
+        x.requires_grad
+        or any(map(_requires_grad, params))
+        or (residual is not None and residual.requires_grad)
+    )
     if grad and observed:  # the taps' hooks may want maps that carry the graph: run the layers
         return None
-    if not grad and not plan.spatial:
+    if not grad and not plan.spatial and residual is None:
         # Inference with a channel gate only: gate_product's PyTorch mean and multiply make
         # the same two passes and measured as fast or faster (SE, ResNet-50 stage shapes).
         return None
@@ -714,17 +730,66 @@ def _run_plan(plan: _Plan, x: torch.Tensor) -> torch.Tensor | None:
             momentum = 1.0 / float(plan.tracked)
     cfg = (plan.kind, plan.use_avg, plan.use_max, plan.max_first, bn, *running, momentum, eps)
     x = _layout(x)
+    if residual is not None:  # in x's layout: the kernel walks both in one loop
+        residual = residual.contiguous(memory_format=_format(x))
     if grad:  # autograd's node is C++ too (attnlab_fast::gate_train)
         return torch.ops.attnlab_fast.gate_train(
-            x, params[:4], cfg[0], cfg[1], cfg[2], params[4:], cfg[3], cfg[4], *cfg[5:]
+            x, params[:4], cfg[0], cfg[1], cfg[2], params[4:], cfg[3], cfg[4], *cfg[5:], residual
         )
     outs = torch.ops.attnlab_fast.gate_forward(
-        x, params[:4], cfg[0], cfg[1], cfg[2], params[4:], cfg[3], cfg[4], *cfg[5:], bool(observed)
-    )
+        x, params[:4], cfg[0], cfg[1], cfg[2], params[4:], cfg[3], cfg[4], *cfg[5:],
+        bool(observed), residual,
+    )  # fmt: skip
     b, c, h, w = x.shape
     for tap in observed:  # the maps this very call used, so observing changes no output
         tap(outs[1].view(b, c, 1, 1) if tap.kind == "channel" else outs[2].view(b, 1, h, w))
     return outs[0]
+
+
+def _hooked(module: nn.Module) -> bool:
+    """Whether calling ``module`` runs hooks (its own, or global module hooks)."""
+    if (
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or module._backward_hooks
+        or module._backward_pre_hooks
+    ):
+        return True
+    has_global = getattr(_torch_module, "_has_any_global_hook", None)
+    return True if has_global is None else bool(has_global())  # unknown torch: assume hooks
+
+
+_torch_module = sys.modules[nn.Module.__module__]
+
+
+def residual_relu(attn: nn.Module, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor | None:
+    """relu(attn(x) + shortcut) — a residual block's tail — in the gate's own operator call.
+
+    The gate's last pass reads x and writes its output anyway; reading the shortcut there too
+    and writing relu(out + shortcut) saves the block's addition and ReLU, two more full-size
+    passes forward (the backward's ReLU mask pass stays, fused into the gate's backward call).
+    The blocks of :mod:`attnlab.models.resnet` call this first.
+
+    Applies to :class:`~attnlab.layers.SE`, :class:`~attnlab.layers.ECA` and
+    :class:`~attnlab.layers.CBAM` (channel→spatial order) with the standard small layers (see
+    :func:`layer_gate`), on the fast path (see :func:`use_fast`), in training and inference.
+    Returns None otherwise — another module (a subclass too), hooks on ``attn`` or global
+    module hooks (a hook must see ``attn``'s own output), a shortcut that differs from x in
+    shape, dtype or device — and the caller computes ``relu(attn(x) + shortcut)`` itself.
+    """
+    fn = type(attn).__dict__.get("_fused_residual")
+    if (
+        fn is None
+        or not isinstance(x, torch.Tensor)
+        or not isinstance(shortcut, torch.Tensor)
+        or shortcut.shape != x.shape
+        or shortcut.dtype != x.dtype
+        or shortcut.device != x.device
+        or _hooked(attn)
+        or not use_fast(x)
+    ):
+        return None
+    return fn(attn, x, shortcut)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,9 +10,11 @@
 
 Attention (``attn=``) sits inside every residual block after its last BN and before the
 shortcut addition (SE, CBAM, ECA, CA papers); ``stage_attn=`` adds a module after stages
-(BAM: after stages 1-3, not after the last). Per-stage options go in ``attn_stage_kwargs``, e.g.
-the ECA authors' ResNet-50 kernels: ``[{"k_size": 3}, {"k_size": 5}, {"k_size": 5},
-{"k_size": 7}]``.
+(BAM: after stages 1-3, not after the last). Per-stage options go in ``attn_stage_kwargs``,
+e.g. the ECA authors' ResNet-50 kernels: ``[{"k_size": 3}, {"k_size": 5}, {"k_size": 5},
+{"k_size": 7}]``. On the fast path the block's tail, relu(attn(out) + shortcut), runs inside
+SE's, ECA's and CBAM's own operator call (:func:`attnlab.layers.fused.residual_relu`: the same
+result with two fewer full-size passes).
 
 Example:
     >>> import torch, attnlab
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._plain import plain
+from ..layers import fused
 from ..registry import create_attention, register_model
 
 
@@ -91,8 +94,11 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.attn(self.bn2(self.conv2(out)))
-        return self.relu(out + shortcut)
+        out = self.bn2(self.conv2(out))
+        fast = fused.residual_relu(self.attn, out, shortcut)  # the tail in the gate's call
+        if fast is not None:
+            return fast
+        return self.relu(self.attn(out) + shortcut)
 
 
 class Bottleneck(nn.Module):
@@ -132,8 +138,11 @@ class Bottleneck(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.attn(self.bn3(self.conv3(out)))
-        return self.relu(out + shortcut)
+        out = self.bn3(self.conv3(out))
+        fast = fused.residual_relu(self.attn, out, shortcut)  # the tail in the gate's call
+        if fast is not None:
+            return fast
+        return self.relu(self.attn(out) + shortcut)
 
 
 class ResNet(nn.Module):

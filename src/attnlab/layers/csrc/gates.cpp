@@ -361,10 +361,17 @@ std::tuple<Tensor, Tensor, Tensor> spatial_pool(const Tensor& x, const Tensor& c
 }
 
 // ---------------------------------------------------------------------------------------------
-// Gate: out = (x·cw[b,c])·sw[b,p], sw optional.
+// Gate: out = (x·cw[b,c])·sw[b,p], sw optional; with a residual r (x's shape and layout), the
+// residual block's tail in the same pass: out = relu((x·cw)·sw + r).
+
+// relu as PyTorch's: NaN stays NaN.
+template <typename T>
+inline T relu_of(T v) {
+  return v < T(0) ? T(0) : v;
+}
 
 template <typename T>
-void gate_apply_kernel(const Tensor& x, const T* cw, const T* sw, Tensor& out) {
+void gate_apply_kernel(const Tensor& x, const T* cw, const T* sw, const T* res, Tensor& out) {
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   const T* __restrict__ xp = x.data_ptr<T>();
   T* __restrict__ op = out.data_ptr<T>();
@@ -374,8 +381,17 @@ void gate_apply_kernel(const Tensor& x, const T* cw, const T* sw, Tensor& out) {
         const T w = cw[bc];
         const T* __restrict__ r = xp + bc * P;
         T* __restrict__ o = op + bc * P;
-        if (sw) {
-          const T* __restrict__ s = sw + (bc / C) * P;
+        const T* __restrict__ s = sw ? sw + (bc / C) * P : nullptr;
+        if (res) {
+          const T* __restrict__ q = res + bc * P;
+          if (s) {
+#pragma omp simd
+            for (int64_t p = 0; p < P; ++p) o[p] = relu_of((r[p] * w) * s[p] + q[p]);
+          } else {
+#pragma omp simd
+            for (int64_t p = 0; p < P; ++p) o[p] = relu_of(r[p] * w + q[p]);
+          }
+        } else if (s) {
 #pragma omp simd
           for (int64_t p = 0; p < P; ++p) o[p] = (r[p] * w) * s[p];
         } else {
@@ -392,7 +408,16 @@ void gate_apply_kernel(const Tensor& x, const T* cw, const T* sw, Tensor& out) {
       const T* __restrict__ r = xp + bp * C;
       const T* __restrict__ w = cw + (bp / P) * C;
       T* __restrict__ o = op + bp * C;
-      if (sw) {
+      if (res) {
+        const T* __restrict__ q = res + bp * C;
+        if (sw) {
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) o[c] = relu_of((r[c] * w[c]) * s + q[c]);
+        } else {
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) o[c] = relu_of(r[c] * w[c] + q[c]);
+        }
+      } else if (sw) {
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) o[c] = (r[c] * w[c]) * s;
       } else {
@@ -403,16 +428,64 @@ void gate_apply_kernel(const Tensor& x, const T* cw, const T* sw, Tensor& out) {
   });
 }
 
-Tensor gate_apply(const Tensor& x, const Tensor& cw, const c10::optional<Tensor>& sw) {
+// Whether a and b (dense) hold their elements in the same order, so that one flat loop pairs them:
+// the same sizes and the same strides wherever a size is above 1.
+bool same_layout(const Tensor& a, const Tensor& b) {
+  if (a.sizes() != b.sizes() || !a.is_non_overlapping_and_dense() ||
+      !b.is_non_overlapping_and_dense())
+    return false;
+  for (int64_t d = 0; d < a.dim(); ++d)
+    if (a.size(d) > 1 && a.stride(d) != b.stride(d)) return false;
+  return true;
+}
+
+void check_residual(const c10::optional<Tensor>& res, const Tensor& x) {
+  if (!res.has_value() || !res->defined()) return;
+  TORCH_CHECK(same_layout(*res, x) && res->dtype() == x.dtype() && res->device() == x.device(),
+              "attnlab_fast: the residual must match x in shape, layout, dtype and device");
+}
+
+Tensor gate_apply_impl(const Tensor& x, const Tensor& cw, const c10::optional<Tensor>& sw,
+                       const c10::optional<Tensor>& res) {
   check_full(x, "x");
   const auto B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   check_small(cw, B, C, "cw");
   check_small(sw, B, P, "sw");
+  check_residual(res, x);
   Tensor out = pooled_empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_apply", [&] {
-    gate_apply_kernel<scalar_t>(x, cw.data_ptr<scalar_t>(), opt_ptr<scalar_t>(sw), out);
+    gate_apply_kernel<scalar_t>(x, cw.data_ptr<scalar_t>(), opt_ptr<scalar_t>(sw),
+                                opt_ptr<scalar_t>(res), out);
   });
   return out;
+}
+
+Tensor gate_apply(const Tensor& x, const Tensor& cw, const c10::optional<Tensor>& sw) {
+  return gate_apply_impl(x, cw, sw, c10::nullopt);
+}
+
+// The ReLU's backward: grad where out > 0, else 0 (grad and out of one shape and layout).
+template <typename T>
+void relu_grad_kernel(const T* __restrict__ g, const T* __restrict__ o, T* __restrict__ d,
+                      int64_t n) {
+  at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
+#pragma omp simd
+    for (int64_t i = begin; i < end; ++i) {
+      const T gi = g[i];  // loaded unconditionally: a select, not a branch
+      d[i] = o[i] > T(0) ? gi : T(0);
+    }
+  });
+}
+
+Tensor relu_grad(const Tensor& grad, const Tensor& out) {
+  TORCH_CHECK(same_layout(grad, out) && grad.dtype() == out.dtype(),
+              "attnlab_fast: grad must match the output in shape, layout and dtype");
+  Tensor gz = pooled_empty_like(out);
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "relu_grad", [&] {
+    relu_grad_kernel<scalar_t>(grad.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                               gz.data_ptr<scalar_t>(), out.numel());
+  });
+  return gz;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -950,8 +1023,10 @@ Tensor channel_logits(const Tensor& avg, const Tensor& mx, at::TensorList ch, in
 std::vector<Tensor> gate_forward(const Tensor& x, at::TensorList ch_, int64_t kind, bool use_avg,
                                  bool use_max, at::TensorList sp_, bool max_first, int64_t bn,
                                  const Tensor& running_mean, const Tensor& running_var,
-                                 double momentum, double eps, bool save) {
+                                 double momentum, double eps, bool save,
+                                 const c10::optional<Tensor>& residual) {
   check_full(x, "x");
+  check_residual(residual, x);
   const auto chv = params_of(x, ch_, "channel"), spv = params_of(x, sp_, "spatial");
   const at::TensorList ch(chv), sp(spv);
   TORCH_CHECK(kind >= 0 && kind <= 2, "attnlab_fast: channel kind must be 0, 1 or 2");
@@ -993,7 +1068,8 @@ std::vector<Tensor> gate_forward(const Tensor& x, at::TensorList ch_, int64_t ki
       sigmoid_inplace<T>(sw.data_ptr<T>(), sw.numel());
     }
   });
-  out.push_back(gate_apply(x, cw, spatial ? c10::optional<Tensor>(sw) : c10::nullopt));
+  out.push_back(
+      gate_apply_impl(x, cw, spatial ? c10::optional<Tensor>(sw) : c10::nullopt, residual));
   if (save) {
     auto none = [&] { return at::empty({0}, x.options()); };
     for (Tensor* t : {&sw, &cavg, &cmax, &smean, &smax, &zhat, &invstd, &hidden})
@@ -1154,16 +1230,20 @@ struct LayerGateFn : public torch::autograd::Function<LayerGateFn> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, at::TensorList ch, int64_t kind,
                         bool use_avg, bool use_max, at::TensorList sp, bool max_first, int64_t bn,
                         const Tensor& running_mean, const Tensor& running_var, double momentum,
-                        double eps) {
+                        double eps, const c10::optional<Tensor>& residual) {
     auto outs = gate_forward(x, ch, kind, use_avg, use_max, sp, max_first, bn, running_mean,
-                             running_var, momentum, eps, true);
+                             running_var, momentum, eps, true, residual);
+    const bool res = residual.has_value() && residual->defined();
     std::vector<Tensor> keep{x};
     keep.insert(keep.end(), ch.begin(), ch.end());
     keep.insert(keep.end(), sp.begin(), sp.end());
+    // With a residual the output is saved for the ReLU's backward: it is the next block's
+    // input, kept alive by that block's own backward anyway.
+    if (res) keep.push_back(outs[0]);
     ctx->save_for_backward(keep);
     ctx->saved_data["small"] = std::vector<Tensor>(outs.begin() + 1, outs.end());
-    ctx->saved_data["cfg"] = std::vector<int64_t>{kind, use_avg, use_max, max_first, bn,
-                                                  int64_t(ch.size()), int64_t(sp.size())};
+    ctx->saved_data["cfg"] = std::vector<int64_t>{
+        kind, use_avg, use_max, max_first, bn, int64_t(ch.size()), int64_t(sp.size()), res};
     return outs[0];
   }
 
@@ -1175,24 +1255,30 @@ struct LayerGateFn : public torch::autograd::Function<LayerGateFn> {
     const Tensor& x = kept[0];
     const std::vector<Tensor> ch(kept.begin() + 1, kept.begin() + 1 + nch);
     const std::vector<Tensor> sp(kept.begin() + 1 + nch, kept.begin() + 1 + nch + nsp);
+    const bool res = cfg[7] != 0;
     const bool need_dx = ctx->needs_input_grad(0);
+    // the variables: x, channel…, spatial…, running_mean, running_var, residual
+    const bool need_dres = res && ctx->needs_input_grad(3 + nch + nsp);
     Tensor grad = grad_outputs[0].contiguous(channels_last(x) ? at::MemoryFormat::ChannelsLast
                                                               : at::MemoryFormat::Contiguous);
     std::vector<Tensor> got;
     {
       at::AutoDispatchBelowADInplaceOrView below;  // the kernels, not their autograd
+      // relu((x·cw)·sw + r): the ReLU's gradient is the residual's, and the gate's output's
+      if (res) grad = relu_grad(grad, kept[1 + nch + nsp]);
       got = gate_backward(grad, x, ch, cfg[0], cfg[1], cfg[2], sp, cfg[3], cfg[4], small, need_dx);
     }
     auto grad_or_none = [](const Tensor& t) { return t.numel() > 0 ? t : Tensor(); };
     // One entry per forward argument, the tensor lists expanded (as Function::apply counts them):
     // x, channel…, kind, use_avg, use_max, spatial…, max_first, bn, running_mean, running_var,
-    // momentum, eps.
+    // momentum, eps, residual.
     variable_list out;
     out.push_back(need_dx ? got[0] : Tensor());
     for (int64_t i = 0; i < nch; ++i) out.push_back(i < 4 ? grad_or_none(got[1 + i]) : Tensor());
     out.insert(out.end(), 3, Tensor());
     for (int64_t i = 0; i < nsp; ++i) out.push_back(i < 4 ? grad_or_none(got[5 + i]) : Tensor());
     out.insert(out.end(), 6, Tensor());
+    out.push_back(need_dres ? grad : Tensor());
     if (torch::autograd::GradMode::is_enabled()) {
       // create_graph: what these gradients depend on is not recorded, so differentiating them
       // again must fail loudly rather than give zeros (as Python's once_differentiable does).
@@ -1218,17 +1304,17 @@ struct LayerGateFn : public torch::autograd::Function<LayerGateFn> {
 Tensor gate_train_autograd(const Tensor& x, at::TensorList ch, int64_t kind, bool use_avg,
                            bool use_max, at::TensorList sp, bool max_first, int64_t bn,
                            const Tensor& running_mean, const Tensor& running_var,
-                           double momentum, double eps) {
+                           double momentum, double eps, const c10::optional<Tensor>& residual) {
   return LayerGateFn::apply(x, ch, kind, use_avg, use_max, sp, max_first, bn, running_mean,
-                            running_var, momentum, eps);
+                            running_var, momentum, eps, residual);
 }
 
 Tensor gate_train_cpu(const Tensor& x, at::TensorList ch, int64_t kind, bool use_avg,
                       bool use_max, at::TensorList sp, bool max_first, int64_t bn,
                       const Tensor& running_mean, const Tensor& running_var, double momentum,
-                      double eps) {
+                      double eps, const c10::optional<Tensor>& residual) {
   return gate_forward(x, ch, kind, use_avg, use_max, sp, max_first, bn, running_mean, running_var,
-                      momentum, eps, false)[0];
+                      momentum, eps, false, residual)[0];
 }
 
 }  // namespace
@@ -1247,7 +1333,8 @@ TORCH_LIBRARY(attnlab_fast, m) {
   m.def(
       "gate_forward(Tensor x, Tensor[] channel, int kind, bool use_avg, bool use_max, "
       "Tensor[] spatial, bool max_first, int bn, Tensor(a!) running_mean, "
-      "Tensor(b!) running_var, float momentum, float eps, bool save) -> Tensor[]");
+      "Tensor(b!) running_var, float momentum, float eps, bool save, Tensor? residual=None) "
+      "-> Tensor[]");
   m.def(
       "gate_backward(Tensor grad, Tensor x, Tensor[] channel, int kind, bool use_avg, "
       "bool use_max, Tensor[] spatial, bool max_first, int bn, Tensor[] saved, bool need_dx) "
@@ -1255,7 +1342,7 @@ TORCH_LIBRARY(attnlab_fast, m) {
   m.def(
       "gate_train(Tensor x, Tensor[] channel, int kind, bool use_avg, bool use_max, "
       "Tensor[] spatial, bool max_first, int bn, Tensor(a!) running_mean, "
-      "Tensor(b!) running_var, float momentum, float eps) -> Tensor");
+      "Tensor(b!) running_var, float momentum, float eps, Tensor? residual=None) -> Tensor");
   m.def("cache_bytes() -> int");
   m.def("empty_cache() -> ()");
   m.def("coord_pool(Tensor x) -> (Tensor, Tensor)");
