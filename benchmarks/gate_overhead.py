@@ -16,7 +16,10 @@ A time is the median over the turns, a ratio the median over the turns of the tw
 in the same turn, so drift and bursts of load (other tenants) hit both sides alike. By default
 glibc is told to keep freed memory (--malloc steady; see steady_malloc), so neither side pays
 this VM's page faults for memory it re-touches; --malloc default measures glibc as it is.
-Both the fast path and the reference path are measured (``attnlab.layers.fused.backend``).
+Both the fast path and the reference path are measured (``attnlab.layers.fused.backend``); the
+network's fast path twice, with the block's tail relu(attn(out) + shortcut) done by the gate's
+output pass (``fused.residual_relu``, what the ResNet blocks do) and with the block doing its
+own addition and ReLU ("fast, own tail"), as the network without attention does.
 Nothing is cached between iterations: every call runs the full computation on the same input.
 
 Usage:
@@ -30,6 +33,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import ctypes
 import json
@@ -97,6 +101,24 @@ def steady_malloc() -> bool:
         return False
 
 
+OWN_TAIL = "fast, own tail"
+PATHS = ("fast", OWN_TAIL, "reference")
+
+
+@contextlib.contextmanager
+def own_tail(on: bool):
+    """With ``on``, the blocks add the shortcut and apply the ReLU themselves (two full-size
+    passes), as the network without attention does, instead of the gate's output pass doing
+    it (``fused.residual_relu``): the gate's cost alone, for comparison."""
+    saved = fused.residual_relu
+    if on:
+        fused.residual_relu = lambda attn, x, shortcut: None
+    try:
+        yield
+    finally:
+        fused.residual_relu = saved
+
+
 def network(attns, *, batch, size, rounds, number, channels_last):
     torch.manual_seed(0)
     x = torch.randn(batch, 3, size, size)
@@ -127,8 +149,8 @@ def network(attns, *, batch, size, rounds, number, channels_last):
     base = model(None)
     for attn in attns:
         m = model(attn)
-        for path in ("fast", "reference"):
-            with fused.backend(path):
+        for path in PATHS:
+            with fused.backend(path.split(",")[0]), own_tail(path == OWN_TAIL):
                 m.train(), base.train()
                 opts = [torch.optim.SGD(n.parameters(), lr=1e-4, momentum=0.9) for n in (base, m)]
                 train = interleaved(

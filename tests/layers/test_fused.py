@@ -577,6 +577,20 @@ def _run_residual(module, x, s, grad, how):
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("key", RESIDUAL_KEYS)
 def test_residual_relu_matches_reference(key, shape, layout, mode):
+    _check_residual_relu(key, shape, layout, mode)
+
+
+@needs_kernels
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("key", ["cbam", "cbam-max-pool", "se"])
+def test_residual_relu_with_dense_ties(key, layout, monkeypatch):
+    # the ReLU's mask rides on the first backward pass in either form of the max-pool terms
+    monkeypatch.setenv("ATTNLAB_DENSE_TIES", "1")
+    for shape in [(2, 32, 9, 7), (1, 300, 17, 19)]:
+        _check_residual_relu(key, shape, layout, "train")
+
+
+def _check_residual_relu(key, shape, layout, mode):
     module = _build(key, shape[1], torch.float32)
     if mode != "train" or shape[0] * shape[2] * shape[3] == 1:
         module.eval()  # (a spatial BatchNorm over one value cannot train)

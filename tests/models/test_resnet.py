@@ -279,3 +279,14 @@ def test_unknown_names_list_the_valid_ones():
         "resnet44",
         "resnet56",
     ]
+
+
+def test_blocks_compile_with_the_fused_tail_check():
+    # under torch.compile the blocks trace their own addition and ReLU (fused.residual_relu
+    # declines while compiling), in one graph
+    torch.manual_seed(0)
+    block = attnlab.create_model("resnet50", attn="cbam").layer1[0].eval()
+    x = torch.randn(2, 64, 8, 8)
+    compiled = torch.compile(block, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), block(x), rtol=1e-5, atol=1e-5)

@@ -222,12 +222,14 @@ inline void weighted_sum_max(const T* __restrict__ xb, const T* __restrict__ w, 
 }
 
 // s[p] = Σ_c g[c,p]·x[c,p]·w[c] and, with mx, k[p] = #{c : x[c,p]·w[c] == mx[p]} and
-// ix[p] = the last such c (as a T).
+// ix[p] = the last such c (as a T). With ob (a ReLU's output, rows P apart like g) the gradient
+// is first masked, g·(o > 0), and written to zb: the ReLU's backward in the same pass.
 template <typename T, int64_t N>
 inline void weighted_dot_ties(const T* __restrict__ gb, const T* __restrict__ xb,
                               const T* __restrict__ w, int64_t C, int64_t P, int64_t n,
                               const T* __restrict__ mx, T* __restrict__ s, T* __restrict__ k,
-                              T* __restrict__ ix) {
+                              T* __restrict__ ix, const T* __restrict__ ob,
+                              T* __restrict__ zb) {
   const int64_t len = N ? N : n;
   T part[kLanes];
   for (int64_t p = 0; p < len; ++p) s[p] = 0, k[p] = 0, ix[p] = -1;
@@ -237,7 +239,32 @@ inline void weighted_dot_ties(const T* __restrict__ gb, const T* __restrict__ xb
       const T wc = w[c];
       const T* __restrict__ r = xb + c * P;
       const T* __restrict__ q = gb + c * P;
-      if (mx) {
+      if (ob) {
+        const T* __restrict__ o = ob + c * P;
+        T* __restrict__ z = zb + c * P;
+        const T cf = T(c);
+        if (mx) {
+#pragma omp simd
+          for (int64_t p = 0; p < len; ++p) {
+            const T gv = q[p];
+            const T qv = o[p] > T(0) ? gv : T(0);
+            z[p] = qv;
+            const T v = r[p] * wc;
+            const bool tie = v == mx[p];
+            part[p] += qv * v;
+            k[p] += tie ? T(1) : T(0);
+            ix[p] = tie ? cf : ix[p];
+          }
+        } else {
+#pragma omp simd
+          for (int64_t p = 0; p < len; ++p) {
+            const T gv = q[p];
+            const T qv = o[p] > T(0) ? gv : T(0);
+            z[p] = qv;
+            part[p] += qv * (r[p] * wc);
+          }
+        }
+      } else if (mx) {
         const T cf = T(c);
 #pragma omp simd
         for (int64_t p = 0; p < len; ++p) {
@@ -464,28 +491,11 @@ Tensor gate_apply(const Tensor& x, const Tensor& cw, const c10::optional<Tensor>
   return gate_apply_impl(x, cw, sw, c10::nullopt);
 }
 
-// The ReLU's backward: grad where out > 0, else 0 (grad and out of one shape and layout).
-template <typename T>
-void relu_grad_kernel(const T* __restrict__ g, const T* __restrict__ o, T* __restrict__ d,
-                      int64_t n) {
-  at::parallel_for(0, n, 16384, [&](int64_t begin, int64_t end) {
-#pragma omp simd
-    for (int64_t i = begin; i < end; ++i) {
-      const T gi = g[i];  // loaded unconditionally: a select, not a branch
-      d[i] = o[i] > T(0) ? gi : T(0);
-    }
-  });
-}
-
-Tensor relu_grad(const Tensor& grad, const Tensor& out) {
+// The tensor a first backward pass writes the masked gradient into (after checking out).
+Tensor masked_like(const Tensor& grad, const Tensor& out) {
   TORCH_CHECK(same_layout(grad, out) && grad.dtype() == out.dtype(),
               "attnlab_fast: grad must match the output in shape, layout and dtype");
-  Tensor gz = pooled_empty_like(out);
-  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "relu_grad", [&] {
-    relu_grad_kernel<scalar_t>(grad.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-                               gz.data_ptr<scalar_t>(), out.numel());
-  });
-  return gz;
+  return pooled_empty_like(grad);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -493,9 +503,10 @@ Tensor relu_grad(const Tensor& grad, const Tensor& out) {
 
 // With smx: also the count of channels reaching the spatial max, scnt[b,p] = #{c : x·cw == smx}
 // (the backward needs it, the forward does not), and in ip the last such channel (as a T).
+// With op (a ReLU's output): g is masked first and the masked gradient written to zp.
 template <typename T>
 void gate_grad_spatial_kernel(const Tensor& g, const Tensor& x, const T* cw, Tensor& dsw,
-                              const T* smx, T* kp, T* ip) {
+                              const T* smx, T* kp, T* ip, const T* op, T* zp) {
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   const T* __restrict__ gp = g.data_ptr<T>();
   const T* __restrict__ xp = x.data_ptr<T>();
@@ -508,10 +519,13 @@ void gate_grad_spatial_kernel(const Tensor& g, const Tensor& x, const T* cw, Ten
         const int64_t b = i / nblk, p0 = (i % nblk) * kLanes, n = std::min(kLanes, P - p0);
         const int64_t off = b * C * P + p0;
         const T* mx = smx ? smx + b * P + p0 : nullptr;
+        const T* o = op ? op + off : nullptr;
+        T* z = zp ? zp + off : nullptr;
         if (n == kLanes)
-          weighted_dot_ties<T, kLanes>(gp + off, xp + off, cw + b * C, C, P, n, mx, s, k, ix);
+          weighted_dot_ties<T, kLanes>(gp + off, xp + off, cw + b * C, C, P, n, mx, s, k, ix, o,
+                                       z);
         else
-          weighted_dot_ties<T, 0>(gp + off, xp + off, cw + b * C, C, P, n, mx, s, k, ix);
+          weighted_dot_ties<T, 0>(gp + off, xp + off, cw + b * C, C, P, n, mx, s, k, ix, o, z);
         for (int64_t p = 0; p < n; ++p) {
           dp[b * P + p0 + p] = s[p];
           if (kp) kp[b * P + p0 + p] = k[p];
@@ -527,8 +541,20 @@ void gate_grad_spatial_kernel(const Tensor& g, const Tensor& x, const T* cw, Ten
       const T* __restrict__ q = gp + bp * C;
       const T* __restrict__ w = cw + (bp / P) * C;
       double s = 0;
+      if (op) {
+        const T* __restrict__ o = op + bp * C;
+        T* __restrict__ z = zp + bp * C;
 #pragma omp simd reduction(+ : s)
-      for (int64_t c = 0; c < C; ++c) s += q[c] * (r[c] * w[c]);
+        for (int64_t c = 0; c < C; ++c) {
+          const T gv = q[c];
+          const T qv = o[c] > T(0) ? gv : T(0);
+          z[c] = qv;
+          s += qv * (r[c] * w[c]);
+        }
+      } else {
+#pragma omp simd reduction(+ : s)
+        for (int64_t c = 0; c < C; ++c) s += q[c] * (r[c] * w[c]);
+      }
       dp[bp] = static_cast<T>(s);
       if (!kp) continue;
       const T m = smx[bp];
@@ -547,18 +573,24 @@ void gate_grad_spatial_kernel(const Tensor& g, const Tensor& x, const T* cw, Ten
 
 // dsw and, given the spatial max smx, the tie count (else an empty tensor); with idx, the last
 // tied channel goes there (B×P, as x's dtype).
+// With out (a ReLU's output) the gradient is masked in the same pass and the masked gradient
+// returned in *gz (out's shape and layout).
 std::tuple<Tensor, Tensor> grad_spatial(const Tensor& g, const Tensor& x, const Tensor& cw,
-                                        const Tensor& smx, Tensor* idx = nullptr) {
+                                        const Tensor& smx, Tensor* idx = nullptr,
+                                        const Tensor* out = nullptr, Tensor* gz = nullptr) {
   const int64_t B = x.size(0), P = x.size(2) * x.size(3);
   const bool k = smx.defined();
   Tensor dsw = at::empty({B, P}, x.options());
   Tensor cnt = at::empty({k ? B : 0, k ? P : 0}, x.options());
   if (idx) *idx = at::empty({k ? B : 0, k ? P : 0}, x.options());
+  if (out) *gz = masked_like(g, *out);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_grad_spatial", [&] {
     gate_grad_spatial_kernel<scalar_t>(g, x, cw.data_ptr<scalar_t>(), dsw,
                                        k ? smx.data_ptr<scalar_t>() : nullptr,
                                        k ? cnt.data_ptr<scalar_t>() : nullptr,
-                                       k && idx ? idx->data_ptr<scalar_t>() : nullptr);
+                                       k && idx ? idx->data_ptr<scalar_t>() : nullptr,
+                                       out ? out->data_ptr<scalar_t>() : nullptr,
+                                       out ? gz->data_ptr<scalar_t>() : nullptr);
   });
   return {dsw, cnt};
 }
@@ -592,9 +624,11 @@ struct Spatial {
 
 // With cmx: kp gets the count of positions reaching the channel max and ip (when given) the last
 // such position (as a T).
+// With op (a ReLU's output; without the spatial stage only): g is masked first and the masked
+// gradient written to zp.
 template <typename T>
 void gate_grad_channel_kernel(const Tensor& g, const Tensor& x, const T* cw, const Spatial& sp,
-                              Tensor& dcw, const T* cmx, T* kp, T* ip) {
+                              Tensor& dcw, const T* cmx, T* kp, T* ip, const T* op, T* zp) {
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   const T* __restrict__ gp = g.data_ptr<T>();
   const T* __restrict__ xp = x.data_ptr<T>();
@@ -606,11 +640,13 @@ void gate_grad_channel_kernel(const Tensor& g, const Tensor& x, const T* cw, con
   if (!channels_last(x)) {
     // Sums in T over chunks of kChunk positions (vector accumulators), the chunks in double;
     // the tie count (with kp) in the same loop.
-    auto row = [&](auto spatial, auto ties, auto sparse, int64_t bc) {
+    auto row = [&](auto spatial, auto ties, auto sparse, auto masked, int64_t bc) {
       const int64_t b = bc / C;
       const T w = cw[bc], cm = ties ? cmx[bc] : T(0);
       const T* __restrict__ r = xp + bc * P;
       const T* __restrict__ q = gp + bc * P;
+      const T* __restrict__ o = masked ? op + bc * P : nullptr;
+      T* __restrict__ z = masked ? zp + bc * P : nullptr;
       const T* __restrict__ s1 = spatial ? sw + b * P : nullptr;
       const T* __restrict__ s2 = spatial ? sa + b * P : nullptr;
       const T* __restrict__ s3 = spatial ? se + b * P : nullptr;
@@ -626,7 +662,12 @@ void gate_grad_channel_kernel(const Tensor& g, const Tensor& x, const T* cw, con
             part += (q[p] * s1[p] + s2[p]) * r[p];
           else if constexpr (spatial)
             part += (q[p] * s1[p] + s2[p] + (r[p] * w == s4[p] ? s3[p] : T(0))) * r[p];
-          else
+          else if constexpr (masked) {
+            const T gv = q[p];
+            const T qv = o[p] > T(0) ? gv : T(0);
+            z[p] = qv;
+            part += qv * r[p];
+          } else
             part += q[p] * r[p];
           if constexpr (ties) {
             const bool tie = r[p] == cm;
@@ -646,12 +687,14 @@ void gate_grad_channel_kernel(const Tensor& g, const Tensor& x, const T* cw, con
     using off = std::false_type;
     at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t bc = begin; bc < end; ++bc) {
-        if (sp.on && sp.sparse && kp) row(on{}, on{}, on{}, bc);
-        else if (sp.on && sp.sparse) row(on{}, off{}, on{}, bc);
-        else if (sp.on && kp) row(on{}, on{}, off{}, bc);
-        else if (sp.on) row(on{}, off{}, off{}, bc);
-        else if (kp) row(off{}, on{}, off{}, bc);
-        else row(off{}, off{}, off{}, bc);
+        if (sp.on && sp.sparse && kp) row(on{}, on{}, on{}, off{}, bc);
+        else if (sp.on && sp.sparse) row(on{}, off{}, on{}, off{}, bc);
+        else if (sp.on && kp) row(on{}, on{}, off{}, off{}, bc);
+        else if (sp.on) row(on{}, off{}, off{}, off{}, bc);
+        else if (op && kp) row(off{}, on{}, off{}, on{}, bc);
+        else if (op) row(off{}, off{}, off{}, on{}, bc);
+        else if (kp) row(off{}, on{}, off{}, off{}, bc);
+        else row(off{}, off{}, off{}, off{}, bc);
       }
     });
     return;
@@ -684,6 +727,16 @@ void gate_grad_channel_kernel(const Tensor& g, const Tensor& x, const T* cw, con
 #pragma omp simd
           for (int64_t c = 0; c < n; ++c)
             a[c] += (q[c] * s + t + (r[c] * w[c] == m ? e : T(0))) * r[c];
+        } else if (op) {
+          const T* __restrict__ o = op + (b * P + p) * C + c0;
+          T* __restrict__ z = zp + (b * P + p) * C + c0;
+#pragma omp simd
+          for (int64_t c = 0; c < n; ++c) {
+            const T gv = q[c];
+            const T qv = o[c] > T(0) ? gv : T(0);
+            z[c] = qv;
+            a[c] += qv * r[c];
+          }
         } else {
 #pragma omp simd
           for (int64_t c = 0; c < n; ++c) a[c] += q[c] * r[c];
@@ -805,8 +858,11 @@ Spatial spatial_terms(const Tensor& x, const c10::optional<Tensor>& sw,
 // with idx, the last tied position goes there (B×C, as x's dtype).
 std::tuple<Tensor, Tensor> grad_channel(const Tensor& g, const Tensor& x, const Tensor& cw,
                                         const Spatial& sp, const Tensor& cmx,
-                                        Tensor* idx = nullptr) {
+                                        Tensor* idx = nullptr, const Tensor* out = nullptr,
+                                        Tensor* gz = nullptr) {
   const bool k = cmx.defined();
+  TORCH_CHECK(!out || !sp.on, "attnlab_fast: the ReLU mask goes with the first backward pass");
+  if (out) *gz = masked_like(g, *out);
   Tensor dcw = at::empty({x.size(0), x.size(1)}, x.options());
   Tensor cnt = at::empty({k ? x.size(0) : 0, k ? x.size(1) : 0}, x.options());
   if (idx) *idx = at::empty_like(cnt);
@@ -814,7 +870,9 @@ std::tuple<Tensor, Tensor> grad_channel(const Tensor& g, const Tensor& x, const 
     gate_grad_channel_kernel<scalar_t>(g, x, cw.data_ptr<scalar_t>(), sp, dcw,
                                        k ? cmx.data_ptr<scalar_t>() : nullptr,
                                        k ? cnt.data_ptr<scalar_t>() : nullptr,
-                                       k && idx ? idx->data_ptr<scalar_t>() : nullptr);
+                                       k && idx ? idx->data_ptr<scalar_t>() : nullptr,
+                                       out ? out->data_ptr<scalar_t>() : nullptr,
+                                       out ? gz->data_ptr<scalar_t>() : nullptr);
   });
   return {dcw, cnt};
 }
@@ -1081,14 +1139,20 @@ std::vector<Tensor> gate_forward(const Tensor& x, at::TensorList ch_, int64_t ki
 
 // Returns [dx (empty unless need_dx), d channel params ×4, d spatial params ×4]; a gradient of an
 // absent parameter is an empty tensor.
-std::vector<Tensor> gate_backward(const Tensor& grad, const Tensor& x, at::TensorList ch_,
-                                  int64_t kind, bool use_avg, bool use_max, at::TensorList sp_,
-                                  bool max_first, int64_t bn, at::TensorList saved,
-                                  bool need_dx) {
+// With out (the output of relu(gate + residual)), grad is the ReLU's output gradient: the first
+// pass masks it, g·(out > 0), writes that to *gz (the residual's gradient) and the passes after
+// it read that.
+std::vector<Tensor> gate_backward_impl(const Tensor& grad_in, const Tensor& x, at::TensorList ch_,
+                                       int64_t kind, bool use_avg, bool use_max,
+                                       at::TensorList sp_, bool max_first, int64_t bn,
+                                       at::TensorList saved, bool need_dx, const Tensor* out,
+                                       Tensor* gz) {
   check_full(x, "x");
   const auto chv = params_of(x, ch_, "channel"), spv = params_of(x, sp_, "spatial");
   const at::TensorList ch(chv), sp(spv);
-  check_grad(grad, x);
+  check_grad(grad_in, x);
+  TORCH_CHECK(!out || (kind != 0 || present(sp_, 0)), "attnlab_fast: nothing to mask");
+  Tensor grad = grad_in;
   TORCH_CHECK(saved.size() == 9, "attnlab_fast: gate_backward needs the 9 saved tensors");
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = H * W;
   const Tensor &cw = saved[0], &sw = saved[1], &cavg = saved[2], &cmax = saved[3],
@@ -1111,7 +1175,8 @@ std::vector<Tensor> gate_backward(const Tensor& grad, const Tensor& x, at::Tenso
     if (spatial) {
       const int64_t k = sp[0].size(-1);
       Tensor ds;  // dL/dσ, then dL/d(conv ∘ bn)
-      std::tie(ds, scnt) = grad_spatial(grad, x, cw, smax, sparse ? &sidx : nullptr);
+      std::tie(ds, scnt) = grad_spatial(grad, x, cw, smax, sparse ? &sidx : nullptr, out, gz);
+      if (out) grad = *gz;
       sigmoid_backward_inplace<T>(ds.data_ptr<T>(), sw.data_ptr<T>(), B * P);
       if (bn) {
         for (int i : {7, 8})
@@ -1153,8 +1218,10 @@ std::vector<Tensor> gate_backward(const Tensor& grad, const Tensor& x, at::Tenso
     Tensor ca = at::zeros({B, C}, x.options()), ce, cm, ccnt;  // ce, cm: only with a max pool
     if (kind != 0) {
       Tensor dl;
-      std::tie(dl, ccnt) =
-          grad_channel(grad, x, cw, terms, use_max ? cmax : Tensor(), sparse ? &cidx : nullptr);
+      const bool first = out && !spatial;  // the first pass: the ReLU's mask goes with it
+      std::tie(dl, ccnt) = grad_channel(grad, x, cw, terms, use_max ? cmax : Tensor(),
+                                        sparse ? &cidx : nullptr, first ? out : nullptr, gz);
+      if (first) grad = *gz;
       if (spatial && sparse)
         spatial_tie_terms<T>(x, cw.data_ptr<T>(), smax.data_ptr<T>(), se->data_ptr<T>(),
                              scnt.data_ptr<T>(), sidx.data_ptr<T>(), dl.data_ptr<T>(), nullptr);
@@ -1212,6 +1279,14 @@ std::vector<Tensor> gate_backward(const Tensor& grad, const Tensor& x, at::Tenso
   return grads;
 }
 
+std::vector<Tensor> gate_backward(const Tensor& grad, const Tensor& x, at::TensorList ch,
+                                  int64_t kind, bool use_avg, bool use_max, at::TensorList sp,
+                                  bool max_first, int64_t bn, at::TensorList saved,
+                                  bool need_dx) {
+  return gate_backward_impl(grad, x, ch, kind, use_avg, use_max, sp, max_first, bn, saved,
+                            need_dx, nullptr, nullptr);
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -1262,11 +1337,12 @@ struct LayerGateFn : public torch::autograd::Function<LayerGateFn> {
     Tensor grad = grad_outputs[0].contiguous(channels_last(x) ? at::MemoryFormat::ChannelsLast
                                                               : at::MemoryFormat::Contiguous);
     std::vector<Tensor> got;
+    Tensor gz;
     {
       at::AutoDispatchBelowADInplaceOrView below;  // the kernels, not their autograd
-      // relu((x·cw)·sw + r): the ReLU's gradient is the residual's, and the gate's output's
-      if (res) grad = relu_grad(grad, kept[1 + nch + nsp]);
-      got = gate_backward(grad, x, ch, cfg[0], cfg[1], cfg[2], sp, cfg[3], cfg[4], small, need_dx);
+      // relu((x·cw)·sw + r): the masked gradient is the residual's, and the gate's output's
+      got = gate_backward_impl(grad, x, ch, cfg[0], cfg[1], cfg[2], sp, cfg[3], cfg[4], small,
+                               need_dx, res ? &kept[1 + nch + nsp] : nullptr, &gz);
     }
     auto grad_or_none = [](const Tensor& t) { return t.numel() > 0 ? t : Tensor(); };
     // One entry per forward argument, the tensor lists expanded (as Function::apply counts them):
@@ -1278,7 +1354,7 @@ struct LayerGateFn : public torch::autograd::Function<LayerGateFn> {
     out.insert(out.end(), 3, Tensor());
     for (int64_t i = 0; i < nsp; ++i) out.push_back(i < 4 ? grad_or_none(got[5 + i]) : Tensor());
     out.insert(out.end(), 6, Tensor());
-    out.push_back(need_dres ? grad : Tensor());
+    out.push_back(need_dres ? gz : Tensor());
     if (torch::autograd::GradMode::is_enabled()) {
       // create_graph: what these gradients depend on is not recorded, so differentiating them
       // again must fail loudly rather than give zeros (as Python's once_differentiable does).
