@@ -429,7 +429,7 @@ def _forward_both(module, x):
 @pytest.mark.parametrize(
     "change",
     ["activation", "activation-via-dict", "weight", "bias-buffer-swap", "pool-types",
-     "pool-order", "conv-padding-mode", "dtype"],
+     "pool-order", "conv-padding-mode", "conv-bias-added", "dtype"],
 )  # fmt: skip
 def test_kept_layer_checks_notice_every_change(change):
     # layer_gate checks a module's layers once and keeps the result on the module; any
@@ -455,12 +455,32 @@ def test_kept_layer_checks_notice_every_change(change):
         spatial.pool_order = ("mean", "max") if spatial.pool_order[0] == "max" else ("max", "mean")
     elif change == "conv-padding-mode":
         spatial.conv.padding_mode = "reflect"  # not the fast path's zero padding
+    elif change == "conv-bias-added":
+        assert spatial.conv.bias is None
+        spatial.conv.bias = torch.nn.Parameter(torch.full((1,), 0.7))
     elif change == "dtype":
         module.double()
         x = x.double()
     fast2, ref2 = _forward_both(module, x)
     assert not torch.equal(ref2, ref) if change != "dtype" else ref2.dtype == torch.float64
     torch.testing.assert_close(fast2, ref2)
+
+
+@needs_kernels
+def test_kept_layer_checks_notice_a_tap_given_new_hook_dicts():
+    # the plan reads the taps' hook dicts to see which maps are observed: a tap whose dict is
+    # replaced (not just added to) must still be seen as observed
+    from collections import OrderedDict
+
+    module = _build("cbam", 16, torch.float32).eval()
+    x = _input((2, 16, 6, 7), "contiguous", torch.float32)
+    _forward_both(module, x)
+    seen = []
+    tap = module.spatial_gate.spatial_map
+    tap._forward_hooks = OrderedDict({0: lambda m, i, o: seen.append(o.shape)})
+    with torch.no_grad():
+        module(x)
+    assert seen == [torch.Size([2, 1, 6, 7])]
 
 
 @needs_kernels

@@ -98,6 +98,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .maps import MapTap
+
 BACKENDS = ("auto", "fast", "reference")
 _CSRC = Path(__file__).with_name("csrc")
 _SOURCES = ("gates.cpp", "coord.h", "gate_layers.h", "pool.h")
@@ -342,7 +344,7 @@ def use_fast(x: torch.Tensor, *, channel_only: bool = False) -> bool:
         return False
     if (
         x.dim() != 4
-        or x.device.type != "cpu"
+        or not x.is_cpu
         or x.dtype not in (torch.float32, torch.float64)
         or torch.is_autocast_enabled("cpu")
         or torch.compiler.is_compiling()
@@ -522,7 +524,7 @@ class _Plan:
     __slots__ = (
         "dicts", "lens", "values", "attr_dicts", "attr_keys", "attr_values", "dtype", "ok",
         "kind", "params", "use_avg", "use_max", "max_first", "norm", "running", "taps",
-        "stat_check", "spatial", "tracked", "own_attrs",
+        "stat_check", "spatial", "tracked", "own_attrs", "tap_dicts",
     )  # fmt: skip
 
     def __reduce__(self):
@@ -572,13 +574,24 @@ def _make_plan(x, owner, *, mlp=None, eca=None, pools=("avg",), spatial=None, ta
     plan.stat_check = None
     plan.own_attrs = ()
     for m in owner.modules():
-        plan.dicts += [m._modules, m._parameters, m._buffers]
+        # The dicts that can change what the operator computes: those holding submodules, and
+        # those of the layers with parameters or buffers. (Exact layer types are required
+        # below, and a parameter-free layer of those types — ReLU, Sigmoid, Identity, a map
+        # tap — computes the same with anything added to it.) Fewer dicts, cheaper checks.
+        plan.dicts += [d for d in (m._modules, m._parameters, m._buffers) if d]
         if m is owner:
             plan.own_attrs = tuple((k, m.__dict__[k]) for k in _WATCHED if k in m.__dict__)
         else:
             plan.watch(m, _WATCHED)  # the gates' own settings that layer_gate reads
     plan.lens = list(map(len, plan.dicts))
     plan.values = tuple(chain.from_iterable(map(dict.values, plan.dicts)))
+    # The taps' hook dicts, read per call to see which taps are observed (MapTap.observed),
+    # and watched so that a tap given new hook dicts is noticed; other taps: asked each call.
+    plan.tap_dicts = None
+    if all(type(t) is MapTap for t in plan.taps):
+        plan.tap_dicts = [d for t in plan.taps for d in (t._forward_hooks, t._forward_pre_hooks)]
+        for t in plan.taps:
+            plan.watch(t, ("_forward_hooks", "_forward_pre_hooks"))
     none = x.new_empty(0)
     kind, channel = 0, [none] * 4
     if mlp is not None:
@@ -705,7 +718,8 @@ def _run_plan(plan: _Plan, x: torch.Tensor, residual: torch.Tensor | None) -> to
         check = plan.stat_check()
         if check is not None:
             check(x)  # a BatchNorm that would see one value: a clear error
-    observed = [*filter(_observed, plan.taps)]
+    tap_dicts = plan.tap_dicts
+    observed = [*filter(_observed, plan.taps)] if tap_dicts is None or any(tap_dicts) else ()
     grad = torch.is_grad_enabled() and (
         x.requires_grad
         or any(map(_requires_grad, params))
@@ -784,7 +798,7 @@ def residual_relu(attn: nn.Module, x: torch.Tensor, shortcut: torch.Tensor) -> t
         or not isinstance(shortcut, torch.Tensor)
         or shortcut.shape != x.shape
         or shortcut.dtype != x.dtype
-        or shortcut.device != x.device
+        or not shortcut.is_cpu  # x's device, where use_fast says yes
         or _hooked(attn)
         or not use_fast(x)
     ):
