@@ -57,9 +57,10 @@ def interleaved(
 
     Returns ``{name: median seconds}`` plus ``{name + "/": median ratio}``: the median over the
     turns of that candidate's time divided by the first candidate's time in the same turn, so
-    drift and bursts of load hit both sides of a ratio alike. ``block`` is for sub-millisecond
-    calls: back-to-back calls find their data in cache as a loop over a layer does, and the
-    ``x.clone()`` reference is then at its fastest (a strict baseline).
+    drift and bursts of load hit both sides of a ratio alike; ``{name + "/iqr": (q1, q3)}``,
+    the quartiles of those turn ratios, tell how far one turn's ratio strays. ``block`` is for
+    sub-millisecond calls: back-to-back calls find their data in cache as a loop over a layer
+    does, and the ``x.clone()`` reference is then at its fastest (a strict baseline).
     """
     for fn in fns.values():  # warm-up
         for _ in range(2):
@@ -76,9 +77,10 @@ def interleaved(
     first = next(iter(fns))
     out = {name: statistics.median(values) for name, values in times.items()}
     for name, values in times.items():
-        out[name + "/"] = statistics.median(
-            t / t0 for t, t0 in zip(values, times[first], strict=True)
-        )
+        ratios = [t / t0 for t, t0 in zip(values, times[first], strict=True)]
+        out[name + "/"] = statistics.median(ratios)
+        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        out[name + "/iqr"] = (quartiles[0], quartiles[2])
     return out
 
 
@@ -162,16 +164,18 @@ def network(attns, *, batch, size, rounds, number, channels_last):
             row = {
                 "attn": attn, "path": path,
                 "train_base_s": train["base"], "train_attn_s": train["attn"],
-                "train_ratio": train["attn/"],
+                "train_ratio": train["attn/"], "train_ratio_iqr": train["attn/iqr"],
                 "infer_base_s": inf["base"], "infer_attn_s": inf["attn"],
-                "infer_ratio": inf["attn/"],
+                "infer_ratio": inf["attn/"], "infer_ratio_iqr": inf["attn/iqr"],
             }  # fmt: skip
             rows.append(row)
+            iqr = "({:.2f}–{:.2f})".format
             print(
                 f"| resnet50+{attn} | {path} | {1e3 * row['train_base_s']:.0f} → "
-                f"{1e3 * row['train_attn_s']:.0f} ms | **{row['train_ratio']:.3f}×** | "
+                f"{1e3 * row['train_attn_s']:.0f} ms | **{row['train_ratio']:.3f}×** "
+                f"{iqr(*row['train_ratio_iqr'])} | "
                 f"{1e3 * row['infer_base_s']:.0f} → {1e3 * row['infer_attn_s']:.0f} ms | "
-                f"**{row['infer_ratio']:.3f}×** |",
+                f"**{row['infer_ratio']:.3f}×** {iqr(*row['infer_ratio_iqr'])} |",
                 flush=True,
             )
     return rows
@@ -273,7 +277,8 @@ def main() -> None:
             "(targets: CBAM train ≤ 1.06×, infer ≤ 1.03×; SE, ECA train ≤ 1.03×)\n"
         )
         print(
-            "| model | path | train step | ratio | inference | ratio |\n|---|---|---|---|---|---|"
+            "| model | path | train step | ratio (quartiles of the turns) | inference | ratio "
+            "(quartiles) |\n|---|---|---|---|---|---|"
         )
         out["network"] = network(
             args.attn, batch=args.batch, size=args.size, rounds=args.rounds,

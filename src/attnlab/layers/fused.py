@@ -11,7 +11,8 @@ layers, run by PyTorch) and replaces each full-size pass by a fused C++/OpenMP k
 - backward: the gradient of each gate is a reduction over one read of (grad, x); the input's
   gradient, including the paths through the pooling operations, is written once, from one
   read of grad (the max pools' tie terms are added at the tied entries afterwards). Nothing
-  full-size is saved besides x itself.
+  full-size is saved besides x itself (and, with the residual tail below, the output, which
+  the next layer keeps for its own backward anyway).
 
 For the standard small layers (the channel MLP Linear → ReLU → Linear → Sigmoid, ECA's 1-D
 conv, the spatial gate's k×k conv → BatchNorm2d(1) or none → Sigmoid) the whole module —
