@@ -124,16 +124,22 @@ def test_fast_matches_reference_float32(key, shape, layout):
     # ground truth, the fast path's error is at most twice the float32 reference's, plus 1e-5
     # relative to the gradient's largest entry.
     truth = _run(copy.deepcopy(module).double(), x.double(), grad.double(), "reference")[2]
-    for fast, ref, true in zip(gp, gp_ref, truth, strict=True):
+    _assert_as_accurate(gp, gp_ref, truth)
+    if layout == "channels_last" and shape[2] * shape[3] > 1:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert gx.is_contiguous(memory_format=torch.channels_last)
+
+
+def _assert_as_accurate(fast_grads, ref_grads, truth):
+    """Each fast-path gradient is off the float64 truth by at most twice the float32
+    reference's error, plus 1e-5 relative to the gradient's largest entry."""
+    for fast, ref, true in zip(fast_grads, ref_grads, truth, strict=True):
         if true is None:
             assert fast is None or torch.count_nonzero(fast) == 0
             continue
         err_fast = (fast.double() - true).abs().max().item()
         err_ref = (ref.double() - true).abs().max().item()
         assert err_fast <= 2 * err_ref + 1e-5 * (1 + true.abs().max().item()), (err_fast, err_ref)
-    if layout == "channels_last" and shape[2] * shape[3] > 1:
-        assert y.is_contiguous(memory_format=torch.channels_last)
-        assert gx.is_contiguous(memory_format=torch.channels_last)
 
 
 @needs_kernels
@@ -634,13 +640,7 @@ def _check_residual_relu(key, shape, layout, mode):
     truth = _run_residual(
         copy.deepcopy(ref_module).double(), x.double(), s.double(), grad.double(), "reference"
     )[3]
-    for fast, ref, true in zip(gp, gp_ref, truth, strict=True):  # as in the float32 test above
-        if true is None:
-            assert fast is None or torch.count_nonzero(fast) == 0
-            continue
-        err_fast = (fast.double() - true).abs().max().item()
-        err_ref = (ref.double() - true).abs().max().item()
-        assert err_fast <= 2 * err_ref + 1e-5 * (1 + true.abs().max().item()), (err_fast, err_ref)
+    _assert_as_accurate(gp, gp_ref, truth)
 
 
 @needs_kernels
