@@ -782,7 +782,8 @@ def residual_relu(attn: nn.Module, x: torch.Tensor, shortcut: torch.Tensor) -> t
 
     The gate's last pass reads x and writes its output anyway; reading the shortcut there too
     and writing relu(out + shortcut) saves the block's addition and ReLU, two more full-size
-    passes forward (the backward's ReLU mask pass stays, fused into the gate's backward call).
+    passes forward; the backward applies the ReLU's mask in its first pass (which reads the
+    gradient anyway) and saves the output, the next layer's input, kept alive by it anyway.
     The blocks of :mod:`attnlab.models.resnet` call this first.
 
     Applies to :class:`~attnlab.layers.SE`, :class:`~attnlab.layers.ECA` and
