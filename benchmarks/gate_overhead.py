@@ -121,7 +121,7 @@ def own_tail(on: bool):
         fused.residual_relu = saved
 
 
-def network(attns, *, batch, size, rounds, number, channels_last):
+def network(attns, *, batch, size, rounds, number, channels_last, paths=PATHS):
     torch.manual_seed(0)
     x = torch.randn(batch, 3, size, size)
     y = torch.randint(0, 1000, (batch,))
@@ -151,7 +151,7 @@ def network(attns, *, batch, size, rounds, number, channels_last):
     base = model(None)
     for attn in attns:
         m = model(attn)
-        for path in PATHS:
+        for path in paths:
             with fused.backend(path.split(",")[0]), own_tail(path == OWN_TAIL):
                 m.train(), base.train()
                 opts = [torch.optim.SGD(n.parameters(), lr=1e-4, momentum=0.9) for n in (base, m)]
@@ -242,6 +242,9 @@ def main() -> None:
     parser.add_argument("--number", type=int, default=3, help="calls per round (network)")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument(
+        "--paths", nargs="+", choices=PATHS, default=list(PATHS), help="network paths to time"
+    )
+    parser.add_argument(
         "--malloc", choices=["steady", "default"], default="steady",
         help="steady: glibc keeps freed memory (see steady_malloc); default: glibc as it is",
     )  # fmt: skip
@@ -282,7 +285,7 @@ def main() -> None:
         )
         out["network"] = network(
             args.attn, batch=args.batch, size=args.size, rounds=args.rounds,
-            number=args.number, channels_last=args.channels_last,
+            number=args.number, channels_last=args.channels_last, paths=args.paths,
         )  # fmt: skip
     if args.json:
         with open(args.json, "w") as handle:

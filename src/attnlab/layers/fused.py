@@ -103,9 +103,9 @@ from .maps import MapTap
 
 BACKENDS = ("auto", "fast", "reference")
 _CSRC = Path(__file__).with_name("csrc")
-_SOURCES = ("gates.cpp", "coord.h", "gate_layers.h", "pool.h")
+_SOURCES = ("gates.cpp", "coord.h", "gate_layers.h", "pool.h", "rows.h")
 # -fno-trapping-math / -fno-math-errno let the compiler vectorise the branch-free selects and
-# the polynomial exp; results are unchanged for finite inputs.
+# the float comparisons; results are unchanged for finite inputs.
 _CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
 
 _state = {"backend": None, "ops": None, "error": None}

@@ -211,12 +211,6 @@ void batch_norm1_backward(T* d, const T* zhat, int64_t N, const T* gamma, T invs
   }
 }
 
-template <typename T>
-void sigmoid_inplace(T* v, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) v[i] = T(1) / (T(1) + std::exp(-v[i]));
-}
-
 // d ← d · s · (1 - s): the gradient through s = σ(v).
 template <typename T>
 void sigmoid_backward_inplace(T* d, const T* s, int64_t n) {

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "pool.h"
+#include "rows.h"
 
 namespace {
 
@@ -93,7 +94,21 @@ void channel_pool_kernel(const Tensor& x, Tensor& avg, Tensor& mx, Tensor& cnt, 
   T* kp = with_max && with_count ? cnt.data_ptr<T>() : nullptr;
   if (!channels_last(x)) {
     at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t bc = begin; bc < end; ++bc) {
+      int64_t bc = begin;
+      if constexpr (std::is_same<T, float>::value) {
+        if (short_rows_vectorised && P >= 8 && P < 256) {  // late stages: 8 rows at a time
+          bc = short_rows_mean_max(xp, P, begin, end, ap, mp);
+          for (int64_t i = begin; kp && i < bc; ++i) {
+            const T* __restrict__ row = xp + i * P;
+            const T m = mp[i];
+            T k = 0;
+#pragma omp simd reduction(+ : k)
+            for (int64_t p = 0; p < P; ++p) k += row[p] == m ? T(1) : T(0);
+            kp[i] = k;
+          }
+        }
+      }
+      for (; bc < end; ++bc) {
         const T* __restrict__ row = xp + bc * P;
         double s = 0;
         T m = row[0];
@@ -996,6 +1011,8 @@ void channel_tie_terms(const Tensor& x, const T* cmx, const T* ce, const T* cnt,
 // ẑ (normalised conv output), BN's 1/σ, the MLP's hidden activations (D·B×R, after the ReLU;
 // kept, not recomputed: at late stages the MLP is the gate's largest cost). The max pools' tie
 // counts are not among them: the backward passes count ties as they read x.
+// The operator computes the channel MLP with rows_dot (see mlp_forward), the autograd node
+// (gate_train, autograd_node) with ATen's products, as the reference path.
 
 namespace {
 
@@ -1022,7 +1039,35 @@ std::vector<Tensor> params_of(const Tensor& x, at::TensorList ps, const char* wh
 }
 
 // The channel MLP on D descriptors V (D·B×C): logits (B×C) = Σ_d W2·relu(W1·v_d + b1) + b2.
-Tensor mlp_forward(const Tensor& V, at::TensorList ch, int64_t D, Tensor* hidden) {
+// float on GCC: the products by rows_dot (a late stage's weights are read once, in order);
+// otherwise ATen's addmm.
+Tensor mlp_linear(const Tensor& in, at::TensorList ch, size_t w, double beta, bool relu) {
+  const Tensor* b = present(ch, w + 1);
+  if (short_rows_vectorised && in.scalar_type() == at::kFloat) {
+    const Tensor a = in.contiguous();
+    Tensor o = at::empty({a.size(0), ch[w].size(0)}, a.options());
+    rows_dot(a.data_ptr<float>(), a.size(0), ch[w].data_ptr<float>(), ch[w].size(0), a.size(1),
+             b ? b->data_ptr<float>() : nullptr, float(beta), relu, o.data_ptr<float>());
+    return o;
+  }
+  Tensor o = b ? at::addmm(*b, in, ch[w].t(), beta) : at::mm(in, ch[w].t());
+  return relu ? o.clamp_min_(0) : o;
+}
+
+// With rows (the operator gate_forward, inference; its saved tensors are the same either way),
+// the products by rows_dot and, with both pools, the second layer once, on h_avg + h_max (it is
+// linear: W2·h_avg + b2 + W2·h_max + b2): half the late stages' largest matmul. Without (the
+// autograd node, training), ATen's products, the reference path's own: the backward's max-pool
+// ties and a spatial BatchNorm over few values amplify a last-bit difference in the gate
+// beyond the tests' 1e-5.
+Tensor mlp_forward(const Tensor& V, at::TensorList ch, int64_t D, Tensor* hidden, bool rows) {
+  if (rows) {
+    Tensor h = mlp_linear(V, ch, 0, 1.0, true);
+    if (hidden) *hidden = h;
+    if (D == 1) return mlp_linear(h, ch, 2, 1.0, false);
+    const int64_t B = V.size(0) / 2;
+    return mlp_linear(h.narrow(0, 0, B) + h.narrow(0, B, B), ch, 2, 2.0, false);
+  }
   Tensor h = present(ch, 1) ? at::addmm(ch[1], V, ch[0].t()) : at::mm(V, ch[0].t());
   h.clamp_min_(0);
   Tensor l = present(ch, 3) ? at::addmm(ch[3], h, ch[2].t()) : at::mm(h, ch[2].t());
@@ -1067,10 +1112,10 @@ Tensor descriptors(const Tensor& avg, const Tensor& mx, bool use_avg, bool use_m
 
 template <typename T>
 Tensor channel_logits(const Tensor& avg, const Tensor& mx, at::TensorList ch, int64_t kind,
-                      bool use_avg, bool use_max, Tensor* hidden) {
+                      bool use_avg, bool use_max, Tensor* hidden, bool rows) {
   if (kind == 1) {
     return mlp_forward(descriptors(avg, mx, use_avg, use_max), ch, int64_t(use_avg) + use_max,
-                       hidden);
+                       hidden, rows);
   }
   Tensor l = at::empty_like(avg);
   eca_forward<T>(avg.data_ptr<T>(), ch[0].data_ptr<T>(), l.data_ptr<T>(), avg.size(0),
@@ -1082,7 +1127,8 @@ std::vector<Tensor> gate_forward(const Tensor& x, at::TensorList ch_, int64_t ki
                                  bool use_max, at::TensorList sp_, bool max_first, int64_t bn,
                                  const Tensor& running_mean, const Tensor& running_var,
                                  double momentum, double eps, bool save,
-                                 const c10::optional<Tensor>& residual) {
+                                 const c10::optional<Tensor>& residual,
+                                 bool autograd_node = false) {
   check_full(x, "x");
   check_residual(residual, x);
   const auto chv = params_of(x, ch_, "channel"), spv = params_of(x, sp_, "spatial");
@@ -1097,8 +1143,9 @@ std::vector<Tensor> gate_forward(const Tensor& x, at::TensorList ch_, int64_t ki
     using T = scalar_t;
     if (kind != 0) {
       std::tie(cavg, cmax) = pooled_descriptors(x, kind == 1 && use_avg, use_max);
-      cw = channel_logits<T>(cavg, cmax, ch, kind, use_avg, use_max, save ? &hidden : nullptr);
-      sigmoid_inplace<T>(cw.data_ptr<T>(), cw.numel());
+      cw = channel_logits<T>(cavg, cmax, ch, kind, use_avg, use_max, save ? &hidden : nullptr,
+                             !autograd_node);
+      cw.sigmoid_();  // ATen's: vectorised, threaded, the reference's values
     } else {
       cw = at::ones({B, C}, x.options());
     }
@@ -1123,7 +1170,7 @@ std::vector<Tensor> gate_forward(const Tensor& x, at::TensorList ch_, int64_t ki
             update || bn == 2 ? running_var.data_ptr<T>() : nullptr, update ? momentum : 0.0,
             eps));
       }
-      sigmoid_inplace<T>(sw.data_ptr<T>(), sw.numel());
+      sw.sigmoid_();
     }
   });
   out.push_back(
@@ -1307,7 +1354,7 @@ struct LayerGateFn : public torch::autograd::Function<LayerGateFn> {
                         const Tensor& running_mean, const Tensor& running_var, double momentum,
                         double eps, const c10::optional<Tensor>& residual) {
     auto outs = gate_forward(x, ch, kind, use_avg, use_max, sp, max_first, bn, running_mean,
-                             running_var, momentum, eps, true, residual);
+                             running_var, momentum, eps, true, residual, true);
     const bool res = residual.has_value() && residual->defined();
     std::vector<Tensor> keep{x};
     keep.insert(keep.end(), ch.begin(), ch.end());
@@ -1385,6 +1432,15 @@ Tensor gate_train_autograd(const Tensor& x, at::TensorList ch, int64_t kind, boo
                             running_var, momentum, eps, residual);
 }
 
+std::vector<Tensor> gate_forward_op(const Tensor& x, at::TensorList ch, int64_t kind, bool use_avg,
+                                    bool use_max, at::TensorList sp, bool max_first, int64_t bn,
+                                    const Tensor& running_mean, const Tensor& running_var,
+                                    double momentum, double eps, bool save,
+                                    const c10::optional<Tensor>& residual) {
+  return gate_forward(x, ch, kind, use_avg, use_max, sp, max_first, bn, running_mean, running_var,
+                      momentum, eps, save, residual);
+}
+
 Tensor gate_train_cpu(const Tensor& x, at::TensorList ch, int64_t kind, bool use_avg,
                       bool use_max, at::TensorList sp, bool max_first, int64_t bn,
                       const Tensor& running_mean, const Tensor& running_var, double momentum,
@@ -1439,7 +1495,7 @@ TORCH_LIBRARY_IMPL(attnlab_fast, CPU, m) {
   m.impl("gate_grad_spatial", &gate_grad_spatial);
   m.impl("gate_grad_channel", &gate_grad_channel);
   m.impl("gate_grad_input", &gate_grad_input);
-  m.impl("gate_forward", &gate_forward);
+  m.impl("gate_forward", &gate_forward_op);
   m.impl("gate_backward", &gate_backward);
   m.impl("gate_train", &gate_train_cpu);
   m.impl("coord_pool", &coord_pool);
