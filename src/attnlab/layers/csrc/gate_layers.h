@@ -1,13 +1,15 @@
 // The small layers of the gate modules, forward and backward, for the one-call gate ops
 // (gate_forward / gate_backward in gates.cpp): the spatial gate's k×k conv from the two pooled
-// maps to one, its one-channel BatchNorm, ECA's 1-D conv across channels, and the sigmoid.
-// The channel MLP's forward uses ATen's matmuls (addmm, as nn.Linear does, so the gate values
-// and which entries reach the max pools are those of the reference path); its backward is here.
+// maps to one, its one-channel BatchNorm, ECA's 1-D conv across channels, the sigmoid's
+// backward and the channel MLP's backward. (The MLP's forward: ATen's matmuls under autograd, as
+// nn.Linear, so the gate values and which entries reach the max pools are the reference path's;
+// rows_dot in rows.h for inference.)
 //
 // These work on B×P (P = H·W) or B×C tensors of a few thousand elements: what they cost in
 // PyTorch is per-call overhead (a 2→1 7×7 conv backward through oneDNN takes over a
 // millisecond on any map size), which calling them here, in one op, removes. Sums accumulate in
-// double. Included by gates.cpp inside its anonymous namespace.
+// double, vector lanes apart (omp simd: a serial double sum over 12,800 entries is a
+// 4-cycle latency chain, ~17 µs). Included by gates.cpp inside its anonymous namespace.
 #pragma once
 
 namespace {
@@ -128,6 +130,7 @@ double conv2to1_grad_weight(const T* dz, const T* in, T* dw, int64_t B, int64_t 
     }
   });
   double s = 0;
+#pragma omp simd reduction(+ : s)
   for (int64_t p = 0; p < B * P; ++p) s += dz[p];
   return s;
 }
@@ -150,8 +153,12 @@ void eca_backward(const T* dl, const T* y, const T* w, T* dy, T* dw, int64_t B, 
     const int64_t d = j - r;
     const int64_t c0 = std::max<int64_t>(0, -d), c1 = std::min<int64_t>(C, C - d);
     double acc = 0;
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t c = c0; c < c1; ++c) acc += double(dl[b * C + c]) * double(y[b * C + c + d]);
+    for (int64_t b = 0; b < B; ++b) {
+      const T* __restrict__ g = dl + b * C;
+      const T* __restrict__ v = y + b * C + d;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t c = c0; c < c1; ++c) acc += double(g[c]) * double(v[c]);
+    }
     dw[j] = static_cast<T>(acc);
   }
   for (int64_t b = 0; b < B; ++b) {
@@ -170,9 +177,11 @@ T batch_norm1_forward(T* z, T* zhat, int64_t N, const T* gamma, const T* beta, b
   double mean, invstd;
   if (batch) {
     double s = 0;
+#pragma omp simd reduction(+ : s)
     for (int64_t n = 0; n < N; ++n) s += z[n];
     mean = s / N;
     double q = 0;
+#pragma omp simd reduction(+ : q)
     for (int64_t n = 0; n < N; ++n) q += (z[n] - mean) * (z[n] - mean);
     const double var = q / N;
     invstd = 1.0 / std::sqrt(var + eps);
@@ -199,6 +208,7 @@ template <typename T>
 void batch_norm1_backward(T* d, const T* zhat, int64_t N, const T* gamma, T invstd, bool batch,
                           T* dgamma, T* dbeta) {
   double sd = 0, sdz = 0;
+#pragma omp simd reduction(+ : sd, sdz)
   for (int64_t n = 0; n < N; ++n) sd += d[n], sdz += double(d[n]) * zhat[n];
   if (dgamma) *dgamma = static_cast<T>(sdz);
   if (dbeta) *dbeta = static_cast<T>(sd);
