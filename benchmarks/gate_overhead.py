@@ -103,6 +103,20 @@ def steady_malloc() -> bool:
         return False
 
 
+def add_malloc_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--malloc", choices=["steady", "default"], default="steady",
+        help="steady: glibc keeps freed memory (see steady_malloc); default: glibc as it is",
+    )  # fmt: skip
+
+
+def apply_malloc(choice: str) -> str:
+    """Applies --malloc; returns what is in force, for the report."""
+    if choice == "steady" and not steady_malloc():
+        return "default (mallopt unavailable)"
+    return choice
+
+
 OWN_TAIL = "fast, own tail"
 PATHS = ("fast", OWN_TAIL, "reference")
 
@@ -244,15 +258,10 @@ def main() -> None:
     parser.add_argument(
         "--paths", nargs="+", choices=PATHS, default=list(PATHS), help="network paths to time"
     )
-    parser.add_argument(
-        "--malloc", choices=["steady", "default"], default="steady",
-        help="steady: glibc keeps freed memory (see steady_malloc); default: glibc as it is",
-    )  # fmt: skip
+    add_malloc_option(parser)
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
-    malloc = args.malloc
-    if malloc == "steady" and not steady_malloc():
-        malloc = "default (mallopt unavailable)"
+    malloc = apply_malloc(args.malloc)
     torch.set_num_threads(args.threads)
     if not fused.available():
         print(f"note: fused kernels unavailable ({fused.build_error()}); fast = reference")

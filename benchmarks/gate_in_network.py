@@ -1,0 +1,146 @@
+"""Where a fused gate's time goes inside a network, stage by stage, against the same call alone.
+
+In ResNet-50 (batch 8, 160×160, 2 threads, inference) every bottleneck calls
+``fused.residual_relu(attn, out, shortcut)``: the gate and the block's tail in one operator
+call. This wraps that function and times each call inside the network (wall clock, the call's
+Python and operator together), then, per stage shape, the same module called alone:
+
+- ``in network``: median per call while the network runs (the data and the gate's own code
+  and weights come cold: the convolutions between two gates stream tens of megabytes);
+- ``Python only``: the same, with the operator replaced by a stub that returns its input (the
+  eligibility and kept-plan checks, the argument lists, the call) — what moving them into C++
+  could save at most;
+- ``alone, warm`` / ``alone, flushed``: the call on the stage's shape, 20 back-to-back calls,
+  or each after a 64 MB write has flushed the caches;
+- ``add+relu``: the plain block's own tail, ``relu(out + shortcut)``, alone, warm and flushed:
+  what the fused call replaces.
+
+So ``in network - add+relu (flushed)`` is roughly what the gate adds to a block, and the gap
+between ``in network`` and ``alone, warm`` is the price of running cold. Medians over --runs
+inference passes (after two warm-up passes). Nothing is cached between calls. As in
+gate_overhead.py, glibc is told to keep freed memory (--malloc steady), so that neither the
+gate nor the plain tail pays page faults for memory it re-touches.
+
+    python benchmarks/gate_in_network.py [--attn cbam] [--runs 20] [--channels-last]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+from collections import defaultdict
+
+import torch
+
+import attnlab
+from attnlab.layers import fused
+from attnlab.models import resnet
+from gate_overhead import add_malloc_option, apply_malloc  # this folder is sys.path[0]
+from memory_floor import timed
+
+
+@contextlib.contextmanager
+def timed_calls(record: dict, *, stub: bool):
+    """Times every fused.residual_relu call the ResNet blocks make, by channel count; with
+    ``stub`` the gate operator returns its input instead of running."""
+    inner = fused.residual_relu
+    ops = torch.ops.attnlab_fast
+    op = ops.gate_forward
+
+    def wrapper(attn, x, shortcut):
+        start = time.perf_counter()
+        out = inner(attn, x, shortcut)
+        if out is not None:
+            record[x.shape[1]].append(time.perf_counter() - start)
+        return out
+
+    resnet.fused.residual_relu = wrapper
+    if stub:
+        ops.gate_forward = lambda x, *args: (x,)
+    try:
+        yield
+    finally:
+        resnet.fused.residual_relu = inner
+        if stub:
+            ops.gate_forward = op
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--attn", default="cbam")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--channels-last", action="store_true")
+    add_malloc_option(parser)
+    args = parser.parse_args()
+    malloc = apply_malloc(args.malloc)
+    torch.set_num_threads(args.threads)
+    if not fused.available():
+        raise SystemExit(f"fused kernels unavailable: {fused.build_error()}")
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    torch.manual_seed(0)
+    model = attnlab.create_model("resnet50", attn=args.attn).eval().to(memory_format=fmt)
+    x = torch.randn(8, 3, 160, 160).contiguous(memory_format=fmt)
+
+    results = {}
+    for stub in (False, True):
+        record: dict = defaultdict(list)
+        with torch.no_grad(), timed_calls(record, stub=stub):
+            for _ in range(2):
+                model(x)
+            record.clear()
+            for _ in range(args.runs):
+                model(x)
+        results[stub] = record
+    if not results[False]:
+        raise SystemExit(f"no fused residual calls: is {args.attn!r} SE, ECA or CBAM?")
+
+    big = torch.empty(16 << 20)  # 64 MB
+
+    def flush():
+        big.add_(1)
+
+    gates = {
+        m.attn.channels: m.attn for m in model.modules() if getattr(m, "attn", None) is not None
+    }
+    print(f"# ResNet-50 + {args.attn}, batch 8, 160×160, {args.threads} threads, inference, "
+          f"{'channels-last' if args.channels_last else 'NCHW'}, malloc {malloc}; µs per call "
+          "(medians)\n")  # fmt: skip
+    print("| stage shape | calls / pass | in network | Python only | alone, warm | "
+          "alone, flushed | add+relu warm / flushed |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    totals = defaultdict(float)
+    for channels, calls in sorted(results[False].items()):
+        per_pass = len(calls) // args.runs
+        side = {256: 40, 512: 20, 1024: 10, 2048: 5}[channels]
+        shape = (8, channels, side, side)
+        out = torch.randn(shape).contiguous(memory_format=fmt)
+        short = torch.randn(shape).contiguous(memory_format=fmt)
+
+        def gate(attn=gates[channels], out=out, short=short):
+            return fused.residual_relu(attn, out, short)
+
+        def tail(out=out, short=short):
+            return torch.add(out, short).relu_()
+
+        with torch.no_grad():
+            warm, cold = timed(gate, runs=20), timed(gate, flush, runs=20)
+            tail_warm, tail_cold = timed(tail, runs=20), timed(tail, flush, runs=20)
+        row = {
+            "net": statistics.median(calls), "py": statistics.median(results[True][channels]),
+            "warm": warm, "cold": cold, "tail_warm": tail_warm, "tail_cold": tail_cold,
+        }  # fmt: skip
+        for key, value in row.items():
+            totals[key] += per_pass * value
+        us = {key: f"{1e6 * value:.0f}" for key, value in row.items()}
+        print(f"| 8×{channels}×{side}×{side} | {per_pass} | {us['net']} | {us['py']} | "
+              f"{us['warm']} | {us['cold']} | {us['tail_warm']} / {us['tail_cold']} |")  # fmt: skip
+    ms = {key: f"{1e3 * value:.2f}" for key, value in totals.items()}
+    print(f"| **per pass (ms)** | | {ms['net']} | {ms['py']} | {ms['warm']} | {ms['cold']} | "
+          f"{ms['tail_warm']} / {ms['tail_cold']} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
