@@ -8,8 +8,8 @@
 // These work on B×P (P = H·W) or B×C tensors of a few thousand elements: what they cost in
 // PyTorch is per-call overhead (a 2→1 7×7 conv backward through oneDNN takes over a
 // millisecond on any map size), which calling them here, in one op, removes. Sums accumulate in
-// double, vector lanes apart (omp simd: a serial double sum over 12,800 entries is a
-// 4-cycle latency chain, ~17 µs). Included by gates.cpp inside its anonymous namespace.
+// double, vector lanes apart (omp simd; summed one entry after another, each addition waits
+// for the one before). Included by gates.cpp inside its anonymous namespace.
 #pragma once
 
 namespace {
