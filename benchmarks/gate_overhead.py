@@ -26,6 +26,7 @@ Usage:
     python benchmarks/gate_overhead.py                      # everything (several minutes)
     python benchmarks/gate_overhead.py --part module        # the CBAM module only
     python benchmarks/gate_overhead.py --part network --attn cbam --rounds 7
+    python benchmarks/gate_overhead.py --part network --paths fast   # the default path only
     python benchmarks/gate_overhead.py --channels-last      # both sides in channels-last
     python benchmarks/gate_overhead.py --malloc default     # glibc's default (page faults)
 """
