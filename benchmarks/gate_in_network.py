@@ -43,7 +43,7 @@ from memory_floor import timed
 
 @contextlib.contextmanager
 def timed_calls(record: dict, *, stub: bool):
-    """Times every fused.residual_relu call the ResNet blocks make, by channel count; with
+    """Times every fused.residual_relu call the ResNet blocks make, by input shape; with
     ``stub`` the gate operator returns its input instead of running."""
     inner = fused.residual_relu
     ops = torch.ops.attnlab_fast
@@ -53,7 +53,7 @@ def timed_calls(record: dict, *, stub: bool):
         start = time.perf_counter()
         out = inner(attn, x, shortcut)
         if out is not None:
-            record[x.shape[1]].append(time.perf_counter() - start)
+            record[tuple(x.shape)].append(time.perf_counter() - start)
         return out
 
     resnet.fused.residual_relu = wrapper
@@ -112,14 +112,12 @@ def main() -> None:
           "alone, flushed | add+relu warm / flushed |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
     totals = defaultdict(float)
-    for channels, calls in sorted(results[False].items()):
+    for shape, calls in sorted(results[False].items(), key=lambda item: item[0][1]):
         per_pass = len(calls) // args.runs
-        side = {256: 40, 512: 20, 1024: 10, 2048: 5}[channels]
-        shape = (8, channels, side, side)
         out = torch.randn(shape).contiguous(memory_format=fmt)
         short = torch.randn(shape).contiguous(memory_format=fmt)
 
-        def gate(attn=gates[channels], out=out, short=short):
+        def gate(attn=gates[shape[1]], out=out, short=short):
             return fused.residual_relu(attn, out, short)
 
         def tail(out=out, short=short):
@@ -129,13 +127,13 @@ def main() -> None:
             warm, cold = timed(gate, runs=20), timed(gate, flush, runs=20)
             tail_warm, tail_cold = timed(tail, runs=20), timed(tail, flush, runs=20)
         row = {
-            "net": statistics.median(calls), "py": statistics.median(results[True][channels]),
+            "net": statistics.median(calls), "py": statistics.median(results[True][shape]),
             "warm": warm, "cold": cold, "tail_warm": tail_warm, "tail_cold": tail_cold,
         }  # fmt: skip
         for key, value in row.items():
             totals[key] += per_pass * value
         us = {key: f"{1e6 * value:.0f}" for key, value in row.items()}
-        print(f"| 8×{channels}×{side}×{side} | {per_pass} | {us['net']} | {us['py']} | "
+        print(f"| {'×'.join(map(str, shape))} | {per_pass} | {us['net']} | {us['py']} | "
               f"{us['warm']} | {us['cold']} | {us['tail_warm']} / {us['tail_cold']} |")  # fmt: skip
     ms = {key: f"{1e3 * value:.2f}" for key, value in totals.items()}
     print(f"| **per pass (ms)** | | {ms['net']} | {ms['py']} | {ms['warm']} | {ms['cold']} | "

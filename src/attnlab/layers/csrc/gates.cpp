@@ -84,6 +84,15 @@ const T* opt_ptr(const c10::optional<Tensor>& t) {
     (m) = v_ > (m) ? v_ : (m);                                   \
   } while (0)
 
+// #{p : row[p] == m}, as a T.
+template <typename T>
+inline T count_equal(const T* __restrict__ row, int64_t P, T m) {
+  T k = 0;
+#pragma omp simd reduction(+ : k)
+  for (int64_t p = 0; p < P; ++p) k += row[p] == m ? T(1) : T(0);
+  return k;
+}
+
 template <typename T>
 void channel_pool_kernel(const Tensor& x, Tensor& avg, Tensor& mx, Tensor& cnt, bool with_max,
                          bool with_count) {
@@ -97,15 +106,9 @@ void channel_pool_kernel(const Tensor& x, Tensor& avg, Tensor& mx, Tensor& cnt, 
       int64_t bc = begin;
       if constexpr (std::is_same<T, float>::value) {
         if (short_rows_vectorised && P >= 8 && P < 256) {  // late stages: 8 rows at a time
-          bc = short_rows_mean_max(xp, P, begin, end, ap, mp);
-          for (int64_t i = begin; kp && i < bc; ++i) {
-            const T* __restrict__ row = xp + i * P;
-            const T m = mp[i];
-            T k = 0;
-#pragma omp simd reduction(+ : k)
-            for (int64_t p = 0; p < P; ++p) k += row[p] == m ? T(1) : T(0);
-            kp[i] = k;
-          }
+          bc = mp ? short_rows_mean_max<true>(xp, P, begin, end, ap, mp)
+                  : short_rows_mean_max<false>(xp, P, begin, end, ap, nullptr);
+          for (int64_t i = begin; kp && i < bc; ++i) kp[i] = count_equal(xp + i * P, P, mp[i]);
         }
       }
       for (; bc < end; ++bc) {
@@ -136,11 +139,7 @@ void channel_pool_kernel(const Tensor& x, Tensor& avg, Tensor& mx, Tensor& cnt, 
         ap[bc] = static_cast<T>(s / P);
         if (!with_max) continue;
         mp[bc] = m;
-        if (!kp) continue;
-        T k = 0;
-#pragma omp simd reduction(+ : k)
-        for (int64_t p = 0; p < P; ++p) k += row[p] == m ? T(1) : T(0);
-        kp[bc] = k;
+        if (kp) kp[bc] = count_equal(row, P, m);
       }
     });
     return;

@@ -57,8 +57,9 @@ inline f8 tree8(const f8 (&v)[8]) {
   return pair_round<Max>(r2[0], r2[1], l3, h3);
 }
 
-// Rows [begin, end) of x (rows P apart, 8 ≤ P < 256): mean[i] = Σ row / P and, with mx,
+// Rows [begin, end) of x (rows P apart, 8 ≤ P < 256): mean[i] = Σ row / P and, with Max,
 // mx[i] = max of row. Handles whole groups of 8 rows; returns the first row not done.
+template <bool Max>
 inline int64_t short_rows_mean_max(const float* x, int64_t P, int64_t begin, int64_t end,
                                    float* mean, float* mx) {
   const int64_t nv = P / 8, rem = P - 8 * nv;
@@ -75,18 +76,18 @@ inline int64_t short_rows_mean_max(const float* x, int64_t P, int64_t begin, int
       for (int64_t v = 1; v < nv; ++v) {
         a = load8(row + 8 * v);
         sj += a;
-        mj = max8(a, mj);
+        if (Max) mj = max8(a, mj);
       }
       if (rem) {
         a = load8(row + P - 8);
         sj += tail ? a : zero;
-        mj = max8(a, mj);
+        if (Max) mj = max8(a, mj);
       }
       s[j] = sj;
       m[j] = mj;
     }
     store8(mean + i, tree8<false>(s) * inv);
-    if (mx) store8(mx + i, tree8<true>(m));
+    if (Max) store8(mx + i, tree8<true>(m));
   }
   return i;
 }
@@ -165,6 +166,7 @@ constexpr bool short_rows_vectorised = false;
 inline void rows_dot(const float*, int64_t, const float*, int64_t, int64_t, const float*, float,
                      bool, float*) {}
 
+template <bool Max>
 inline int64_t short_rows_mean_max(const float*, int64_t, int64_t begin, int64_t, float*,
                                    float*) {
   return begin;
