@@ -1,9 +1,10 @@
 """Where a fused gate's time goes inside a network, stage by stage, against the same call alone.
 
 In ResNet-50 (batch 8, 160×160, 2 threads, inference) every bottleneck calls
-``fused.residual_relu(attn, out, shortcut)``: the gate and the block's tail in one operator
-call. This wraps that function and times each call inside the network (wall clock, the call's
-Python and operator together), then, per stage shape, the same module called alone:
+``fused.residual_relu(attn, out, shortcut, bn3)``: the block's last BatchNorm, the gate and the
+block's tail in one operator call. This wraps that function and times each call inside the
+network (wall clock, the call's Python and operator together), then, per stage shape, the same
+call alone:
 
 - ``in network``: median per call while the network runs (the data and the gate's own code
   and weights come cold: the convolutions between two gates stream tens of megabytes);
@@ -12,10 +13,10 @@ Python and operator together), then, per stage shape, the same module called alo
   could save at most;
 - ``alone, warm`` / ``alone, flushed``: the call on the stage's shape, 20 back-to-back calls,
   or each after a 64 MB write has flushed the caches;
-- ``add+relu``: the plain block's own tail, ``relu(out + shortcut)``, alone, warm and flushed:
-  what the fused call replaces.
+- ``bn+add+relu``: the plain block's own bn3 and tail, ``relu(bn3(out) + shortcut)``, alone,
+  warm and flushed: what the fused call replaces.
 
-So ``in network - add+relu (flushed)`` is roughly what the gate adds to a block, and the gap
+So ``in network - bn+add+relu (flushed)`` is roughly what the gate adds to a block, and the gap
 between ``in network`` and ``alone, warm`` is the price of running cold. Medians over --runs
 inference passes (after two warm-up passes). Nothing is cached between calls. As in
 gate_overhead.py, glibc is told to keep freed memory (--malloc steady), so that neither the
@@ -49,9 +50,9 @@ def timed_calls(record: dict, *, stub: bool):
     ops = torch.ops.attnlab_fast
     op = ops.gate_forward
 
-    def wrapper(attn, x, shortcut):
+    def wrapper(attn, x, shortcut, norm=None):
         start = time.perf_counter()
-        out = inner(attn, x, shortcut)
+        out = inner(attn, x, shortcut, norm)
         if out is not None:
             record[tuple(x.shape)].append(time.perf_counter() - start)
         return out
@@ -102,14 +103,16 @@ def main() -> None:
     def flush():
         big.add_(1)
 
-    gates = {
-        m.attn.channels: m.attn for m in model.modules() if getattr(m, "attn", None) is not None
+    gates = {  # channels → (the gate, the norm before it)
+        m.attn.channels: (m.attn, m.bn3)
+        for m in model.modules()
+        if isinstance(m, resnet.Bottleneck)
     }
     print(f"# ResNet-50 + {args.attn}, batch 8, 160×160, {args.threads} threads, inference, "
           f"{'channels-last' if args.channels_last else 'NCHW'}, malloc {malloc}; µs per call "
           "(medians)\n")  # fmt: skip
     print("| stage shape | calls / pass | in network | Python only | alone, warm | "
-          "alone, flushed | add+relu warm / flushed |")  # fmt: skip
+          "alone, flushed | bn+add+relu warm / flushed |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
     totals = defaultdict(float)
     for shape, calls in sorted(results[False].items(), key=lambda item: item[0][1]):
@@ -117,11 +120,11 @@ def main() -> None:
         out = torch.randn(shape).contiguous(memory_format=fmt)
         short = torch.randn(shape).contiguous(memory_format=fmt)
 
-        def gate(attn=gates[shape[1]], out=out, short=short):
-            return fused.residual_relu(attn, out, short)
+        def gate(attn=gates[shape[1]][0], norm=gates[shape[1]][1], out=out, short=short):
+            return fused.residual_relu(attn, out, short, norm)
 
-        def tail(out=out, short=short):
-            return torch.add(out, short).relu_()
+        def tail(norm=gates[shape[1]][1], out=out, short=short):
+            return torch.add(norm(out), short).relu_()
 
         with torch.no_grad():
             warm, cold = timed(gate, runs=20), timed(gate, flush, runs=20)

@@ -17,9 +17,11 @@ in the same turn, so drift and bursts of load (other tenants) hit both sides ali
 glibc is told to keep freed memory (--malloc steady; see steady_malloc), so neither side pays
 this VM's page faults for memory it re-touches; --malloc default measures glibc as it is.
 Both the fast path and the reference path are measured (``attnlab.layers.fused.backend``); the
-network's fast path twice, with the block's tail relu(attn(out) + shortcut) done by the gate's
-output pass (``fused.residual_relu``, what the ResNet blocks do) and with the block doing its
-own addition and ReLU ("fast, own tail"), as the network without attention does.
+network's fast path twice: as the ResNet blocks run it (``fused.residual_relu``: the block's
+tail relu(attn(out) + shortcut) done by the gate's output pass, and at inference the block's
+last BatchNorm by the gate's first pass, which pools its output), and with the block running
+its last BatchNorm, addition and ReLU itself ("fast, own tail"), as the network without
+attention does.
 Nothing is cached between iterations: every call runs the full computation on the same input.
 
 Usage:
@@ -27,6 +29,7 @@ Usage:
     python benchmarks/gate_overhead.py --part module        # the CBAM module only
     python benchmarks/gate_overhead.py --part network --attn cbam --rounds 7
     python benchmarks/gate_overhead.py --part network --paths fast   # the default path only
+    python benchmarks/gate_overhead.py --part network --modes infer  # inference only
     python benchmarks/gate_overhead.py --channels-last      # both sides in channels-last
     python benchmarks/gate_overhead.py --malloc default     # glibc's default (page faults)
 """
@@ -120,23 +123,25 @@ def apply_malloc(choice: str) -> str:
 
 OWN_TAIL = "fast, own tail"
 PATHS = ("fast", OWN_TAIL, "reference")
+MODES = ("train", "infer")
 
 
 @contextlib.contextmanager
 def own_tail(on: bool):
-    """With ``on``, the blocks add the shortcut and apply the ReLU themselves (two full-size
-    passes), as the network without attention does, instead of the gate's output pass doing
-    it (``fused.residual_relu``): the gate's cost alone, for comparison."""
+    """With ``on``, the blocks apply their last BatchNorm, add the shortcut and apply the ReLU
+    themselves, as the network without attention does, instead of the gate's call doing it
+    (``fused.residual_relu``: the norm at inference, the tail always): the gate's cost alone,
+    for comparison."""
     saved = fused.residual_relu
     if on:
-        fused.residual_relu = lambda attn, x, shortcut: None
+        fused.residual_relu = lambda attn, x, shortcut, norm=None: None
     try:
         yield
     finally:
         fused.residual_relu = saved
 
 
-def network(attns, *, batch, size, rounds, number, channels_last, paths=PATHS):
+def network(attns, *, batch, size, rounds, number, channels_last, paths=PATHS, modes=MODES):
     torch.manual_seed(0)
     x = torch.randn(batch, 3, size, size)
     y = torch.randint(0, 1000, (batch,))
@@ -163,6 +168,8 @@ def network(attns, *, batch, size, rounds, number, channels_last, paths=PATHS):
         return run
 
     rows = []
+    nan = float("nan")
+    skipped = {"base": nan, "attn": nan, "attn/": nan, "attn/iqr": (nan, nan)}  # a mode not run
     base = model(None)
     for attn in attns:
         m = model(attn)
@@ -170,12 +177,16 @@ def network(attns, *, batch, size, rounds, number, channels_last, paths=PATHS):
             with fused.backend(path.split(",")[0]), own_tail(path == OWN_TAIL):
                 m.train(), base.train()
                 opts = [torch.optim.SGD(n.parameters(), lr=1e-4, momentum=0.9) for n in (base, m)]
-                train = interleaved(
-                    {"base": train_step(base, opts[0]), "attn": train_step(m, opts[1])},
-                    rounds, number,
-                )  # fmt: skip
+                train = skipped
+                if "train" in modes:
+                    train = interleaved(
+                        {"base": train_step(base, opts[0]), "attn": train_step(m, opts[1])},
+                        rounds, number,
+                    )  # fmt: skip
                 m.eval(), base.eval()
-                inf = interleaved({"base": infer(base), "attn": infer(m)}, rounds, number)
+                inf = skipped
+                if "infer" in modes:
+                    inf = interleaved({"base": infer(base), "attn": infer(m)}, rounds, number)
             row = {
                 "attn": attn, "path": path,
                 "train_base_s": train["base"], "train_attn_s": train["attn"],
@@ -259,6 +270,9 @@ def main() -> None:
     parser.add_argument(
         "--paths", nargs="+", choices=PATHS, default=list(PATHS), help="network paths to time"
     )
+    parser.add_argument(
+        "--modes", nargs="+", choices=MODES, default=list(MODES), help="network modes to time"
+    )
     add_malloc_option(parser)
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
@@ -296,6 +310,7 @@ def main() -> None:
         out["network"] = network(
             args.attn, batch=args.batch, size=args.size, rounds=args.rounds,
             number=args.number, channels_last=args.channels_last, paths=args.paths,
+            modes=args.modes,
         )  # fmt: skip
     if args.json:
         with open(args.json, "w") as handle:

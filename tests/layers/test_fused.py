@@ -709,6 +709,164 @@ def test_residual_relu_gradcheck_float64(key, layout):
         assert torch.autograd.gradcheck(fn, (x, s, *params), eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
+# With the block's last BatchNorm (fused.residual_relu's norm): folded into the gate's first pass
+# at inference, called as a module otherwise.
+
+
+def _norm(channels, dtype=torch.float32, **kwargs):
+    torch.manual_seed(3)
+    norm = torch.nn.BatchNorm2d(channels, **kwargs)
+    with torch.no_grad():
+        if norm.running_mean is not None:
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+        if norm.weight is not None:
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.uniform_(-0.5, 0.5)
+    return norm.to(dtype).eval()
+
+
+@pytest.fixture
+def norm_calls(monkeypatch):
+    """How many times an nn.BatchNorm2d ran its forward (the class stays nn.BatchNorm2d)."""
+    calls = []
+    forward = torch.nn.BatchNorm2d.forward
+
+    def counted(self, inp):
+        calls.append(self)
+        return forward(self, inp)
+
+    monkeypatch.setattr(torch.nn.BatchNorm2d, "forward", counted)
+    return calls
+
+
+def _tail_reference(module, norm, z, s):
+    with fused.backend("reference"):
+        return torch.relu(module(norm(z)) + s)
+
+
+@needs_kernels
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("key", RESIDUAL_KEYS)
+def test_residual_relu_folds_the_norm_at_inference(key, shape, layout, norm_calls):
+    module = _build(key, shape[1], torch.float32).eval()
+    norm = _norm(shape[1])
+    z = _input(shape, layout, torch.float32)
+    s = _input(shape, layout, torch.float32, seed=2)
+    with torch.no_grad():
+        y = fused.residual_relu(module, z, s, norm)
+        assert not norm_calls  # the norm ran inside the gate's call
+        unfolded = fused.residual_relu(module, norm(z), s)
+        y_ref = _tail_reference(module, norm, z, s)
+    # the same normalised values (z·scale + shift, as ATen's eval-mode batch_norm computes
+    # them), so the same output as the gate's call on the norm's output, bit for bit; that one's
+    # accuracy is test_residual_relu_matches_reference's
+    assert torch.equal(y, unfolded)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    if layout == "channels_last" and shape[2] * shape[3] > 1:
+        assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_kernels
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("kwargs", [{"affine": False}, {"track_running_stats": False}])
+@pytest.mark.parametrize("key", ["se", "cbam"])
+def test_residual_relu_norm_options(key, kwargs, layout, norm_calls):
+    # no affine parameters: folded (scale 1/σ, shift −μ/σ); no running statistics: an eval-mode
+    # BatchNorm uses the batch's, so it runs as a module
+    module = _build(key, 24, torch.float32).eval()
+    norm = _norm(24, **kwargs)
+    z = _input((3, 24, 6, 5), layout, torch.float32)
+    s = _input((3, 24, 6, 5), layout, torch.float32, seed=2)
+    with torch.no_grad():
+        y = fused.residual_relu(module, z, s, norm)
+        assert len(norm_calls) == (0 if norm.track_running_stats else 1)
+        torch.testing.assert_close(y, _tail_reference(module, norm, z, s), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", ["train", "eval-grad", "norm-training", "norm-hooked"])
+@pytest.mark.parametrize("key", ["se", "cbam-paper"])
+def test_residual_relu_calls_the_norm_where_it_cannot_fold(key, case, norm_calls):
+    # Under autograd, or with a BatchNorm in training mode (batch statistics, running statistics
+    # updated) or with hooks, the norm runs as a module, once, and the gate fuses the tail.
+    module = _build(key, 16, torch.float32).train(case == "train")
+    norm = _norm(16).train(case in ("train", "norm-training"))
+    seen = []
+    if case == "norm-hooked":
+        norm.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    ref_module, ref_norm = copy.deepcopy(module), copy.deepcopy(norm)
+    z, s = torch.randn(2, 16, 5, 4), torch.randn(2, 16, 5, 4)
+    grad = case in ("train", "eval-grad")
+    zg = z.clone().requires_grad_(grad)
+    with torch.set_grad_enabled(grad):
+        y = fused.residual_relu(module, zg, s, norm)
+    assert norm_calls == [norm]
+    assert seen == ([z.shape] if case == "norm-hooked" else [])
+    with torch.set_grad_enabled(grad):
+        zr = z.clone().requires_grad_(grad)
+        y_ref = _tail_reference(ref_module, ref_norm, zr, s)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    for buf, buf_ref in zip(norm.buffers(), ref_norm.buffers(), strict=True):
+        torch.testing.assert_close(buf, buf_ref, rtol=0, atol=0)  # statistics updated once
+    if grad:
+        assert _node(y.grad_fn) == LAYER_GATE_NODE
+        y.sum().backward()
+        y_ref.sum().backward()
+        torch.testing.assert_close(zg.grad, zr.grad, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+def test_residual_relu_with_a_norm_runs_it_once_or_not_at_all(norm_calls):
+    z, s = torch.randn(2, 16, 5, 5), torch.randn(2, 16, 5, 5)
+    norm = _norm(16).train()
+    # declined before anything runs: the caller applies the norm (its statistics move once)
+    assert fused.residual_relu(torch.nn.Identity(), z, s, norm) is None
+    with torch.no_grad():  # at inference, also where the gate's call cannot run
+        assert fused.residual_relu(_build("cbam-gelu", 16, torch.float32).eval(), z, s,
+                                   copy.deepcopy(norm).eval()) is None  # fmt: skip
+        assert fused.residual_relu(CBAM(16, order="spatial-channel"), z, s, norm.eval()) is None
+    assert not norm_calls and norm.num_batches_tracked.item() == 0
+    # in training the norm runs first; where the gate's call then cannot run (layers that are
+    # not the standard ones, the other order), the tail is finished here, the norm run once
+    norm.train()
+    for gate in (_build("cbam-gelu", 16, torch.float32), CBAM(16, order="spatial-channel")):
+        ref, ref_norm = copy.deepcopy(gate), copy.deepcopy(norm)
+        norm_calls.clear()
+        y = fused.residual_relu(gate, z, s, norm)
+        assert norm_calls.count(norm) == 1  # (the spatial gate's own BatchNorm runs too)
+        torch.testing.assert_close(y, _tail_reference(ref, ref_norm, z, s))
+        assert norm.num_batches_tracked.item() == ref_norm.num_batches_tracked.item()
+
+
+@needs_kernels
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_gate_forward_norm_without_a_channel_gate(layout):
+    # kind 0 (a spatial gate alone) has no channel pool to fold the norm into: a pass of its own
+    ops = torch.ops.attnlab_fast
+    z = _input((2, 8, 5, 3), layout, torch.float32)
+    norm = _norm(8)
+    none = torch.empty(0)
+    spatial = [torch.randn(1, 2, 7, 7), torch.randn(1), none, none]
+
+    def forward(x, *norm_args):
+        return ops.gate_forward(x, [none] * 4, 0, False, False, spatial, False, 0, none, none,
+                                0.0, 1e-5, False, None, *norm_args)[0]  # fmt: skip
+
+    with torch.no_grad():
+        expected = forward(norm(z))
+    got = forward(z, norm.running_mean, norm.running_var, norm.weight.detach(),
+                  norm.bias.detach(), norm.eps)  # fmt: skip
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    with pytest.raises(
+        RuntimeError, match="norm's running_var must be a contiguous CPU vector of 8"
+    ):
+        forward(z, norm.running_mean, norm.running_var[:7])
+    with pytest.raises(RuntimeError, match="needs both norm_mean and norm_var"):
+        forward(z, norm.running_mean)
+
+
 @needs_kernels
 def test_residual_relu_with_one_side_frozen():
     module = _build("cbam", 16, torch.float32)

@@ -10,6 +10,7 @@ import torch
 
 import attnlab
 from attnlab.layers import CBAM, ECA, SE, fused
+from attnlab.models import resnet
 
 RESNET50 = 25_557_032
 ECA_AUTHORS_K = [{"k_size": k} for k in (3, 5, 5, 7)]
@@ -279,6 +280,43 @@ def test_unknown_names_list_the_valid_ones():
         "resnet44",
         "resnet56",
     ]
+
+
+@pytest.mark.skipif(not fused.available(), reason="fused kernels unavailable")
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("attn", ["se", "eca", "cbam", None])
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_blocks_fold_their_last_norm_at_inference(name, attn, layout, monkeypatch):
+    # At inference each block's last BatchNorm runs inside the gate's call (its pass pools the
+    # normalised tensor for the gate); the network gives what the reference path gives, and
+    # without attention the blocks run every norm themselves.
+    torch.manual_seed(0)
+    model = attnlab.create_model(name, attn=attn, num_classes=5)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    model = model.eval().to(memory_format=fmt)
+    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=fmt)
+    calls = []
+    forward = torch.nn.BatchNorm2d.forward
+    monkeypatch.setattr(
+        torch.nn.BatchNorm2d, "forward", lambda self, inp: calls.append(self) or forward(self, inp)
+    )
+    with torch.no_grad():
+        y = model(x)
+        ran = set(calls)
+        with fused.backend("reference"):
+            y_ref = model(x)
+    blocks = [m for m in model.modules() if isinstance(m, (resnet.BasicBlock, resnet.Bottleneck))]
+    last = {b.bn3 if isinstance(b, resnet.Bottleneck) else b.bn2 for b in blocks}
+    gates = {m for b in blocks for m in b.attn.modules()}  # (CBAM's spatial BatchNorm is its own)
+    norms = {m for m in model.modules() if type(m) is torch.nn.BatchNorm2d and m not in gates}
+    assert ran == (norms if attn is None else norms - last)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
 
 
 def test_blocks_compile_with_the_fused_tail_check():

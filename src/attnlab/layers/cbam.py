@@ -351,12 +351,14 @@ class CBAM(nn.Module):
             return x * self.channel_gate.attention(x)
         return x * self.channel_gate.attention(x) * self.spatial_gate.attention(x)
 
-    def _fused_residual(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor | None:
+    def _fused_residual(
+        self, x: torch.Tensor, shortcut: torch.Tensor, norm: tuple | None = None
+    ) -> torch.Tensor | None:
         """relu(self(x) + shortcut) in one operator call, or None (see fused.residual_relu)."""
         if self.order != "channel-spatial":
             return None
         check_input(self, x)
-        return fused.layer_gate(self, x, self._fast_layers, residual=shortcut)
+        return fused.layer_gate(self, x, self._fast_layers, residual=shortcut, norm=norm)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, preset={self.preset!r}, order={self.order!r}"

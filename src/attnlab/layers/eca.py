@@ -99,10 +99,12 @@ class ECA(nn.Module):
         """The layers as :func:`fused.layer_gate` takes them."""
         return dict(eca=(self.conv, self.gate), taps=(self.channel_map,))
 
-    def _fused_residual(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor | None:
+    def _fused_residual(
+        self, x: torch.Tensor, shortcut: torch.Tensor, norm: tuple | None = None
+    ) -> torch.Tensor | None:
         """relu(self(x) + shortcut) in one operator call, or None (see fused.residual_relu)."""
         check_input(self, x)
-        return fused.layer_gate(self, x, self._fast_layers, residual=shortcut)
+        return fused.layer_gate(self, x, self._fast_layers, residual=shortcut, norm=norm)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, k_size={self.k_size}"

@@ -273,7 +273,10 @@ def _register_fakes() -> None:
         return torch.empty_like(x)
 
     @lib("gate_forward")
-    def _(x, ch, kind, use_avg, use_max, sp, max_first, bn, rm, rv, momentum, eps, save, res=None):
+    def _(
+        x, ch, kind, use_avg, use_max, sp, max_first, bn, rm, rv, momentum, eps, save, res=None,
+        norm_mean=None, norm_var=None, norm_weight=None, norm_bias=None, norm_eps=1e-5,
+    ):  # fmt: skip
         if not save:
             return [torch.empty_like(x)]
         b, c, h, w = x.shape
@@ -672,6 +675,7 @@ def layer_gate(
     x: torch.Tensor,
     layers: Callable[[], dict],
     residual: torch.Tensor | None = None,
+    norm: tuple[list[torch.Tensor | None], float] | None = None,
 ) -> torch.Tensor | None:
     """x · M_c(x) · M_s(x · M_c(x)) for the gate ``owner``: one operator call each way.
 
@@ -700,16 +704,24 @@ def layer_gate(
         layers: () → the keyword arguments above.
         residual: a tensor of x's shape, dtype and device: the result is then
             relu(gate(x) + residual), in the same pass (see :func:`residual_relu`).
+        norm: an eval-mode BatchNorm2d before the gate, as :func:`_norm_args` gives it (only
+            without autograd): x is then the norm's input, and the gate's first pass writes
+            the norm's output and pools it (see :func:`residual_relu`).
     """
     plan = owner.__dict__.get("_attnlab_plan")
     if plan is None or not plan.valid(x, owner):
         plan = _make_plan(x, owner, **layers())
         owner.__dict__["_attnlab_plan"] = plan
-    return _run_plan(plan, x, residual)
+    return _run_plan(plan, x, residual, norm)
 
 
-def _run_plan(plan: _Plan, x: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor | None:
-    if not plan.ok:
+def _run_plan(
+    plan: _Plan,
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    in_norm: tuple[list[torch.Tensor | None], float] | None = None,
+) -> torch.Tensor | None:
+    if not plan.ok or (in_norm is not None and torch.is_grad_enabled()):
         return None
     params, norm = plan.params, plan.norm
     # .to(dtype) keeps the Parameter objects. (C-level loops: see _Plan.)
@@ -753,7 +765,7 @@ def _run_plan(plan: _Plan, x: torch.Tensor, residual: torch.Tensor | None) -> to
         )
     outs = torch.ops.attnlab_fast.gate_forward(
         x, params[:4], cfg[0], cfg[1], cfg[2], params[4:], cfg[3], cfg[4], *cfg[5:],
-        bool(observed), residual,
+        bool(observed), residual, *((*in_norm[0], in_norm[1]) if in_norm else ()),
     )  # fmt: skip
     b, c, h, w = x.shape
     for tap in observed:  # the maps this very call used, so observing changes no output
@@ -777,7 +789,12 @@ def _hooked(module: nn.Module) -> bool:
 _torch_module = sys.modules[nn.Module.__module__]
 
 
-def residual_relu(attn: nn.Module, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor | None:
+def residual_relu(
+    attn: nn.Module,
+    x: torch.Tensor,
+    shortcut: torch.Tensor,
+    norm: nn.Module | None = None,
+) -> torch.Tensor | None:
     """relu(attn(x) + shortcut) — a residual block's tail — in the gate's own operator call.
 
     The gate's last pass reads x and writes its output anyway; reading the shortcut there too
@@ -786,12 +803,20 @@ def residual_relu(attn: nn.Module, x: torch.Tensor, shortcut: torch.Tensor) -> t
     gradient anyway) and saves the output, the next layer's input, kept alive by it anyway.
     The blocks of :mod:`attnlab.models.resnet` call this first.
 
+    With ``norm`` (the block's last BatchNorm), x is the norm's input and the result is
+    relu(attn(norm(x)) + shortcut). At inference (grad mode off, the norm an ``nn.BatchNorm2d``
+    in eval mode with running statistics and no hooks) the norm runs in the gate's call too:
+    its pass, which reads x and writes the normalised tensor anyway, also pools that tensor for
+    the channel gate, so the gate's first pass costs no read of its own. Otherwise the norm is
+    called as usual.
+
     Applies to :class:`~attnlab.layers.SE`, :class:`~attnlab.layers.ECA` and
     :class:`~attnlab.layers.CBAM` (channel→spatial order) with the standard small layers (see
     :func:`layer_gate`), on the fast path (see :func:`use_fast`), in training and inference.
     Returns None otherwise — another module (a subclass too), hooks on ``attn`` or global
     module hooks (a hook must see ``attn``'s own output), a shortcut that differs from x in
-    shape, dtype or device — and the caller computes ``relu(attn(x) + shortcut)`` itself.
+    shape, dtype or device — having run nothing (not the norm either), and the caller computes
+    ``relu(attn(norm(x)) + shortcut)`` itself.
     """
     fn = type(attn).__dict__.get("_fused_residual")
     if (
@@ -805,7 +830,29 @@ def residual_relu(attn: nn.Module, x: torch.Tensor, shortcut: torch.Tensor) -> t
         or not use_fast(x)
     ):
         return None
-    return fn(attn, x, shortcut)
+    if norm is None:
+        return fn(attn, x, shortcut)
+    if not torch.is_grad_enabled():
+        args = _norm_args(norm, x)
+        if args is not None:
+            return fn(attn, x, shortcut, args)  # None: nothing ran
+    y = norm(x)
+    out = fn(attn, y, shortcut) if isinstance(y, torch.Tensor) and y.shape == x.shape else None
+    return out if out is not None else torch.relu(attn(y) + shortcut)  # the norm has run
+
+
+def _norm_args(norm: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor | None], float] | None:
+    """An eval-mode BatchNorm2d's tensors as gate_forward's ``norm`` takes them, or None."""
+    if type(norm) is not nn.BatchNorm2d or norm.training or _hooked(norm):
+        return None
+    d = norm._buffers
+    mean, var = d.get("running_mean"), d.get("running_var")
+    if mean is None or var is None:  # no running statistics: batch statistics, as in training
+        return None
+    ts = [mean, var, norm.weight, norm.bias]  # weight, bias: None without affine
+    if mean.shape[0] != x.shape[1] or any(t is not None and t.dtype != x.dtype for t in ts):
+        return None  # the norm's own call gives the error, or runs another dtype
+    return ts, norm.eps
 
 
 # ---------------------------------------------------------------------------------------------

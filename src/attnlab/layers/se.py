@@ -106,10 +106,12 @@ class SE(nn.Module):
             return fused.gate_product(x, list(self.parameters()), channel_fn=self.excite)
         return x * self.attention(x)
 
-    def _fused_residual(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor | None:
+    def _fused_residual(
+        self, x: torch.Tensor, shortcut: torch.Tensor, norm: tuple | None = None
+    ) -> torch.Tensor | None:
         """relu(self(x) + shortcut) in one operator call, or None (see fused.residual_relu)."""
         check_input(self, x)
         check_batch_statistics(
             "SE", self.norm, x.shape[0], "use batch size >= 2, call .eval(), or norm_layer=None"
         )
-        return fused.layer_gate(self, x, self._fast_layers, residual=shortcut)
+        return fused.layer_gate(self, x, self._fast_layers, residual=shortcut, norm=norm)

@@ -93,26 +93,32 @@ inline T count_equal(const T* __restrict__ row, int64_t P, T m) {
   return k;
 }
 
+// With norm (an eval-mode BatchNorm before the gate: na, nb per channel), x is the norm's
+// input z: the pass writes xo = na·z + nb, the norm's output, and pools that (each row, or 8
+// short rows, from L1 right after writing it), so that the gate's pooling costs no read of its
+// own.
 template <typename T>
 void channel_pool_kernel(const Tensor& x, Tensor& avg, Tensor& mx, Tensor& cnt, bool with_max,
-                         bool with_count) {
+                         bool with_count, const T* na = nullptr, const T* nb = nullptr,
+                         T* xo = nullptr) {
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   const T* __restrict__ xp = x.data_ptr<T>();
   T* ap = avg.data_ptr<T>();
   T* mp = with_max ? mx.data_ptr<T>() : nullptr;
   T* kp = with_max && with_count ? cnt.data_ptr<T>() : nullptr;
   if (!channels_last(x)) {
-    at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+    // Rows [begin, end) of src.
+    auto pool_rows = [&](const T* __restrict__ src, int64_t begin, int64_t end) {
       int64_t bc = begin;
       if constexpr (std::is_same<T, float>::value) {
         if (short_rows_vectorised && P >= 8 && P < 256) {  // late stages: 8 rows at a time
-          bc = mp ? short_rows_mean_max<true>(xp, P, begin, end, ap, mp)
-                  : short_rows_mean_max<false>(xp, P, begin, end, ap, nullptr);
-          for (int64_t i = begin; kp && i < bc; ++i) kp[i] = count_equal(xp + i * P, P, mp[i]);
+          bc = mp ? short_rows_mean_max<true>(src, P, begin, end, ap, mp)
+                  : short_rows_mean_max<false>(src, P, begin, end, ap, nullptr);
+          for (int64_t i = begin; kp && i < bc; ++i) kp[i] = count_equal(src + i * P, P, mp[i]);
         }
       }
       for (; bc < end; ++bc) {
-        const T* __restrict__ row = xp + bc * P;
+        const T* __restrict__ row = src + bc * P;
         double s = 0;
         T m = row[0];
         if (P < 64) {  // short rows (late stages): vector reductions cost more than they save
@@ -141,6 +147,21 @@ void channel_pool_kernel(const Tensor& x, Tensor& avg, Tensor& mx, Tensor& cnt, 
         mp[bc] = m;
         if (kp) kp[bc] = count_equal(row, P, m);
       }
+    };
+    at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+      if (!xo) return pool_rows(xp, begin, end);
+      const int64_t step = P < 256 ? 8 : 1;
+      for (int64_t i0 = begin; i0 < end; i0 += step) {
+        const int64_t i1 = std::min(end, i0 + step);
+        for (int64_t i = i0; i < i1; ++i) {
+          const T a = na[i % C], b = nb[i % C];
+          const T* __restrict__ z = xp + i * P;
+          T* __restrict__ o = xo + i * P;
+#pragma omp simd
+          for (int64_t p = 0; p < P; ++p) o[p] = z[p] * a + b;
+        }
+        pool_rows(xo, i0, i1);
+      }
     });
     return;
   }
@@ -154,8 +175,21 @@ void channel_pool_kernel(const Tensor& x, Tensor& avg, Tensor& mx, Tensor& cnt, 
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / nblk, c0 = (i % nblk) * kBlock, n = std::min(kBlock, C - c0);
       const T* base = xp + b * P * C + c0;
+      T* obase = xo ? xo + b * P * C + c0 : nullptr;
+      const T* __restrict__ a = na ? na + c0 : nullptr;
+      const T* __restrict__ sh = nb ? nb + c0 : nullptr;
+      if (obase) {  // m starts from the first position's normalised values
+        for (int64_t c = 0; c < n; ++c) obase[c] = base[c] * a[c] + sh[c];
+        base = obase;  // read back from L1 below, position by position
+      }
       for (int64_t c = 0; c < n; ++c) s[c] = 0, m[c] = base[c], k[c] = 0;
       for (int64_t p = 0; p < P; ++p) {
+        if (obase && p > 0) {
+          const T* __restrict__ z = xp + b * P * C + c0 + p * C;
+          T* __restrict__ o = obase + p * C;
+#pragma omp simd
+          for (int64_t c = 0; c < n; ++c) o[c] = z[c] * a[c] + sh[c];
+        }
         const T* __restrict__ r = base + p * C;
         if (kp) {
 #pragma omp simd
@@ -1083,19 +1117,60 @@ Tensor mlp_forward(const Tensor& V, at::TensorList ch, int64_t D, Tensor* hidden
   return out;
 }
 
-// The channel pools of gate_forward: with both, avg and max are the two halves of one (2B)×C
-// tensor, the MLP's input as it is (no concatenation, forward or backward).
-std::tuple<Tensor, Tensor> pooled_descriptors(const Tensor& x, bool use_avg, bool use_max) {
-  const int64_t B = x.size(0), C = x.size(1);
-  if (!(use_avg && use_max)) {
-    Tensor avg, mx;
-    std::tie(avg, mx, std::ignore) = channel_pool_impl(x, use_max, false);
-    return {avg, mx};
+// An eval-mode BatchNorm2d folded into the gate's first pass (gate_forward's norm): per-channel
+// scale and shift, and the tensor the normalised input is written to.
+struct Norm {
+  Tensor scale, shift, out;
+};
+
+// scale = weight / sqrt(running_var + eps), shift = bias − running_mean · scale, as ATen's
+// batch_norm computes them in eval mode (param = [running_mean, running_var, weight, bias],
+// weight and bias undefined when the norm has none).
+Norm make_norm(const Tensor& z, at::TensorList param, double eps) {
+  const int64_t C = z.size(1);
+  TORCH_CHECK(param.size() == 4, "attnlab_fast: norm must be [running_mean, running_var, weight, bias]");
+  for (size_t i = 0; i < 4; ++i) {
+    if (i >= 2 && !param[i].defined()) continue;
+    TORCH_CHECK(param[i].dim() == 1 && param[i].numel() == C && param[i].is_contiguous() &&
+                    param[i].scalar_type() == z.scalar_type() && param[i].device().is_cpu(),
+                "attnlab_fast: norm's ", i == 0 ? "running_mean" : i == 1 ? "running_var"
+                : i == 2 ? "weight" : "bias", " must be a contiguous CPU vector of ", C,
+                " entries of the input's dtype");
   }
-  Tensor V = at::empty({2 * B, C}, x.options());
-  Tensor avg = V.narrow(0, 0, B), mx = V.narrow(0, B, B), none;
+  Norm nm{at::empty({C}, z.options()), at::empty({C}, z.options()), pooled_empty_like(z)};
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "norm", [&] {
+    using T = scalar_t;
+    const T *mean = param[0].data_ptr<T>(), *var = param[1].data_ptr<T>();
+    const T* w = param[2].defined() ? param[2].data_ptr<T>() : nullptr;
+    const T* b = param[3].defined() ? param[3].data_ptr<T>() : nullptr;
+    T *a = nm.scale.data_ptr<T>(), *sh = nm.shift.data_ptr<T>();
+    for (int64_t c = 0; c < C; ++c) {
+      const T invstd = T(1) / std::sqrt(var[c] + static_cast<T>(eps));
+      a[c] = invstd * (w ? w[c] : T(1));
+      sh[c] = (b ? b[c] : T(0)) - mean[c] * a[c];
+    }
+  });
+  return nm;
+}
+
+// The channel pools of gate_forward: with both, avg and max are the two halves of one (2B)×C
+// tensor, the MLP's input as it is (no concatenation, forward or backward). With nm, x is the
+// norm's input, and the pass writes the norm's output to nm->out.
+std::tuple<Tensor, Tensor> pooled_descriptors(const Tensor& x, bool use_avg, bool use_max,
+                                              const Norm* nm = nullptr) {
+  const int64_t B = x.size(0), C = x.size(1);
+  const bool both = use_avg && use_max;
+  Tensor V = at::empty({both ? 2 * B : B, C}, x.options());
+  Tensor avg = V.narrow(0, 0, B), none;
+  Tensor mx = both      ? V.narrow(0, B, B)
+              : use_max ? at::empty({B, C}, x.options())
+                        : at::empty({0, 0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "channel_pool", [&] {
-    channel_pool_kernel<scalar_t>(x, avg, mx, none, true, false);
+    using T = scalar_t;
+    channel_pool_kernel<T>(x, avg, mx, none, use_max, false,
+                           nm ? nm->scale.data_ptr<T>() : nullptr,
+                           nm ? nm->shift.data_ptr<T>() : nullptr,
+                           nm ? nm->out.data_ptr<T>() : nullptr);
   });
   return {avg, mx};
 }
@@ -1122,14 +1197,26 @@ Tensor channel_logits(const Tensor& avg, const Tensor& mx, at::TensorList ch, in
   return l;
 }
 
-std::vector<Tensor> gate_forward(const Tensor& x, at::TensorList ch_, int64_t kind, bool use_avg,
+std::vector<Tensor> gate_forward(const Tensor& x_in, at::TensorList ch_, int64_t kind, bool use_avg,
                                  bool use_max, at::TensorList sp_, bool max_first, int64_t bn,
                                  const Tensor& running_mean, const Tensor& running_var,
                                  double momentum, double eps, bool save,
                                  const c10::optional<Tensor>& residual,
+                                 at::TensorList norm = {}, double norm_eps = 1e-5,
                                  bool autograd_node = false) {
-  check_full(x, "x");
-  check_residual(residual, x);
+  check_full(x_in, "x");
+  check_residual(residual, x_in);
+  // With norm, x_in is an eval-mode BatchNorm2d's input; the first pass normalises it.
+  Tensor x = x_in;
+  Norm nm;
+  if (!norm.empty()) {
+    TORCH_CHECK(!autograd_node, "attnlab_fast: norm is for inference only");
+    nm = make_norm(x_in, norm, norm_eps);
+    if (kind == 0) {  // no channel pool to fold it into: a pass of its own
+      pooled_descriptors(x_in, true, false, &nm);
+      x = nm.out;
+    }
+  }
   const auto chv = params_of(x, ch_, "channel"), spv = params_of(x, sp_, "spatial");
   const at::TensorList ch(chv), sp(spv);
   TORCH_CHECK(kind >= 0 && kind <= 2, "attnlab_fast: channel kind must be 0, 1 or 2");
@@ -1141,7 +1228,9 @@ std::vector<Tensor> gate_forward(const Tensor& x, at::TensorList ch_, int64_t ki
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_forward", [&] {
     using T = scalar_t;
     if (kind != 0) {
-      std::tie(cavg, cmax) = pooled_descriptors(x, kind == 1 && use_avg, use_max);
+      std::tie(cavg, cmax) = pooled_descriptors(x_in, kind == 1 && use_avg, use_max,
+                                                nm.out.defined() ? &nm : nullptr);
+      if (nm.out.defined()) x = nm.out;  // the norm's output, from here on
       cw = channel_logits<T>(cavg, cmax, ch, kind, use_avg, use_max, save ? &hidden : nullptr,
                              !autograd_node);
       cw.sigmoid_();  // ATen's: vectorised, threaded, the reference's values
@@ -1353,7 +1442,7 @@ struct LayerGateFn : public torch::autograd::Function<LayerGateFn> {
                         const Tensor& running_mean, const Tensor& running_var, double momentum,
                         double eps, const c10::optional<Tensor>& residual) {
     auto outs = gate_forward(x, ch, kind, use_avg, use_max, sp, max_first, bn, running_mean,
-                             running_var, momentum, eps, true, residual, true);
+                             running_var, momentum, eps, true, residual, {}, 1e-5, true);
     const bool res = residual.has_value() && residual->defined();
     std::vector<Tensor> keep{x};
     keep.insert(keep.end(), ch.begin(), ch.end());
@@ -1435,9 +1524,20 @@ std::vector<Tensor> gate_forward_op(const Tensor& x, at::TensorList ch, int64_t 
                                     bool use_max, at::TensorList sp, bool max_first, int64_t bn,
                                     const Tensor& running_mean, const Tensor& running_var,
                                     double momentum, double eps, bool save,
-                                    const c10::optional<Tensor>& residual) {
+                                    const c10::optional<Tensor>& residual,
+                                    const c10::optional<Tensor>& norm_mean,
+                                    const c10::optional<Tensor>& norm_var,
+                                    const c10::optional<Tensor>& norm_weight,
+                                    const c10::optional<Tensor>& norm_bias, double norm_eps) {
+  std::vector<Tensor> norm;
+  if (norm_mean.has_value() || norm_var.has_value()) {
+    TORCH_CHECK(norm_mean.has_value() && norm_var.has_value(),
+                "attnlab_fast: norm needs both norm_mean and norm_var");
+    for (const auto* t : {&norm_mean, &norm_var, &norm_weight, &norm_bias})
+      norm.push_back(t->has_value() ? **t : Tensor());
+  }
   return gate_forward(x, ch, kind, use_avg, use_max, sp, max_first, bn, running_mean, running_var,
-                      momentum, eps, save, residual);
+                      momentum, eps, save, residual, norm, norm_eps);
 }
 
 Tensor gate_train_cpu(const Tensor& x, at::TensorList ch, int64_t kind, bool use_avg,
@@ -1464,8 +1564,9 @@ TORCH_LIBRARY(attnlab_fast, m) {
   m.def(
       "gate_forward(Tensor x, Tensor[] channel, int kind, bool use_avg, bool use_max, "
       "Tensor[] spatial, bool max_first, int bn, Tensor(a!) running_mean, "
-      "Tensor(b!) running_var, float momentum, float eps, bool save, Tensor? residual=None) "
-      "-> Tensor[]");
+      "Tensor(b!) running_var, float momentum, float eps, bool save, Tensor? residual=None, "
+      "Tensor? norm_mean=None, Tensor? norm_var=None, Tensor? norm_weight=None, "
+      "Tensor? norm_bias=None, float norm_eps=1e-05) -> Tensor[]");
   m.def(
       "gate_backward(Tensor grad, Tensor x, Tensor[] channel, int kind, bool use_avg, "
       "bool use_max, Tensor[] spatial, bool max_first, int bn, Tensor[] saved, bool need_dx) "
