@@ -1137,7 +1137,11 @@ Norm make_norm(const Tensor& z, at::TensorList param, double eps) {
                 : i == 2 ? "weight" : "bias", " must be a contiguous CPU vector of ", C,
                 " entries of the input's dtype");
   }
-  Norm nm{at::empty({C}, z.options()), at::empty({C}, z.options()), pooled_empty_like(z)};
+  // The normalised tensor from PyTorch's allocator, as the norm's own output would be: in the
+  // network that memory comes back warm (a block of the kernels' cache came cold: measured
+  // 0.4–0.75 ms slower per CBAM inference pass than the unfused norm, against 0.35–0.84 ms
+  // faster this way).
+  Norm nm{at::empty({C}, z.options()), at::empty({C}, z.options()), at::empty_like(z)};
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "norm", [&] {
     using T = scalar_t;
     const T *mean = param[0].data_ptr<T>(), *var = param[1].data_ptr<T>();
