@@ -931,13 +931,16 @@ def test_residual_relu_declines_where_it_does_not_apply():
 
 
 @needs_kernels
-def test_residual_relu_observed_maps_at_inference():
+@pytest.mark.parametrize("with_norm", [False, True])
+def test_residual_relu_observed_maps_at_inference(with_norm, norm_calls):
     module = _build("cbam", 16, torch.float32).eval()
     x, s = torch.randn(2, 16, 5, 7), torch.randn(2, 16, 5, 7)
-    with torch.no_grad(), capture_maps(module) as maps:
-        y = fused.residual_relu(module, x, s)
+    norm = _norm(16) if with_norm else torch.nn.Identity()
+    with torch.no_grad(), capture_maps(module) as maps:  # the maps of the folded norm's output
+        y = fused.residual_relu(module, x, s, norm if with_norm else None)
+    assert not norm_calls
     with torch.no_grad(), fused.backend("reference"), capture_maps(module) as ref_maps:
-        y_ref = torch.relu(module(x) + s)
+        y_ref = torch.relu(module(norm(x)) + s)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
     assert maps.keys() == ref_maps.keys() and len(maps) == 2
     for name in maps:
