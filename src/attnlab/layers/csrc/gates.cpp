@@ -1128,13 +1128,14 @@ struct Norm {
 // weight and bias undefined when the norm has none).
 Norm make_norm(const Tensor& z, at::TensorList param, double eps) {
   const int64_t C = z.size(1);
-  TORCH_CHECK(param.size() == 4, "attnlab_fast: norm must be [running_mean, running_var, weight, bias]");
+  static const char* const names[] = {"running_mean", "running_var", "weight", "bias"};
+  TORCH_CHECK(param.size() == 4, "attnlab_fast: norm must be [", names[0], ", ", names[1], ", ",
+              names[2], ", ", names[3], "]");
   for (size_t i = 0; i < 4; ++i) {
     if (i >= 2 && !param[i].defined()) continue;
     TORCH_CHECK(param[i].dim() == 1 && param[i].numel() == C && param[i].is_contiguous() &&
                     param[i].scalar_type() == z.scalar_type() && param[i].device().is_cpu(),
-                "attnlab_fast: norm's ", i == 0 ? "running_mean" : i == 1 ? "running_var"
-                : i == 2 ? "weight" : "bias", " must be a contiguous CPU vector of ", C,
+                "attnlab_fast: norm's ", names[i], " must be a contiguous CPU vector of ", C,
                 " entries of the input's dtype");
   }
   // The normalised tensor from PyTorch's allocator, as the norm's own output would be: in the
@@ -1201,8 +1202,8 @@ Tensor channel_logits(const Tensor& avg, const Tensor& mx, at::TensorList ch, in
   return l;
 }
 
-std::vector<Tensor> gate_forward(const Tensor& x_in, at::TensorList ch_, int64_t kind, bool use_avg,
-                                 bool use_max, at::TensorList sp_, bool max_first, int64_t bn,
+std::vector<Tensor> gate_forward(const Tensor& x_in, at::TensorList ch_, int64_t kind,
+                                 bool use_avg, bool use_max, at::TensorList sp_, bool max_first, int64_t bn,
                                  const Tensor& running_mean, const Tensor& running_var,
                                  double momentum, double eps, bool save,
                                  const c10::optional<Tensor>& residual,
