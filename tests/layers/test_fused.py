@@ -13,6 +13,7 @@ import copy
 import pytest
 import torch
 
+import attnlab
 from attnlab import create_attention
 from attnlab.layers import CBAM, ChannelGate, SpatialGate, capture_maps, fused
 
@@ -244,6 +245,24 @@ def test_compile_traces_the_reference_path():
     compiled = torch.compile(module, fullgraph=True, backend="eager")
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), module(x), rtol=1e-5, atol=1e-6)
+
+
+@needs_kernels
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_jit_trace_records_the_reference_path():
+    # torch.jit.trace records PyTorch's ops: the gates (and a block's fused tail) trace their
+    # reference code, no attnlab_fast operator in the graph
+    module = CBAM(16).eval()
+    x = torch.randn(2, 16, 6, 6)
+    with torch.no_grad():
+        traced = torch.jit.trace(module, x)
+        assert "attnlab_fast" not in str(traced.inlined_graph)
+        torch.testing.assert_close(traced(x), module(x), rtol=1e-5, atol=1e-6)
+        block = attnlab.create_model("resnet50", attn="se").layer1[0].eval()
+        z = torch.randn(2, 64, 8, 8)
+        traced = torch.jit.trace(block, z)
+        assert "attnlab_fast" not in str(traced.inlined_graph)
+        torch.testing.assert_close(traced(z), block(z), rtol=1e-5, atol=1e-5)
 
 
 @needs_kernels

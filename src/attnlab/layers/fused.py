@@ -333,6 +333,16 @@ def _format(x: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if _is_channels_last(x) else torch.contiguous_format
 
 
+# The checks use_fast makes on every call, bound once: in a network each Python call runs cold
+# (its code and objects out of cache), so fewer calls and lookups per check matter.
+# torch.jit.is_tracing() is torch._C._is_tracing() outside TorchScript, which never runs this
+# Python; torch.compiler.is_compiling() stays itself, as torch.compile folds it while tracing.
+_FAST_DTYPES = (torch.float32, torch.float64)
+_autocast = torch.is_autocast_enabled
+_compiling = torch.compiler.is_compiling
+_tracing = torch._C._is_tracing
+
+
 def use_fast(x: torch.Tensor, *, channel_only: bool = False) -> bool:
     """Whether a gate module should take the fast path for input ``x`` (see module doc).
 
@@ -349,11 +359,10 @@ def use_fast(x: torch.Tensor, *, channel_only: bool = False) -> bool:
     if (
         x.dim() != 4
         or not x.is_cpu
-        or x.dtype not in (torch.float32, torch.float64)
-        or torch.is_autocast_enabled("cpu")
-        or torch.compiler.is_compiling()
-        or torch.jit.is_scripting()
-        or torch.jit.is_tracing()
+        or x.dtype not in _FAST_DTYPES
+        or _autocast("cpu")
+        or _compiling()  # (first: under torch.compile the C check below is not traced)
+        or _tracing()
     ):
         return False
     ops = _load()
@@ -773,8 +782,9 @@ def _run_plan(
     return outs[0]
 
 
-def _hooked(module: nn.Module) -> bool:
-    """Whether calling ``module`` runs hooks (its own, or global module hooks)."""
+def _hooked(module: nn.Module, *, global_hooks: bool | None = None) -> bool:
+    """Whether calling ``module`` runs hooks (its own, or global module hooks; ``global_hooks``:
+    :func:`_global_hooks`, when the caller has it already)."""
     if (
         module._forward_hooks
         or module._forward_pre_hooks
@@ -782,6 +792,11 @@ def _hooked(module: nn.Module) -> bool:
         or module._backward_pre_hooks
     ):
         return True
+    return _global_hooks() if global_hooks is None else global_hooks
+
+
+def _global_hooks() -> bool:
+    """Whether global module hooks are registered (nn.modules.module's own check)."""
     has_global = getattr(_torch_module, "_has_any_global_hook", None)
     return True if has_global is None else bool(has_global())  # unknown torch: assume hooks
 
@@ -826,14 +841,14 @@ def residual_relu(
         or shortcut.shape != x.shape
         or shortcut.dtype != x.dtype
         or not shortcut.is_cpu  # x's device, where use_fast says yes
-        or _hooked(attn)
+        or _hooked(attn, global_hooks=(global_hooks := _global_hooks()))
         or not use_fast(x)
     ):
         return None
     if norm is None:
         return fn(attn, x, shortcut)
     if not torch.is_grad_enabled():
-        args = _norm_args(norm, x)
+        args = _norm_args(norm, x, global_hooks)
         if args is not None:
             return fn(attn, x, shortcut, args)  # None: nothing ran
     y = norm(x)
@@ -841,15 +856,21 @@ def residual_relu(
     return out if out is not None else torch.relu(attn(y) + shortcut)  # the norm has run
 
 
-def _norm_args(norm: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor | None], float] | None:
+def _norm_args(
+    norm: nn.Module, x: torch.Tensor, global_hooks: bool
+) -> tuple[list[torch.Tensor | None], float] | None:
     """An eval-mode BatchNorm2d's tensors as gate_forward's ``norm`` takes them, or None."""
-    if type(norm) is not nn.BatchNorm2d or norm.training or _hooked(norm):
+    if (
+        type(norm) is not nn.BatchNorm2d
+        or norm.training
+        or _hooked(norm, global_hooks=global_hooks)
+    ):
         return None
-    d = norm._buffers
+    d, p = norm._buffers, norm._parameters  # (not norm.weight: nn.Module's __getattr__)
     mean, var = d.get("running_mean"), d.get("running_var")
     if mean is None or var is None:  # no running statistics: batch statistics, as in training
         return None
-    ts = [mean, var, norm.weight, norm.bias]  # weight, bias: None without affine
+    ts = [mean, var, p.get("weight"), p.get("bias")]  # weight, bias: None without affine
     if mean.shape[0] != x.shape[1] or any(t is not None and t.dtype != x.dtype for t in ts):
         return None  # the norm's own call gives the error, or runs another dtype
     return ts, norm.eps
