@@ -249,6 +249,7 @@ def test_compile_traces_the_reference_path():
 
 @needs_kernels
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")  # (torch 2.13)
 def test_jit_trace_records_the_reference_path():
     # torch.jit.trace records PyTorch's ops: the gates (and a block's fused tail) trace their
     # reference code, no attnlab_fast operator in the graph
