@@ -879,10 +879,12 @@ def test_gate_forward_norm_without_a_channel_gate(layout):
     got = forward(z, norm.running_mean, norm.running_var, norm.weight.detach(),
                   norm.bias.detach(), norm.eps)  # fmt: skip
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
-    with pytest.raises(
-        RuntimeError, match="norm's running_var must be a contiguous CPU vector of 8"
-    ):
+    with pytest.raises(RuntimeError, match="norm's running_var must be a CPU vector of 8"):
         forward(z, norm.running_mean, norm.running_var[:7])
+    strided = torch.stack([norm.running_var, norm.running_var], 1)[:, 0]  # a view, stride 2
+    weight, bias = norm.weight.detach(), norm.bias.detach()
+    got = forward(z, norm.running_mean, strided, weight, bias, norm.eps)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
     with pytest.raises(RuntimeError, match="needs both norm_mean and norm_var"):
         forward(z, norm.running_mean)
 

@@ -1131,12 +1131,14 @@ Norm make_norm(const Tensor& z, at::TensorList param, double eps) {
   static const char* const names[] = {"running_mean", "running_var", "weight", "bias"};
   TORCH_CHECK(param.size() == 4, "attnlab_fast: norm must be [", names[0], ", ", names[1], ", ",
               names[2], ", ", names[3], "]");
+  std::vector<Tensor> ps(4);  // contiguous (a copy only for a strided view)
   for (size_t i = 0; i < 4; ++i) {
     if (i >= 2 && !param[i].defined()) continue;
-    TORCH_CHECK(param[i].dim() == 1 && param[i].numel() == C && param[i].is_contiguous() &&
+    TORCH_CHECK(param[i].dim() == 1 && param[i].numel() == C &&
                     param[i].scalar_type() == z.scalar_type() && param[i].device().is_cpu(),
-                "attnlab_fast: norm's ", names[i], " must be a contiguous CPU vector of ", C,
+                "attnlab_fast: norm's ", names[i], " must be a CPU vector of ", C,
                 " entries of the input's dtype");
+    ps[i] = param[i].contiguous();
   }
   // The normalised tensor from PyTorch's allocator, as the norm's own output would be: in the
   // network that memory comes back warm (a block of the kernels' cache came cold: measured
@@ -1145,9 +1147,9 @@ Norm make_norm(const Tensor& z, at::TensorList param, double eps) {
   Norm nm{at::empty({C}, z.options()), at::empty({C}, z.options()), at::empty_like(z)};
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "norm", [&] {
     using T = scalar_t;
-    const T *mean = param[0].data_ptr<T>(), *var = param[1].data_ptr<T>();
-    const T* w = param[2].defined() ? param[2].data_ptr<T>() : nullptr;
-    const T* b = param[3].defined() ? param[3].data_ptr<T>() : nullptr;
+    const T *mean = ps[0].data_ptr<T>(), *var = ps[1].data_ptr<T>();
+    const T* w = ps[2].defined() ? ps[2].data_ptr<T>() : nullptr;
+    const T* b = ps[3].defined() ? ps[3].data_ptr<T>() : nullptr;
     T *a = nm.scale.data_ptr<T>(), *sh = nm.shift.data_ptr<T>();
     for (int64_t c = 0; c < C; ++c) {
       const T invstd = T(1) / std::sqrt(var[c] + static_cast<T>(eps));
