@@ -38,7 +38,7 @@ import torch
 import attnlab
 from attnlab.layers import fused
 from attnlab.models import resnet
-from gate_overhead import add_malloc_option, apply_malloc  # this folder is sys.path[0]
+from gate_overhead import add_network_options, prepare_network_run  # sys.path[0]
 from memory_floor import timed
 
 
@@ -72,15 +72,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--attn", default="cbam")
     parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--channels-last", action="store_true")
-    add_malloc_option(parser)
+    add_network_options(parser)
     args = parser.parse_args()
-    malloc = apply_malloc(args.malloc)
-    torch.set_num_threads(args.threads)
-    if not fused.available():
-        raise SystemExit(f"fused kernels unavailable: {fused.build_error()}")
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    malloc, fmt = prepare_network_run(args)
     torch.manual_seed(0)
     model = attnlab.create_model("resnet50", attn=args.attn).eval().to(memory_format=fmt)
     x = torch.randn(8, 3, 160, 160).contiguous(memory_format=fmt)

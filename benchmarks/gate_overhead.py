@@ -121,6 +121,24 @@ def apply_malloc(choice: str) -> str:
     return choice
 
 
+def add_network_options(parser: argparse.ArgumentParser) -> None:
+    """--threads, --channels-last and --malloc, for the scripts that time the fused path inside
+    ResNet-50 (gate_in_network.py, norm_fold.py)."""
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--channels-last", action="store_true")
+    add_malloc_option(parser)
+
+
+def prepare_network_run(args: argparse.Namespace) -> tuple[str, torch.memory_format]:
+    """Applies add_network_options' options and requires the fused kernels; returns the malloc
+    in force and the memory format."""
+    malloc = apply_malloc(args.malloc)
+    torch.set_num_threads(args.threads)
+    if not fused.available():
+        raise SystemExit(f"fused kernels unavailable: {fused.build_error()}")
+    return malloc, torch.channels_last if args.channels_last else torch.contiguous_format
+
+
 OWN_TAIL = "fast, own tail"
 PATHS = ("fast", OWN_TAIL, "reference")
 MODES = ("train", "infer")

@@ -28,7 +28,7 @@ import torch
 import attnlab
 from attnlab.layers import fused
 from attnlab.models import resnet
-from gate_overhead import add_malloc_option, apply_malloc  # this folder is sys.path[0]
+from gate_overhead import add_network_options, prepare_network_run  # sys.path[0]
 
 
 def paired(model, x, passes: int) -> tuple[list[float], list[float]]:
@@ -68,15 +68,9 @@ def main() -> None:
     parser.add_argument("--attn", nargs="+", default=["cbam", "se", "eca"])
     parser.add_argument("--passes", type=int, default=60)
     parser.add_argument("--size", type=int, default=160)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--channels-last", action="store_true")
-    add_malloc_option(parser)
+    add_network_options(parser)
     args = parser.parse_args()
-    malloc = apply_malloc(args.malloc)
-    torch.set_num_threads(args.threads)
-    if not fused.available():
-        raise SystemExit(f"fused kernels unavailable: {fused.build_error()}")
-    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    malloc, fmt = prepare_network_run(args)
     torch.manual_seed(0)
     x = torch.randn(8, 3, args.size, args.size).contiguous(memory_format=fmt)
     print(f"# ResNet-50, batch 8, {args.size}×{args.size}, {args.threads} threads, inference, "
