@@ -41,6 +41,7 @@ import contextlib
 import copy
 import ctypes
 import json
+import math
 import platform
 import statistics
 import time
@@ -213,16 +214,22 @@ def network(attns, *, batch, size, rounds, number, channels_last, paths=PATHS, m
                 "infer_ratio": inf["attn/"], "infer_ratio_iqr": inf["attn/iqr"],
             }  # fmt: skip
             rows.append(row)
-            iqr = "({:.2f}–{:.2f})".format
             print(
-                f"| resnet50+{attn} | {path} | {1e3 * row['train_base_s']:.0f} → "
-                f"{1e3 * row['train_attn_s']:.0f} ms | **{row['train_ratio']:.3f}×** "
-                f"{iqr(*row['train_ratio_iqr'])} | "
-                f"{1e3 * row['infer_base_s']:.0f} → {1e3 * row['infer_attn_s']:.0f} ms | "
-                f"**{row['infer_ratio']:.3f}×** {iqr(*row['infer_ratio_iqr'])} |",
+                f"| resnet50+{attn} | {path} | {_cell(row, 'train')} | {_cell(row, 'infer')} |",
                 flush=True,
             )
     return rows
+
+
+def _cell(row: dict, mode: str) -> str:
+    """A mode's two table cells (times, ratio with its quartiles), or dashes if not timed."""
+    if math.isnan(row[f"{mode}_ratio"]):
+        return "— | —"
+    q1, q3 = row[f"{mode}_ratio_iqr"]
+    return (
+        f"{1e3 * row[f'{mode}_base_s']:.0f} → {1e3 * row[f'{mode}_attn_s']:.0f} ms | "
+        f"**{row[f'{mode}_ratio']:.3f}×** ({q1:.2f}–{q3:.2f})"
+    )
 
 
 def module(names, *, shape, rounds, number, channels_last):
