@@ -338,17 +338,7 @@ inline void weighted_dot_ties(const T* __restrict__ gb, const T* __restrict__ xb
 // registers (four 16-float vectors each: the sums, tie counts and last tied channels). With
 // arrays the compiler loads and stores that state for every channel: at 8×256×40×40 this
 // measured 0.12–0.15 ms faster per backward (in one process, alternating). Masked: the ReLU's
-// mask, as there.
-typedef float f16 __attribute__((vector_size(64)));
-
-inline f16 load16(const float* p) {
-  f16 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-inline void store16(float* p, f16 v) { std::memcpy(p, &v, sizeof v); }
-
+// mask, as there. (f16, load16, store16: rows.h.)
 template <bool Masked>
 void weighted_dot_ties64(const float* __restrict__ gb, const float* __restrict__ xb,
                          const float* __restrict__ w, int64_t C, int64_t P,

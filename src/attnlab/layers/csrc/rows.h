@@ -36,6 +36,17 @@ inline f8 load8(const float* p) {
 
 inline void store8(float* p, f8 v) { std::memcpy(p, &v, sizeof v); }
 
+// 16 floats (the register kernels in gates.cpp).
+typedef float f16 __attribute__((vector_size(64)));
+
+inline f16 load16(const float* p) {
+  f16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline void store16(float* p, f16 v) { std::memcpy(p, &v, sizeof v); }
+
 // As the scalar loops: the running max keeps m unless v is greater (NaN never replaces it).
 inline f8 max8(f8 v, f8 m) { return v > m ? v : m; }
 
