@@ -28,24 +28,21 @@ constexpr bool short_rows_vectorised = true;
 typedef float f8 __attribute__((vector_size(32)));
 typedef int i8 __attribute__((vector_size(32)));
 
-inline f8 load8(const float* p) {
-  f8 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-inline void store8(float* p, f8 v) { std::memcpy(p, &v, sizeof v); }
-
-// 16 floats (the register kernels in gates.cpp).
+// 16 floats: the register kernels in gates.cpp.
 typedef float f16 __attribute__((vector_size(64)));
 
-inline f16 load16(const float* p) {
-  f16 v;
+// A vector of V's width from p (unaligned), and back.
+template <typename V>
+inline V load_vec(const float* p) {
+  V v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
 
-inline void store16(float* p, f16 v) { std::memcpy(p, &v, sizeof v); }
+template <typename V>
+inline void store_vec(float* p, V v) {
+  std::memcpy(p, &v, sizeof v);
+}
 
 // As the scalar loops: the running max keeps m unless v is greater (NaN never replaces it).
 inline f8 max8(f8 v, f8 m) { return v > m ? v : m; }
@@ -83,22 +80,22 @@ inline int64_t short_rows_mean_max(const float* x, int64_t P, int64_t begin, int
     f8 s[8], m[8];
     for (int j = 0; j < 8; ++j) {
       const float* row = x + (i + j) * P;
-      f8 a = load8(row), sj = a, mj = a;
+      f8 a = load_vec<f8>(row), sj = a, mj = a;
       for (int64_t v = 1; v < nv; ++v) {
-        a = load8(row + 8 * v);
+        a = load_vec<f8>(row + 8 * v);
         sj += a;
         if (Max) mj = max8(a, mj);
       }
       if (rem) {
-        a = load8(row + P - 8);
+        a = load_vec<f8>(row + P - 8);
         sj += tail ? a : zero;
         if (Max) mj = max8(a, mj);
       }
       s[j] = sj;
       m[j] = mj;
     }
-    store8(mean + i, tree8<false>(s) * inv);
-    if (Max) store8(mx + i, tree8<true>(m));
+    store_vec(mean + i, tree8<false>(s) * inv);
+    if (Max) store_vec(mx + i, tree8<true>(m));
   }
   return i;
 }
@@ -111,10 +108,10 @@ inline void rows_dot_block(const float* a, int64_t K, int64_t nv, const float* w
   f8 acc0[8], acc1[8];
   for (int j = 0; j < 8; ++j) acc0[j] = acc1[j] = f8{0, 0, 0, 0, 0, 0, 0, 0};
   for (int64_t v = 0; v < nv; ++v) {
-    const f8 x0 = load8(w0 + 8 * v), x1 = load8(w1 + 8 * v);
+    const f8 x0 = load_vec<f8>(w0 + 8 * v), x1 = load_vec<f8>(w1 + 8 * v);
 #pragma GCC unroll 8
     for (int j = 0; j < MB; ++j) {
-      const f8 av = load8(a + j * K + 8 * v);
+      const f8 av = load_vec<f8>(a + j * K + 8 * v);
       acc0[j] += av * x0;
       acc1[j] += av * x1;
     }
