@@ -26,6 +26,9 @@ CONFIGS = {
     "cbam-channel-only": ("cbam", {"spatial": False}),
     "cbam-max-pool": ("cbam", {"pool_types": ("max",)}),
     "cbam-k3": ("cbam", {"kernel_size": 3}),
+    # The conv's float weight gradient has register kernels for k = 3, 5, 7; 9 takes the loop.
+    "cbam-k5": ("cbam", {"kernel_size": 5}),
+    "cbam-k9": ("cbam", {"kernel_size": 9}),
     "channel-gate": (ChannelGate, {}),
     "spatial-gate": (SpatialGate, {}),
     "ca": ("ca", {}),
