@@ -959,7 +959,12 @@ void gate_grad_channel_kernel(const Tensor& g, const Tensor& x, const T* cw, con
     using on = std::true_type;
     using off = std::false_type;
     at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t bc = begin; bc < end; ++bc) {
+      int64_t first = begin;  // short rows without the spatial stage or ties: 8 at a time
+      if constexpr (std::is_same<T, float>::value)
+        if (short_rows_vectorised && !sp.on && !kp && P >= 8 && P < 256)
+          first = op ? short_rows_dot<true>(gp, xp, op, zp, P, begin, end, dp)
+                     : short_rows_dot<false>(gp, xp, nullptr, nullptr, P, begin, end, dp);
+      for (int64_t bc = first; bc < end; ++bc) {
         const int64_t b = bc / C;
         if (sp.on && sp.sparse && bc + kRows <= end && bc - b * C + kRows <= C &&
             channel_grad_block(gp + bc * P, xp + bc * P, P, sw + b * P, sa + b * P, se + b * P,
