@@ -417,9 +417,9 @@ typedef double d8 __attribute__((vector_size(64)));
 // out[j] = Σ_p (g·sw + sa + (one == c+j ? se : 0))·x and, with cm (the rows' channel maxima),
 // k[j] = #{p : x == cm[j]} and ix[j] = the last such p. The per-position vectors (sw, sa, se,
 // one) are loaded once for the kRows rows, the sums, counts and positions stay in registers.
-// One row at a time (the scalar loop below, GCC's vectorisation) took 56 µs per sample of
-// 256×40×40 warm, twice the spatial gradient's pass over the same data. Sums in float over
-// chunks of kChunk positions (16 entries per lane), the chunks in double.
+// One row at a time (gate_grad_channel_kernel's loop, GCC's vectorisation) took 56 µs per
+// sample of 256×40×40 warm, twice the spatial gradient's pass over the same data; this, 32.
+// Sums in float over chunks of kChunk positions (16 entries per lane), the chunks in double.
 constexpr int kRows = 4;
 template <bool Ties>
 void channel_grad_rows(const float* __restrict__ q, const float* __restrict__ r, int64_t P,
