@@ -334,6 +334,33 @@ def test_inference_mlp_against_float64(name, batch, channels, hidden):
     torch.testing.assert_close(y.double(), true, rtol=1e-5, atol=1e-6)
 
 
+
+@needs_kernels
+def test_inference_sigmoid_against_float64():
+    # Inference takes the operator's own sigmoid (float, 16 at a time, the tail through a
+    # buffer). SE with its second layer's weight zero gates channel c by σ(bias[c]): x = 1 and a
+    # zero shortcut give relu(σ(bias)) = σ(bias), checked against a double σ over the whole
+    # float range, the clamp's edges, infinities and NaN.
+    edges = [0.0, -0.0, 1e-30, -1e-30, 86.9, 87.0, 87.1, -87.9, -88.0, -88.1, -103.0, 1e30, -1e30]
+    special = [float("inf"), -float("inf"), float("nan")]
+    logits = torch.cat([torch.linspace(-100, 100, 40001), torch.tensor(edges + special)])
+    channels = logits.numel()  # not a multiple of 16
+    module = create_attention("se", channels).eval()
+    with torch.no_grad():
+        second = [m for m in module.modules() if isinstance(m, torch.nn.Linear)][-1]
+        second.weight.zero_()
+        second.bias.copy_(logits)
+        x, zero = torch.ones(1, channels, 1, 1), torch.zeros(1, channels, 1, 1)
+        with fused.backend("fast"):
+            y = fused.residual_relu(module, x, zero).flatten()
+    true = torch.sigmoid(logits.double())
+    assert y[-1].isnan() and y[-3] == 1.0 and 0 <= y[-2] < 1e-38
+    y, true = y[:-3].double(), true[:-3]
+    normal = true > 1e-37
+    eps = torch.finfo(torch.float32).eps
+    assert ((y - true).abs() / true)[normal].max() < 2 * eps
+    assert (y[~normal] - true[~normal]).abs().max() < 1e-38  # x ≤ −88: σ(−88) ≈ 6.05e-39
+
 @needs_kernels
 def test_kernels_reject_bad_tensors():
     ops = torch.ops.attnlab_fast

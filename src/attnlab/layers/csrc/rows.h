@@ -18,6 +18,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -30,6 +31,7 @@ typedef int i8 __attribute__((vector_size(32)));
 
 // 16 floats: the register kernels in gates.cpp.
 typedef float f16 __attribute__((vector_size(64)));
+typedef int i16 __attribute__((vector_size(64)));
 
 // A vector of V's width from p (unaligned), and back.
 template <typename V>
@@ -42,6 +44,43 @@ inline V load_vec(const float* p) {
 template <typename V>
 inline void store_vec(float* p, V v) {
   std::memcpy(p, &v, sizeof v);
+}
+
+// e^t, 16 at a time: t = n·ln2 + r with |r| ≤ ln2/2 (ln2 in two parts, so that n·ln2's first
+// part is exact), e^r by its Taylor polynomial to r^7 (truncated: < 1e-8 relative), times 2^n
+// put in the exponent's bits. t is first clamped to [−87, 88], where 2^n stays a normal number;
+// NaN compares false and stays NaN.
+inline f16 exp16(f16 t) {
+  const f16 zero = {};
+  t = t > zero + 88.0f ? zero + 88.0f : t;
+  t = t < zero - 87.0f ? zero - 87.0f : t;
+  const float round = 12582912.0f;  // 1.5·2^23: adding and subtracting it rounds to an integer
+  const f16 n = (t * 1.44269504f + round) - round;
+  const f16 r = (t - n * 0.693145752f) - n * 1.42860677e-6f;
+  f16 p = zero + 1.0f / 5040;
+  for (float c : {1.0f / 720, 1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) p = p * r + c;
+  const i16 bits = (__builtin_convertvector(n, i16) + 127) << 23;
+  f16 scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+// v = σ(v) = 1 / (1 + e^−v) in place. Within a few ulp of σ (tests/layers/test_fused.py checks
+// it against a double σ): the operator's inference only. Its autograd node keeps ATen's
+// sigmoid, whose values the reference path has: a last-bit difference in a gate can move the
+// backward's max-pool ties and a spatial BatchNorm over few values (see mlp_forward in
+// gates.cpp). For x ≥ 87 σ is 1; for x ≤ −88 below 1e-38 (σ itself is then below 6.1e-39).
+inline void sigmoid_inplace(float* v, int64_t n) {
+  const f16 zero = {};
+  auto sigmoid16 = [&](f16 x) { return (zero + 1.0f) / (exp16(zero - x) + 1.0f); };
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) store_vec(v + i, sigmoid16(load_vec<f16>(v + i)));
+  if (i < n) {  // the last n − i through a buffer of 16
+    float t[16] = {};
+    std::memcpy(t, v + i, sizeof(float) * (n - i));
+    store_vec(t, sigmoid16(load_vec<f16>(t)));
+    std::memcpy(v + i, t, sizeof(float) * (n - i));
+  }
 }
 
 // As the scalar loops: the running max keeps m unless v is greater (NaN never replaces it).
@@ -208,6 +247,10 @@ inline void rows_dot(const float* a, int64_t M, const float* b, int64_t N, int64
 
 #else
 constexpr bool short_rows_vectorised = false;
+
+inline void sigmoid_inplace(float* v, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) v[i] = 1.0f / (1.0f + std::exp(-v[i]));
+}
 
 inline void rows_dot(const float*, int64_t, const float*, int64_t, int64_t, const float*, float,
                      bool, float*) {}
