@@ -334,7 +334,6 @@ def test_inference_mlp_against_float64(name, batch, channels, hidden):
     torch.testing.assert_close(y.double(), true, rtol=1e-5, atol=1e-6)
 
 
-
 @needs_kernels
 def test_inference_sigmoid_against_float64():
     # Inference takes the operator's own sigmoid (float, 16 at a time, the tail through a
@@ -360,6 +359,7 @@ def test_inference_sigmoid_against_float64():
     eps = torch.finfo(torch.float32).eps
     assert ((y - true).abs() / true)[normal].max() < 2 * eps
     assert (y[~normal] - true[~normal]).abs().max() < 1e-38  # x ≤ −88: σ(−88) ≈ 6.05e-39
+
 
 @needs_kernels
 def test_kernels_reject_bad_tensors():
