@@ -289,6 +289,7 @@ def test_fake_implementations_give_shapes():
         outs = ops.gate_forward(x, mlp, 1, True, True, spatial, True, 1, none, none, 0.1, 1e-5,
                                 True)  # fmt: skip
         assert [tuple(t.shape) for t in outs[:3]] == [(2, 8, 5, 3), (2, 8), (2, 15)]
+        assert ops.linear_exact(torch.empty(3, 8), torch.empty(5, 8), None, True).shape == (3, 5)
         grads = ops.gate_backward(x, x, mlp, 1, True, True, spatial, True, 1, outs[1:], True)
         assert [tuple(t.shape) for t in grads] == [(2, 8, 5, 3)] + [
             tuple(t.shape) for t in mlp + [spatial[0], none, *spatial[2:]]
@@ -359,6 +360,28 @@ def test_inference_sigmoid_against_float64():
     eps = torch.finfo(torch.float32).eps
     assert ((y - true).abs() / true)[normal].max() < 2 * eps
     assert (y[~normal] - true[~normal]).abs().max() < 1e-38  # x ≤ −88: σ(−88) ≈ 6.05e-39
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows", [1, 3, 8, 16, 18])
+@pytest.mark.parametrize("inner, outer", [(16, 1), (40, 5), (256, 16), (2048, 128), (128, 2048)])
+def test_training_mlp_layers_are_atens_bit_for_bit(rows, inner, outer):
+    # Under autograd the operator's MLP layers call PyTorch's BLAS (sgemm_) directly, as addmm
+    # does, for addmm's exact values: the tests' tolerances rely on the reference path's gate
+    # values (see mlp_forward in gates.cpp).
+    import platform
+
+    ops = torch.ops.attnlab_fast
+    if platform.system() == "Linux" and platform.machine() == "x86_64":
+        assert ops.linear_exact_blas()  # PyTorch's wheels link MKL there
+    torch.manual_seed(rows * inner + outer)
+    x, w, b = torch.randn(rows, inner), torch.randn(outer, inner), torch.randn(outer)
+    assert torch.equal(ops.linear_exact(x, w, b, False), torch.addmm(b, x, w.t()))
+    assert torch.equal(ops.linear_exact(x, w, None, True), torch.mm(x, w.t()).clamp_min(0))
+    x[0, 0] = float("nan")
+    assert ops.linear_exact(x, w, b, True)[0].isnan().all()  # NaN stays NaN through the ReLU
+    with pytest.raises(RuntimeError, match="linear_exact needs x"):
+        ops.linear_exact(x, w.t(), b, False)
 
 
 @needs_kernels

@@ -18,6 +18,7 @@
 // and the fake implementations).
 
 #include <ATen/Parallel.h>
+#include <dlfcn.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/csrc/autograd/functions/utils.h>
@@ -1395,6 +1396,63 @@ Tensor mlp_linear(const Tensor& in, at::TensorList ch, size_t w, double beta, bo
   return relu ? o.clamp_min_(0) : o;
 }
 
+// The Fortran BLAS sgemm_ that PyTorch links (MKL in the x86-64 wheels), called as ATen's addmm
+// calls it for out = a·wᵀ (+ bias): the same values, without ATen's dispatch. Under autograd
+// the MLP's products must be ATen's (see mlp_forward), and in a network each ATen call runs
+// with its code evicted by the convolutions: the first addmm of a CBAM training call measured
+// 70–190 µs against 5 µs warm, most of it in the dispatch and the structured kernel's checks.
+// The sizes go by pointer to int64 values: read as LP64's 32-bit ints (little-endian) or as
+// ILP64's 64-bit ones they are the same numbers.
+typedef void (*sgemm_fn)(const char*, const char*, const void*, const void*, const void*,
+                         const float*, const float*, const void*, const float*, const void*,
+                         const float*, float*, const void*);
+
+// Column-major, outᵀ (N×M) = (w as K×N)ᵀ · (a as K×M), beta 1 on the bias copied into out.
+void sgemm_rows(sgemm_fn f, const float* a, int64_t M, const float* w, int64_t N, int64_t K,
+                const float* bias, float* out) {
+  if (bias)
+    for (int64_t i = 0; i < M; ++i) std::copy(bias, bias + N, out + i * N);
+  const float alpha = 1.0f, beta = bias ? 1.0f : 0.0f;
+  f("T", "N", &N, &M, &K, &alpha, w, &K, a, &K, &beta, out, &N);
+}
+
+// sgemm_ where the process has it and it gives torch.addmm's values bit for bit on a check
+// (run once); null otherwise (ATen's addmm is then called).
+sgemm_fn exact_sgemm() {
+  static const sgemm_fn checked = [] {
+    const auto f = reinterpret_cast<sgemm_fn>(dlsym(RTLD_DEFAULT, "sgemm_"));
+    if (!f) return sgemm_fn(nullptr);
+    const auto opt = at::TensorOptions().dtype(at::kFloat);
+    const Tensor a = at::linspace(-1.3, 2.1, 3 * 37, opt).view({3, 37}).sin();
+    const Tensor w = at::linspace(-0.7, 1.9, 5 * 37, opt).view({5, 37}).cos();
+    const Tensor b = at::linspace(-0.2, 0.4, 5, opt);
+    Tensor out = at::empty({3, 5}, opt);
+    sgemm_rows(f, a.data_ptr<float>(), 3, w.data_ptr<float>(), 5, 37, b.data_ptr<float>(),
+               out.data_ptr<float>());
+    return at::equal(out, at::addmm(b, a, w.t())) ? f : sgemm_fn(nullptr);
+  }();
+  return checked;
+}
+
+// One layer of the channel MLP under autograd: in·wᵀ (+ b), then with relu max(·, 0) (NaN stays
+// NaN, as clamp_min): ATen's values, by exact_sgemm for float where it can.
+Tensor linear_exact(const Tensor& in, const Tensor& w, const Tensor* b, bool relu) {
+  const sgemm_fn f = in.scalar_type() == at::kFloat ? exact_sgemm() : nullptr;
+  if (f && in.dim() == 2 && in.is_contiguous() && w.is_contiguous() && in.numel() > 0 &&
+      w.numel() > 0 && (!b || b->is_contiguous())) {
+    const int64_t M = in.size(0), N = w.size(0);
+    Tensor o = at::empty({M, N}, in.options());
+    float* op = o.data_ptr<float>();
+    sgemm_rows(f, in.data_ptr<float>(), M, w.data_ptr<float>(), N, in.size(1),
+               b ? b->data_ptr<float>() : nullptr, op);
+    if (relu)
+      for (int64_t i = 0; i < M * N; ++i) op[i] = relu_of(op[i]);
+    return o;
+  }
+  Tensor o = b ? at::addmm(*b, in, w.t()) : at::mm(in, w.t());
+  return relu ? o.clamp_min_(0) : o;
+}
+
 // With rows (the operator gate_forward, inference, and the autograd node of an SE-like gate;
 // its saved tensors are the same either way), the products by rows_dot and, with both pools,
 // the second layer once, on h_avg + h_max (it is linear: W2·h_avg + b2 + W2·h_max + b2): half
@@ -1416,9 +1474,8 @@ Tensor mlp_forward(const Tensor& V, at::TensorList ch, int64_t D, Tensor* hidden
     });
     return mlp_linear(hs, ch, 2, 2.0, false);
   }
-  Tensor h = present(ch, 1) ? at::addmm(ch[1], V, ch[0].t()) : at::mm(V, ch[0].t());
-  h.clamp_min_(0);
-  Tensor l = present(ch, 3) ? at::addmm(ch[3], h, ch[2].t()) : at::mm(h, ch[2].t());
+  Tensor h = linear_exact(V, ch[0], present(ch, 1), true);
+  Tensor l = linear_exact(h, ch[2], present(ch, 3), false);
   if (hidden) *hidden = h;
   if (D == 1) return l;
   // l_avg + l_max: one addition per entry, as the reference's sum of the two MLP outputs
@@ -1888,6 +1945,23 @@ Tensor gate_train_cpu(const Tensor& x, at::TensorList ch, int64_t kind, bool use
                       momentum, eps, false, residual)[0];
 }
 
+// Whether linear_exact calls sgemm_ for float (the tests check that it does with PyTorch's MKL).
+bool linear_exact_blas() { return exact_sgemm() != nullptr; }
+
+// linear_exact as an operator (the tests compare it with torch.addmm bit for bit).
+Tensor linear_exact_op(const Tensor& x, const Tensor& w, const c10::optional<Tensor>& b,
+                       bool relu) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
+              "attnlab_fast: linear_exact needs x (M×K) and w (N×K)");
+  TORCH_CHECK(x.dtype() == w.dtype() && x.is_cpu() && w.is_cpu() && x.is_floating_point(),
+              "attnlab_fast: linear_exact needs CPU floating tensors of one dtype");
+  const bool has_b = b.has_value() && b->defined();
+  TORCH_CHECK(!has_b || (b->dim() == 1 && b->size(0) == w.size(0) && b->dtype() == x.dtype()),
+              "attnlab_fast: linear_exact's bias must have N entries of x's dtype");
+  const Tensor bc = has_b ? b->contiguous() : Tensor();
+  return linear_exact(x.contiguous(), w.contiguous(), has_b ? &bc : nullptr, relu);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(attnlab_fast, m) {
@@ -1915,6 +1989,8 @@ TORCH_LIBRARY(attnlab_fast, m) {
       "gate_train(Tensor x, Tensor[] channel, int kind, bool use_avg, bool use_max, "
       "Tensor[] spatial, bool max_first, int bn, Tensor(a!) running_mean, "
       "Tensor(b!) running_var, float momentum, float eps, Tensor? residual=None) -> Tensor");
+  m.def("linear_exact(Tensor x, Tensor w, Tensor? b, bool relu) -> Tensor");
+  m.def("linear_exact_blas() -> bool");
   m.def("cache_bytes() -> int");
   m.def("empty_cache() -> ()");
   m.def("coord_pool(Tensor x) -> (Tensor, Tensor)");
@@ -1925,6 +2001,7 @@ TORCH_LIBRARY(attnlab_fast, m) {
 
 TORCH_LIBRARY_IMPL(attnlab_fast, CompositeExplicitAutograd, m) {
   m.impl("cache_bytes", &pool_cached);
+  m.impl("linear_exact_blas", &linear_exact_blas);
   m.impl("empty_cache", &pool_empty);
 }
 
@@ -1938,6 +2015,7 @@ TORCH_LIBRARY_IMPL(attnlab_fast, CPU, m) {
   m.impl("gate_forward", &gate_forward_op);
   m.impl("gate_backward", &gate_backward);
   m.impl("gate_train", &gate_train_cpu);
+  m.impl("linear_exact", &linear_exact_op);
   m.impl("coord_pool", &coord_pool);
   m.impl("coord_apply", &coord_apply);
   m.impl("coord_grad_gates", &coord_grad_gates);
