@@ -1619,7 +1619,8 @@ std::vector<Tensor> gate_forward(const Tensor& x_in, at::TensorList ch_, int64_t
                              rows);
       gate_sigmoid(cw, autograd_node);
     } else {
-      cw = at::ones({B, C}, x.options());
+      cw = at::empty({B, C}, x.options());
+      std::fill_n(cw.data_ptr<T>(), B * C, T(1));
     }
     if (spatial) {
       const int64_t k = sp[0].size(-1);
@@ -1745,7 +1746,8 @@ std::vector<Tensor> gate_backward_impl(const Tensor& grad_in, const Tensor& x, a
       smulti = single_ties<T>(scnt.data_ptr<T>(), sidx.data_ptr<T>(), B * P);
       terms.one = sidx.data_ptr<T>();
     }
-    Tensor ca = at::zeros({B, C}, x.options()), ce, cm, ccnt;  // ce, cm: only with a max pool
+    Tensor ca = at::empty({B, C}, x.options()), ce, cm, ccnt;  // ce, cm: only with a max pool
+    std::fill_n(ca.data_ptr<T>(), B * C, T(0));  // (not at::zeros: its fill runs cold, see stack2)
     if (kind != 0) {
       Tensor dl;
       const bool first = out && !spatial;  // the first pass: the ReLU's mask goes with it
