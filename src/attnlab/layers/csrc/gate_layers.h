@@ -1,9 +1,9 @@
 // The small layers of the gate modules, forward and backward, for the one-call gate ops
 // (gate_forward / gate_backward in gates.cpp): the spatial gate's k×k conv from the two pooled
 // maps to one, its one-channel BatchNorm, ECA's 1-D conv across channels, the sigmoid's
-// backward and the channel MLP's backward. (The MLP's forward: ATen's matmuls under autograd, as
-// nn.Linear, so the gate values and which entries reach the max pools are the reference path's;
-// rows_dot in rows.h for inference.)
+// backward and the channel MLP's backward. (The MLP's forward: nn.Linear's values under autograd,
+// by PyTorch's BLAS as addmm calls it (linear_exact in gates.cpp), so the gate values and which
+// entries reach the max pools are the reference path's; rows_dot in rows.h for inference.)
 //
 // These work on B×P (P = H·W) or B×C tensors of a few thousand elements: what they cost in
 // PyTorch is per-call overhead (a 2→1 7×7 conv backward through oneDNN takes over a

@@ -65,11 +65,12 @@ inline f16 exp16(f16 t) {
   return p * scale;
 }
 
-// v = σ(v) = 1 / (1 + e^−v) in place. Within a few ulp of σ (tests/layers/test_fused.py checks
-// it against a double σ): the operator's inference only. Its autograd node keeps ATen's
+// v = σ(v) = 1 / (1 + e^−v) in place, within 2 eps of σ relative (tests/layers/test_fused.py
+// checks it against a double σ): the operator's inference only. Its autograd node keeps ATen's
 // sigmoid, whose values the reference path has: a last-bit difference in a gate can move the
 // backward's max-pool ties and a spatial BatchNorm over few values (see mlp_forward in
-// gates.cpp). For x ≥ 87 σ is 1; for x ≤ −88 below 1e-38 (σ itself is then below 6.1e-39).
+// gates.cpp). For x ≥ 87 it gives 1 (as σ rounds to from x ≈ 17 on); for x ≤ −88 σ(−88) ≈
+// 6.05e-39, where σ itself is at most that.
 inline void sigmoid_inplace(float* v, int64_t n) {
   const f16 zero = {};
   auto sigmoid16 = [&](f16 x) { return (zero + 1.0f) / (exp16(zero - x) + 1.0f); };
