@@ -31,6 +31,7 @@ CONFIGS = {
     "cbam-k9": ("cbam", {"kernel_size": 9}),
     "channel-gate": (ChannelGate, {}),
     "spatial-gate": (SpatialGate, {}),
+    "spatial-gate-bias": (SpatialGate, {"conv_bias": True}),  # no norm: the bias's gradient ≠ 0
     "ca": ("ca", {}),
     # Non-standard small layers: the per-kernel path that runs the module's own layers.
     "cbam-gelu": ("cbam", {"act_layer": torch.nn.GELU}),
