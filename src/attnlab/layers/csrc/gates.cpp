@@ -1379,6 +1379,14 @@ Tensor stack2(const Tensor& a, const Tensor& b) {
   return out;
 }
 
+// ATen's in·wᵀ (+ beta·b), then with relu max(·, 0) (clamp_min: NaN stays NaN): the MLP layers'
+// fallback where the operator's own products (mlp_linear) or its BLAS call (linear_exact) do not
+// apply.
+Tensor aten_linear(const Tensor& in, const Tensor& w, const Tensor* b, double beta, bool relu) {
+  Tensor o = b ? at::addmm(*b, in, w.t(), beta) : at::mm(in, w.t());
+  return relu ? o.clamp_min_(0) : o;
+}
+
 // The channel MLP on D descriptors V (D·B×C): logits (B×C) = Σ_d W2·relu(W1·v_d + b1) + b2.
 // float on GCC: the products by rows_dot (a late stage's weights are read once, in order);
 // otherwise ATen's addmm.
@@ -1391,8 +1399,7 @@ Tensor mlp_linear(const Tensor& in, at::TensorList ch, size_t w, double beta, bo
              b ? b->data_ptr<float>() : nullptr, float(beta), relu, o.data_ptr<float>());
     return o;
   }
-  Tensor o = b ? at::addmm(*b, in, ch[w].t(), beta) : at::mm(in, ch[w].t());
-  return relu ? o.clamp_min_(0) : o;
+  return aten_linear(in, ch[w], b, beta, relu);
 }
 
 // The Fortran BLAS sgemm_ that PyTorch links (MKL in the x86-64 wheels), called as ATen's addmm
@@ -1448,8 +1455,7 @@ Tensor linear_exact(const Tensor& in, const Tensor& w, const Tensor* b, bool rel
       for (int64_t i = 0; i < M * N; ++i) op[i] = relu_of(op[i]);
     return o;
   }
-  Tensor o = b ? at::addmm(*b, in, w.t()) : at::mm(in, w.t());
-  return relu ? o.clamp_min_(0) : o;
+  return aten_linear(in, w, b, 1.0, relu);
 }
 
 // With rows (the operator gate_forward, inference, and the autograd node of an SE-like gate;
