@@ -171,11 +171,16 @@ def network(attns, *, batch, size, rounds, number, channels_last, paths=PATHS, m
         m = attnlab.create_model("resnet50", attn=attn)
         return m.to(memory_format=torch.channels_last) if channels_last else m
 
-    def train_step(m, opt):
+    def train_step(m, opt, phases):
         def step():
+            start = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            F.cross_entropy(m(x), y).backward()
+            loss = F.cross_entropy(m(x), y)
+            forward = time.perf_counter()
+            loss.backward()
+            backward = time.perf_counter()
             opt.step()
+            phases.append((forward - start, backward - forward, time.perf_counter() - backward))
 
         return step
 
@@ -186,7 +191,7 @@ def network(attns, *, batch, size, rounds, number, channels_last, paths=PATHS, m
 
         return run
 
-    rows = []
+    rows, phase_lines = [], []
     nan = float("nan")
     skipped = {"base": nan, "attn": nan, "attn/": nan, "attn/iqr": (nan, nan)}  # a mode not run
     base = model(None)
@@ -196,12 +201,17 @@ def network(attns, *, batch, size, rounds, number, channels_last, paths=PATHS, m
             with fused.backend(path.split(",")[0]), own_tail(path == OWN_TAIL):
                 m.train(), base.train()
                 opts = [torch.optim.SGD(n.parameters(), lr=1e-4, momentum=0.9) for n in (base, m)]
-                train = skipped
+                train, split = skipped, None
                 if "train" in modes:
+                    phases = {"base": [], "attn": []}
                     train = interleaved(
-                        {"base": train_step(base, opts[0]), "attn": train_step(m, opts[1])},
+                        {
+                            "base": train_step(base, opts[0], phases["base"]),
+                            "attn": train_step(m, opts[1], phases["attn"]),
+                        },
                         rounds, number,
                     )  # fmt: skip
+                    split = phase_split(phases["base"], phases["attn"])
                 m.eval(), base.eval()
                 inf = skipped
                 if "infer" in modes:
@@ -213,12 +223,59 @@ def network(attns, *, batch, size, rounds, number, channels_last, paths=PATHS, m
                 "infer_base_s": inf["base"], "infer_attn_s": inf["attn"],
                 "infer_ratio": inf["attn/"], "infer_ratio_iqr": inf["attn/iqr"],
             }  # fmt: skip
+            if split is not None:
+                row["train_phases"] = split
+                phase_lines.append(
+                    f"| resnet50+{attn} | {path} | "
+                    + " | ".join(_phase_cell(split[name]) for name in PHASES)
+                    + " |"
+                )
             rows.append(row)
             print(
                 f"| resnet50+{attn} | {path} | {_cell(row, 'train')} | {_cell(row, 'infer')} |",
                 flush=True,
             )
+    if phase_lines:
+        print(
+            "\nThe training step's phases (medians over the same turns; in brackets the median "
+            "of the turns' differences, attention − base, and that as a share of the base "
+            "step):\n\n| model | path | forward (+ loss) | backward | optimizer step |"
+            "\n|---|---|---|---|---|"
+        )
+        print("\n".join(phase_lines), flush=True)
     return rows
+
+
+PHASES = ("forward", "backward", "optimizer")
+
+
+def phase_split(base: list[tuple], attn: list[tuple], warmup: int = 2) -> dict:
+    """Per phase of a training step (forward with the loss, backward, optimizer step): each
+    side's median and the median of the turns' differences (attention − base), in seconds, and
+    that difference over the base step's median. ``base`` and ``attn`` hold one (forward,
+    backward, optimizer) triple per call, in turns; the first ``warmup`` calls of each side
+    (interleaved's warm-up) are left out."""
+    base, attn = base[warmup:], attn[warmup:]
+    if not base or len(base) != len(attn):
+        raise ValueError(f"phase_split: {len(base)} base and {len(attn)} attention calls")
+    step = statistics.median(sum(t) for t in base)
+    out = {}
+    for i, name in enumerate(PHASES):
+        diff = statistics.median(a[i] - b[i] for b, a in zip(base, attn, strict=True))
+        out[name] = {
+            "base_s": statistics.median(t[i] for t in base),
+            "attn_s": statistics.median(t[i] for t in attn),
+            "diff_s": diff,
+            "diff_share": diff / step,
+        }
+    return out
+
+
+def _phase_cell(p: dict) -> str:
+    return (
+        f"{1e3 * p['base_s']:.1f} → {1e3 * p['attn_s']:.1f} ms "
+        f"({1e3 * p['diff_s']:+.1f} ms, {100 * p['diff_share']:+.1f} %)"
+    )
 
 
 def _cell(row: dict, mode: str) -> str:
