@@ -20,6 +20,7 @@ from attnlab.layers import CBAM, ChannelGate, SpatialGate, capture_maps, fused
 CONFIGS = {
     "se": ("se", {}),
     "eca": ("eca", {}),
+    "eca-k7": ("eca", {"k_size": 7}),
     "cbam": ("cbam", {}),
     "cbam-paper": ("cbam", {"preset": "paper"}),
     "cbam-yolo": ("cbam", {"preset": "yolo"}),
@@ -861,10 +862,11 @@ def test_residual_relu_norm_options(key, kwargs, layout, norm_calls):
 
 @needs_kernels
 @pytest.mark.parametrize("case", ["train", "eval-grad", "norm-training", "norm-hooked"])
-@pytest.mark.parametrize("key", ["se", "cbam-paper"])
+@pytest.mark.parametrize("key", ["cbam-paper", "cbam-channel-only", "cbam-max-pool"])
 def test_residual_relu_calls_the_norm_where_it_cannot_fold(key, case, norm_calls):
     # Under autograd, or with a BatchNorm in training mode (batch statistics, running statistics
-    # updated) or with hooks, the norm runs as a module, once, and the gate fuses the tail.
+    # updated) or with hooks, the norm runs as a module, once, and the gate fuses the tail
+    # (except SE's and ECA's training call, which runs a training-mode norm itself: below).
     module = _build(key, 16, torch.float32).train(case == "train")
     norm = _norm(16).train(case in ("train", "norm-training"))
     seen = []
@@ -889,6 +891,137 @@ def test_residual_relu_calls_the_norm_where_it_cannot_fold(key, case, norm_calls
         y.sum().backward()
         y_ref.sum().backward()
         torch.testing.assert_close(zg.grad, zr.grad, rtol=1e-5, atol=1e-5)
+
+
+# In training (autograd on, the norm in training mode) SE's and ECA's call runs the norm too:
+# attnlab_fast::gate_bn_train, the norm's output never written.
+
+GATE_BN_NODE = "GateBnFn"
+
+
+def _train_tail(key, shape, dtype, norm_kwargs, *, fused_call, seed=0):
+    """(output, z grad, shortcut grad, gate and norm parameter grads, norm buffers, grad_fn) of
+    relu(gate(norm(z)) + s) in training, by residual_relu or by the reference modules."""
+    module = _build(key, shape[1], dtype)
+    norm = _norm(shape[1], dtype, **norm_kwargs).train()
+    z = (_input(shape, "contiguous", dtype, seed=seed) * 2 + 3).requires_grad_()
+    s = _input(shape, "contiguous", dtype, seed=seed + 2).requires_grad_()
+    grad = _input(shape, "contiguous", dtype, seed=seed + 1)
+    if fused_call:
+        y = fused.residual_relu(module, z, s, norm)
+    else:
+        with fused.backend("reference"):
+            y = torch.relu(module(norm(z)) + s)
+    y.backward(grad)
+    params = [p.grad for p in [*module.parameters(), *norm.parameters()]]
+    return y.detach(), z.grad, s.grad, params, [b.clone() for b in norm.buffers()], y.grad_fn
+
+
+NORM_OPTIONS = [{}, {"affine": False}, {"track_running_stats": False}, {"momentum": None}]
+
+
+@needs_kernels
+@pytest.mark.parametrize("norm_kwargs", NORM_OPTIONS, ids=["default", "no-affine", "no-stats",
+                                                           "cumulative"])  # fmt: skip
+@pytest.mark.parametrize("shape", [(2, 32, 9, 7), (3, 16, 1, 1), (2, 24, 1, 6), (1, 300, 17, 19)],
+                         ids=lambda s: "x".join(map(str, s)))  # fmt: skip
+@pytest.mark.parametrize("key", ["se", "eca", "eca-k7"])
+def test_residual_relu_runs_a_training_norm_in_the_gates_call(key, shape, norm_kwargs,
+                                                              norm_calls):  # fmt: skip
+    y, gz, gs, gp, bufs, fn = _train_tail(key, shape, torch.float32, norm_kwargs, fused_call=True)
+    assert not norm_calls  # the norm ran inside the gate's call
+    assert fn.name().endswith(GATE_BN_NODE) or GATE_BN_NODE in fn.name(), fn.name()
+    y_ref, gz_ref, gs_ref, gp_ref, bufs_ref, _ = _train_tail(
+        key, shape, torch.float32, norm_kwargs, fused_call=False
+    )
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gs, gs_ref, rtol=1e-5, atol=1e-6)  # the ReLU's mask
+    torch.testing.assert_close(gz, gz_ref, rtol=1e-5, atol=1e-5)
+    for got, ref in zip(bufs, bufs_ref, strict=True):  # running statistics, steps counted
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    assert len(gp) == len(gp_ref)
+    truth = _train_tail(key, shape, torch.float64, norm_kwargs, fused_call=False)[3]
+    _assert_as_accurate(gp, gp_ref, truth)
+
+
+@needs_kernels
+@pytest.mark.parametrize("key", ["se", "eca"])
+def test_residual_relu_training_norm_gradcheck_float64(key):
+    module = _build(key, 6, torch.float64)
+    norm = _norm(6, torch.float64).train()
+    z = (_input((3, 6, 4, 3), "contiguous", torch.float64) + 1).requires_grad_()
+    s = _input((3, 6, 4, 3), "contiguous", torch.float64, seed=2).requires_grad_()
+    params = [*list(module.parameters())[:2], norm.weight, norm.bias]
+
+    def fn(inp, short, *_):
+        out = fused.residual_relu(module, inp, short, norm)
+        assert GATE_BN_NODE in out.grad_fn.name()
+        return out
+
+    with fused.backend("fast"):
+        assert torch.autograd.gradcheck(fn, (z, s, *params), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@needs_kernels
+def test_residual_relu_training_norm_where_it_does_not_apply(norm_calls):
+    # channels-last, hooks on the norm: the norm runs as a module, once (steps counted once)
+    module = _build("se", 16, torch.float32)
+    cases = {
+        "channels-last": (_input((2, 16, 5, 4), "channels_last", torch.float32), _norm(16)),
+        "hooked": (torch.randn(2, 16, 5, 4), _norm(16)),
+    }
+    cases["hooked"][1].register_forward_hook(lambda *a: None)
+    for name, (z, norm) in cases.items():
+        norm.train()
+        ref_module, ref_norm = copy.deepcopy(module), copy.deepcopy(norm)
+        norm_calls.clear()
+        s = torch.randn_like(z)
+        y = fused.residual_relu(module, z.clone().requires_grad_(), s, norm)
+        assert norm_calls == [norm], name
+        assert norm.num_batches_tracked.item() == 1, name
+        torch.testing.assert_close(y, _tail_reference(ref_module, ref_norm, z, s))
+    # a norm of another dtype: declined, the norm's own call gives PyTorch's error
+    norm_calls.clear()
+    with pytest.raises(RuntimeError):
+        fused.residual_relu(module, torch.randn(2, 16, 5, 4, requires_grad=True),
+                            torch.randn(2, 16, 5, 4), _norm(16, torch.float64).train())  # fmt: skip
+    assert len(norm_calls) == 1
+    # without autograd recording, a training-mode norm runs as a module (batch statistics)
+    norm_calls.clear()
+    with torch.no_grad():
+        fused.residual_relu(module, torch.randn(2, 16, 5, 4), torch.randn(2, 16, 5, 4),
+                            _norm(16).train())  # fmt: skip
+    assert len(norm_calls) == 1
+    # one value per channel: PyTorch's own error, from the norm's call
+    with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
+        fused.residual_relu(module, torch.randn(1, 16, 1, 1, requires_grad=True),
+                            torch.randn(1, 16, 1, 1), _norm(16).train())  # fmt: skip
+
+
+@needs_kernels
+def test_gate_bn_train_checks_its_arguments():
+    ops = torch.ops.attnlab_fast
+    z, r = torch.randn(2, 8, 3, 3), torch.randn(2, 8, 3, 3)
+    w = torch.randn(1, 1, 3)
+    none = torch.empty(0)
+    ch = [w, none, none, none]
+
+    def call(x=z, kind=2, weight=None, res=r, mean=none, var=none):
+        return ops.gate_bn_train(x, ch, kind, weight, None, mean, var, 0.1, 1e-5, res)
+
+    with pytest.raises(RuntimeError, match="weight must be a contiguous CPU vector of 8"):
+        call(weight=torch.ones(7))
+    with pytest.raises(RuntimeError, match="running_var must be a contiguous CPU vector of 8"):
+        call(mean=torch.zeros(8), var=torch.ones(8, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="channel kind must be 1 or 2"):
+        call(kind=0)
+    with pytest.raises(RuntimeError, match="more than one value per channel"):
+        call(x=torch.randn(1, 8, 1, 1), res=torch.randn(1, 8, 1, 1))
+    with pytest.raises(RuntimeError, match="NCHW"):
+        cl = z.contiguous(memory_format=torch.channels_last)
+        call(x=cl, res=r.contiguous(memory_format=torch.channels_last))
+    with pytest.raises(RuntimeError, match="residual must match x"):
+        call(res=r[:1])
 
 
 @needs_kernels

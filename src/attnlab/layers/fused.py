@@ -293,6 +293,10 @@ def _register_fakes() -> None:
             x.new_empty((int(use_avg) + int(use_max)) * b, ch[0].shape[0]) if kind == 1 else none,
         ]  # fmt: skip
 
+    @lib("gate_bn_train")
+    def _(x, ch, kind, weight, bias, rm, rv, momentum, eps, res):
+        return torch.empty_like(x)
+
     @lib("gate_train")
     def _(x, ch, kind, use_avg, use_max, sp, max_first, bn, rm, rv, momentum, eps, res=None):
         return torch.empty_like(x)
@@ -734,8 +738,11 @@ def _run_plan(
     residual: torch.Tensor | None,
     in_norm: tuple[list[torch.Tensor | None], float] | None = None,
 ) -> torch.Tensor | None:
-    if not plan.ok or (in_norm is not None and torch.is_grad_enabled()):
+    train_norm = type(in_norm) is nn.BatchNorm2d  # (from residual_relu: _training_norm)
+    if not plan.ok or (in_norm is not None and torch.is_grad_enabled() != train_norm):
         return None
+    if train_norm and (plan.kind == 0 or plan.spatial or plan.use_max or residual is None):
+        return None  # the norm's training call takes channel gates on an average pool only
     params, norm = plan.params, plan.norm
     # .to(dtype) keeps the Parameter objects. (C-level loops: see _Plan.)
     if not all(map(is_, map(_dtype_of, params), repeat(x.dtype))):
@@ -753,6 +760,8 @@ def _run_plan(
     )
     if grad and observed:  # the taps' hooks may want maps that carry the graph: run the layers
         return None
+    if train_norm:
+        return _run_training_norm(plan, x, residual, in_norm) if grad else None
     if not grad and not plan.spatial and residual is None:
         # Inference with a channel gate only: gate_product's PyTorch mean and multiply make
         # the same two passes and measured as fast or faster (SE, ResNet-50 stage shapes).
@@ -784,6 +793,27 @@ def _run_plan(
     for tap in observed:  # the maps this very call used, so observing changes no output
         tap(outs[1].view(b, c, 1, 1) if tap.kind == "channel" else outs[2].view(b, 1, h, w))
     return outs[0]
+
+
+def _run_training_norm(
+    plan: _Plan, x: torch.Tensor, residual: torch.Tensor, norm: nn.BatchNorm2d
+) -> torch.Tensor:
+    """relu(gate(norm(x)) + residual) with ``norm`` in training mode, in one operator call each
+    way (attnlab_fast::gate_bn_train: the norm's output is never written; see residual_relu)."""
+    momentum = 0.0 if norm.momentum is None else norm.momentum
+    d, p = norm._buffers, norm._parameters
+    mean, var, tracked = d.get("running_mean"), d.get("running_var"), d.get("num_batches_tracked")
+    if norm.track_running_stats and tracked is not None:  # as nn.BatchNorm2d's forward
+        tracked.add_(1)
+        if norm.momentum is None:  # a cumulative average
+            momentum = 1.0 / float(tracked)
+    if not norm.track_running_stats or mean is None or var is None:
+        mean = var = x.new_empty(0)  # batch statistics, nothing to update
+    residual = residual.contiguous()
+    return torch.ops.attnlab_fast.gate_bn_train(
+        x, plan.params[:4], plan.kind, p.get("weight"), p.get("bias"), mean, var, momentum,
+        norm.eps, residual,
+    )  # fmt: skip
 
 
 def _hooked(module: nn.Module, *, global_hooks: bool | None = None) -> bool:
@@ -826,8 +856,12 @@ def residual_relu(
     relu(attn(norm(x)) + shortcut). At inference (grad mode off, the norm an ``nn.BatchNorm2d``
     in eval mode with running statistics and no hooks) the norm runs in the gate's call too:
     its pass, which reads x and writes the normalised tensor anyway, also pools that tensor for
-    the channel gate, so the gate's first pass costs no read of its own. Otherwise the norm is
-    called as usual.
+    the channel gate, so the gate's first pass costs no read of its own. In training (autograd
+    recording, the norm an ``nn.BatchNorm2d`` in training mode without hooks, x NCHW) SE's and
+    ECA's call runs the norm too, forward and backward (``attnlab_fast::gate_bn_train``): the
+    norm's output is never written, its statistics' pass also pools for the gate, and the
+    backward's two passes also give the norm's gradient (two passes instead of the gate's two
+    and the norm's two). Otherwise the norm is called as usual.
 
     Applies to :class:`~attnlab.layers.SE`, :class:`~attnlab.layers.ECA` and
     :class:`~attnlab.layers.CBAM` (channel→spatial order) with the standard small layers (see
@@ -855,9 +889,30 @@ def residual_relu(
         args = _norm_args(norm, x, global_hooks)
         if args is not None:
             return fn(attn, x, shortcut, args)  # None: nothing ran
+    elif _training_norm(norm, x, global_hooks):
+        out = fn(attn, x, shortcut, norm)
+        if out is not None:
+            return out  # None: nothing ran
     y = norm(x)
     out = fn(attn, y, shortcut) if isinstance(y, torch.Tensor) and y.shape == x.shape else None
     return out if out is not None else torch.relu(attn(y) + shortcut)  # the norm has run
+
+
+def _training_norm(norm: nn.Module, x: torch.Tensor, global_hooks: bool) -> bool:
+    """Whether ``norm`` is a BatchNorm2d in training mode that the gate's training call can run
+    (batch statistics; NCHW x with more than one value per channel; tensors of x's dtype)."""
+    if (
+        type(norm) is not nn.BatchNorm2d
+        or not norm.training
+        or _hooked(norm, global_hooks=global_hooks)
+    ):
+        return False
+    b, c, h, w = x.shape
+    if b * h * w == 1 or not x.is_contiguous() or norm.num_features != c:
+        return False  # (one value: the norm's own call gives PyTorch's error)
+    d, p = norm._buffers, norm._parameters
+    ts = [p.get("weight"), p.get("bias"), d.get("running_mean"), d.get("running_var")]
+    return all(t is None or (t.dtype == x.dtype and t.dim() == 1 and t.is_contiguous()) for t in ts)
 
 
 def _norm_args(

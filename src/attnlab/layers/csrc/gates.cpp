@@ -1826,6 +1826,280 @@ std::vector<Tensor> gate_backward(const Tensor& grad, const Tensor& x, at::Tenso
                             need_dx, nullptr, nullptr);
 }
 
+// ---------------------------------------------------------------------------------------------
+// gate_bn: the residual block's last BatchNorm in training mode (batch statistics) and a channel
+// gate on an average pool (SE, ECA) with the block's tail, one operator each way (NCHW):
+//   out = relu(y·c[b,ch] + r),  y = z·α + β' (α = γ·invstd, β' = β − μ·α: ATen's form),
+//   c = σ(f(mean_p y)),
+// z the block's last conv's output. The norm's output y is never written: each pass reads z and
+// applies the norm on the fly. Forward: one pass for the norm's statistics, which also gives
+// the gate's pool (mean_p y is affine in Σ_p z), and one for the output; the norm and the gate
+// as separate operators make four (the norm's statistics, its output, the pool, the output).
+// Backward: one pass masks the gradient by the ReLU and sums it per row (S0 = Σ_p g',
+// S1 = Σ_p g'·(z − μ)), which gives the gate's gradient (Σ_p g'·y = α·S1 + β·S0) and both of
+// the norm's sums; one writes dz. Separately: the gate's two passes, then the norm's two.
+
+// Σ (z − shift) and Σ (z − shift)² over a row: float lanes in chunks of 512, chunks in double
+// (the shift, a value of the channel, keeps the squares from cancelling when |μ| ≫ σ).
+template <typename T>
+inline void row_moments(const T* __restrict__ z, int64_t P, T shift, double& s1, double& s2) {
+  double a = 0, b = 0;
+  for (int64_t p0 = 0; p0 < P; p0 += 512) {
+    const int64_t p1 = std::min(P, p0 + 512);
+    T ca = 0, cb = 0;
+#pragma omp simd reduction(+ : ca, cb)
+    for (int64_t p = p0; p < p1; ++p) {
+      const T d = z[p] - shift;
+      ca += d;
+      cb += d * d;
+    }
+    a += ca, b += cb;
+  }
+  s1 = a, s2 = b;
+}
+
+void check_bn_vector(const c10::optional<Tensor>& t, const Tensor& z, const char* what) {
+  if (!t.has_value() || !t->defined() || t->numel() == 0) return;
+  TORCH_CHECK(t->dim() == 1 && t->numel() == z.size(1) && t->is_contiguous() &&
+                  t->scalar_type() == z.scalar_type() && t->device().is_cpu(),
+              "attnlab_fast: gate_bn's ", what, " must be a contiguous CPU vector of ", z.size(1),
+              " entries of x's dtype");
+}
+
+template <typename T>
+const T* bn_ptr(const c10::optional<Tensor>& t) {
+  return t.has_value() && t->defined() && t->numel() > 0 ? t->data_ptr<T>() : nullptr;
+}
+
+template <typename T>
+void gate_bn_forward_t(const Tensor& z, at::TensorList ch, int64_t kind,
+                       const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
+                       const Tensor& running_mean, const Tensor& running_var, double momentum,
+                       double eps, const Tensor& residual, bool update, Tensor& mean,
+                       Tensor& invstd, Tensor& zsum, Tensor& pooled, Tensor& alpha, Tensor& shift,
+                       Tensor& cw, Tensor& hidden, Tensor& out) {
+  const int64_t B = z.size(0), C = z.size(1), P = z.size(2) * z.size(3), N = B * P;
+  const T* zp = z.data_ptr<T>();
+  std::vector<double> s1(B * C), s2(B * C);
+  at::parallel_for(0, B * C, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t bc = begin; bc < end; ++bc)
+      row_moments<T>(zp + bc * P, P, zp[(bc % C) * P], s1[bc], s2[bc]);
+  });
+  const T* w = bn_ptr<T>(weight);
+  const T* bb = bn_ptr<T>(bias);
+  T *mp = mean.data_ptr<T>(), *ip = invstd.data_ptr<T>(), *zs = zsum.data_ptr<T>();
+  T *pp = pooled.data_ptr<T>(), *al = alpha.data_ptr<T>(), *sh = shift.data_ptr<T>();
+  T* rm = update ? running_mean.data_ptr<T>() : nullptr;
+  T* rv = update ? running_var.data_ptr<T>() : nullptr;
+  for (int64_t c = 0; c < C; ++c) {
+    double a = 0, q = 0;
+    for (int64_t b = 0; b < B; ++b) a += s1[b * C + c], q += s2[b * C + c];
+    const double m1 = a / double(N), var = std::max(q / double(N) - m1 * m1, 0.0);
+    const double mu = double(zp[c * P]) + m1;
+    mp[c] = static_cast<T>(mu);
+    ip[c] = static_cast<T>(1.0 / std::sqrt(var + eps));
+    if (update) {
+      rm[c] = static_cast<T>((1.0 - momentum) * double(rm[c]) + momentum * mu);
+      rv[c] = static_cast<T>((1.0 - momentum) * double(rv[c]) +
+                             momentum * var * double(N) / double(N - 1));
+    }
+    al[c] = ip[c] * (w ? w[c] : T(1));  // ATen's batch_norm: y = z·α + (β − μ·α)
+    sh[c] = (bb ? bb[c] : T(0)) - mp[c] * al[c];
+    for (int64_t b = 0; b < B; ++b) {
+      const double d = s1[b * C + c] - double(P) * m1;  // Σ_p (z − μ)
+      zs[b * C + c] = static_cast<T>(d);
+      pp[b * C + c] = static_cast<T>(double(al[c]) * (mu + d / double(P)) + double(sh[c]));
+    }
+  }
+  cw = channel_logits<T>(pooled, Tensor(), ch, kind, true, false, &hidden, true);
+  gate_sigmoid(cw, true);
+  out = pooled_empty_like(z);
+  const T* cp = cw.data_ptr<T>();
+  const T* rp = residual.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bc = begin; bc < end; ++bc) {
+      const T a = al[bc % C], s = sh[bc % C], g = cp[bc];
+      const T* __restrict__ zr = zp + bc * P;
+      const T* __restrict__ q = rp + bc * P;
+      T* __restrict__ o = op + bc * P;
+#pragma omp simd
+      for (int64_t p = 0; p < P; ++p) o[p] = relu_of((zr[p] * a + s) * g + q[p]);
+    }
+  });
+}
+
+// Returns [out, c, pooled (mean_p y), hidden, mean, invstd, zsum (Σ_p (z − μ), B×C)].
+std::vector<Tensor> gate_bn_forward(const Tensor& z, at::TensorList ch_, int64_t kind,
+                                    const c10::optional<Tensor>& weight,
+                                    const c10::optional<Tensor>& bias, const Tensor& running_mean,
+                                    const Tensor& running_var, double momentum, double eps,
+                                    const Tensor& residual) {
+  check_full(z, "x");
+  TORCH_CHECK(!channels_last(z) || z.size(2) * z.size(3) == 1,
+              "attnlab_fast: gate_bn takes NCHW tensors");
+  TORCH_CHECK(residual.defined(), "attnlab_fast: gate_bn needs the residual");
+  check_residual(residual, z);
+  TORCH_CHECK(kind == 1 || kind == 2, "attnlab_fast: gate_bn's channel kind must be 1 or 2");
+  const auto chv = params_of(z, ch_, "channel");
+  const at::TensorList ch(chv);
+  const int64_t B = z.size(0), C = z.size(1), P = z.size(2) * z.size(3), N = B * P;
+  TORCH_CHECK(N > 1,
+              "attnlab_fast: a BatchNorm in training needs more than one value per "
+              "channel (got input size ",
+              z.sizes(), ")");
+  check_bn_vector(weight, z, "weight");
+  check_bn_vector(bias, z, "bias");
+  const bool update = running_mean.numel() > 0;
+  if (update) {
+    check_bn_vector(running_mean, z, "running_mean");
+    check_bn_vector(running_var, z, "running_var");
+  }
+  Tensor mean = at::empty({C}, z.options()), invstd = at::empty({C}, z.options());
+  Tensor zsum = at::empty({B, C}, z.options()), pooled = at::empty({B, C}, z.options());
+  Tensor alpha = at::empty({C}, z.options()), shift = at::empty({C}, z.options());
+  Tensor cw, hidden, out;
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "gate_bn_forward", [&] {
+    gate_bn_forward_t<scalar_t>(z, ch, kind, weight, bias, running_mean, running_var, momentum, eps,
+                                residual, update, mean, invstd, zsum, pooled, alpha, shift, cw,
+                                hidden, out);
+  });
+  if (!hidden.defined()) hidden = at::empty({0}, z.options());
+  return {out, cw, pooled, hidden, mean, invstd, zsum};
+}
+
+template <typename T>
+void gate_bn_backward_t(const Tensor& grad, const Tensor& z, const Tensor& out, at::TensorList ch,
+                        int64_t kind, const c10::optional<Tensor>& weight,
+                        const c10::optional<Tensor>& bias, const Tensor& cw, const Tensor& pooled,
+                        const Tensor& h, const Tensor& mean, const Tensor& invstd,
+                        const Tensor& zsum, bool need_dz, Tensor& gz, std::vector<Tensor>& grads) {
+  const int64_t B = z.size(0), C = z.size(1), P = z.size(2) * z.size(3), N = B * P;
+  const T *gp = grad.data_ptr<T>(), *opp = out.data_ptr<T>(), *zp = z.data_ptr<T>();
+  const T *mp = mean.data_ptr<T>(), *ip = invstd.data_ptr<T>(), *cp = cw.data_ptr<T>();
+  const T* w = bn_ptr<T>(weight);
+  T* qp = gz.data_ptr<T>();
+  // pass 1: g' = g·(out > 0); S0 = Σ_p g', S1 = Σ_p g'·(z − μ)
+  std::vector<double> S0(B * C), S1(B * C);
+  at::parallel_for(0, B * C, 8, [&](int64_t begin, int64_t end) {
+    for (int64_t bc = begin; bc < end; ++bc) {
+      const T mu = mp[bc % C];
+      const T* __restrict__ g = gp + bc * P;
+      const T* __restrict__ o = opp + bc * P;
+      const T* __restrict__ zr = zp + bc * P;
+      T* __restrict__ q = qp + bc * P;
+      double a = 0, b = 0;
+      for (int64_t p0 = 0; p0 < P; p0 += 512) {
+        const int64_t p1 = std::min(P, p0 + 512);
+        T ca = 0, cb = 0;
+#pragma omp simd reduction(+ : ca, cb)
+        for (int64_t p = p0; p < p1; ++p) {
+          const T v = o[p] > T(0) ? g[p] : T(0);
+          q[p] = v;
+          ca += v;
+          cb += v * (zr[p] - mu);
+        }
+        a += ca, b += cb;
+      }
+      S0[bc] = a, S1[bc] = b;
+    }
+  });
+  // the gate: dL/dc = Σ_p g'·y = α·S1 + β·S0, through the sigmoid, then the channel layers
+  const T* bb = bn_ptr<T>(bias);
+  Tensor dl = at::empty({B, C}, z.options());
+  T* dlp = dl.data_ptr<T>();
+  const T* pp = pooled.data_ptr<T>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t c = 0; c < C; ++c) {
+      const double al = double(ip[c]) * (w ? double(w[c]) : 1.0);
+      dlp[b * C + c] =
+          static_cast<T>(al * S1[b * C + c] + (bb ? double(bb[c]) : 0.0) * S0[b * C + c]);
+    }
+  sigmoid_backward_inplace<T>(dlp, cp, B * C);
+  Tensor dpool = at::empty({B, C}, z.options());
+  if (kind == 1) {
+    TORCH_CHECK(h.dim() == 2 && h.size(0) == B, "attnlab_fast: bad saved hidden state");
+    for (int i : {2, 3, 4, 5})
+      if (present(ch, i - 2)) grads[i] = at::empty_like(ch[i - 2]);
+    mlp_backward<T>(dlp, pp, h.data_ptr<T>(), ch[0].data_ptr<T>(), ch[2].data_ptr<T>(), B, C,
+                    h.size(1), 1, grads[2].data_ptr<T>(),
+                    present(ch, 1) ? grads[3].data_ptr<T>() : nullptr, grads[4].data_ptr<T>(),
+                    present(ch, 3) ? grads[5].data_ptr<T>() : nullptr, dpool.data_ptr<T>());
+  } else {
+    grads[2] = at::empty_like(ch[0]);
+    eca_backward<T>(dlp, pp, ch[0].data_ptr<T>(), dpool.data_ptr<T>(), grads[2].data_ptr<T>(), B, C,
+                    ch[0].numel());
+  }
+  // the norm: dy = g'·c + dpool/P; D0 = Σ_{b,p} dy, E1 = Σ_{b,p} dy·(z − μ)
+  const T* dp = dpool.data_ptr<T>();
+  const T* zs = zsum.data_ptr<T>();
+  std::vector<double> D0(C, 0.0), E1(C, 0.0);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t i = b * C + c;
+      D0[c] += double(cp[i]) * S0[i] + double(dp[i]);
+      E1[c] += double(cp[i]) * S1[i] + double(dp[i]) / double(P) * double(zs[i]);
+    }
+  if (w) {
+    grads[6] = at::empty({C}, z.options());
+    for (int64_t c = 0; c < C; ++c)
+      grads[6].data_ptr<T>()[c] = static_cast<T>(double(ip[c]) * E1[c]);
+  }
+  if (bb) {
+    grads[7] = at::empty({C}, z.options());
+    for (int64_t c = 0; c < C; ++c) grads[7].data_ptr<T>()[c] = static_cast<T>(D0[c]);
+  }
+  if (!need_dz) return;
+  // pass 2: dz = γ·invstd·(dy − D0/N − (z − μ)·invstd²·E1/N) = A·g' + Bz·(z − μ) + K
+  std::vector<T> Bz(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const double gi = double(ip[c]) * (w ? double(w[c]) : 1.0);
+    Bz[c] = static_cast<T>(-gi * double(ip[c]) * double(ip[c]) * E1[c] / double(N));
+  }
+  grads[0] = pooled_empty_like(z);
+  T* dzp = grads[0].data_ptr<T>();
+  at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bc = begin; bc < end; ++bc) {
+      const int64_t c = bc % C;
+      const double gi = double(ip[c]) * (w ? double(w[c]) : 1.0);
+      const T A = static_cast<T>(gi * double(cp[bc]));
+      const T K = static_cast<T>(gi * (double(dp[bc]) / double(P) - D0[c] / double(N)));
+      const T Bc = Bz[c], mu = mp[c];
+      const T* __restrict__ q = qp + bc * P;
+      const T* __restrict__ zr = zp + bc * P;
+      T* __restrict__ o = dzp + bc * P;
+#pragma omp simd
+      for (int64_t p = 0; p < P; ++p) o[p] = A * q[p] + Bc * (zr[p] - mu) + K;
+    }
+  });
+}
+
+// Returns [dz (empty unless need_dz), gz (the residual's gradient), d channel params ×4, dweight,
+// dbias] (an absent one empty). saved: gate_bn_forward's [c, pooled, hidden, mean, invstd, zsum].
+std::vector<Tensor> gate_bn_backward(const Tensor& grad, const Tensor& z, const Tensor& out,
+                                     at::TensorList ch_, int64_t kind,
+                                     const c10::optional<Tensor>& weight,
+                                     const c10::optional<Tensor>& bias, at::TensorList saved,
+                                     bool need_dz) {
+  check_full(z, "x");
+  check_grad(grad, z);
+  TORCH_CHECK(saved.size() == 6, "attnlab_fast: gate_bn_backward needs the 6 saved tensors");
+  const auto chv = params_of(z, ch_, "channel");
+  const at::TensorList ch(chv);
+  const int64_t B = z.size(0), C = z.size(1), P = z.size(2) * z.size(3), N = B * P;
+  const Tensor &cw = saved[0], &pooled = saved[1], &h = saved[2], &mean = saved[3],
+               &invstd = saved[4], &zsum = saved[5];
+  Tensor gz = masked_like(grad, out);
+  std::vector<Tensor> grads(8);
+  for (auto& t : grads) t = at::empty({0}, z.options());
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "gate_bn_backward", [&] {
+    gate_bn_backward_t<scalar_t>(grad, z, out, ch, kind, weight, bias, cw, pooled, h, mean, invstd,
+                                 zsum, need_dz, gz, grads);
+  });
+  grads[1] = gz;
+  return grads;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -1839,6 +2113,26 @@ namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
+
+// create_graph: what a fused backward's gradients depend on is not recorded, so differentiating
+// them again must fail loudly rather than give zeros (as Python's once_differentiable does).
+void guard_double_backward(const variable_list& grad_outputs, variable_list& out) {
+  if (!torch::autograd::GradMode::is_enabled()) return;
+  variable_list defined;
+  std::vector<size_t> where;
+  for (size_t i = 0; i < out.size(); ++i)
+    if (out[i].defined()) defined.push_back(out[i]), where.push_back(i);
+  auto wrapped = torch::autograd::wrap_outputs(
+      grad_outputs, std::move(defined), [&](torch::autograd::edge_list&& next) {
+        return c10::intrusive_ptr<torch::autograd::Node>(
+            c10::make_intrusive<torch::autograd::Error>(
+                "attnlab: the fused gate's backward cannot be differentiated again (double "
+                "backward); run the module on the reference path for that "
+                "(attnlab.layers.fused.backend(\"reference\"))",
+                std::move(next)));
+      });
+  for (size_t j = 0; j < where.size(); ++j) out[where[j]] = wrapped[j];
+}
 
 struct LayerGateFn : public torch::autograd::Function<LayerGateFn> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, at::TensorList ch, int64_t kind,
@@ -1894,32 +2188,86 @@ struct LayerGateFn : public torch::autograd::Function<LayerGateFn> {
     for (int64_t i = 0; i < nsp; ++i) out.push_back(i < 4 ? grad_or_none(got[5 + i]) : Tensor());
     out.insert(out.end(), 6, Tensor());
     out.push_back(need_dres ? gz : Tensor());
-    if (torch::autograd::GradMode::is_enabled()) {
-      // create_graph: what these gradients depend on is not recorded, so differentiating them
-      // again must fail loudly rather than give zeros (as Python's once_differentiable does).
-      variable_list defined;
-      std::vector<size_t> where;
-      for (size_t i = 0; i < out.size(); ++i)
-        if (out[i].defined()) defined.push_back(out[i]), where.push_back(i);
-      auto wrapped = torch::autograd::wrap_outputs(
-          grad_outputs, std::move(defined), [&](torch::autograd::edge_list&& next) {
-            return c10::intrusive_ptr<torch::autograd::Node>(
-                c10::make_intrusive<torch::autograd::Error>(
-                    "attnlab: the fused gate's backward cannot be differentiated again (double "
-                    "backward); run the module on the reference path for that "
-                    "(attnlab.layers.fused.backend(\"reference\"))",
-                    std::move(next)));
-          });
-      for (size_t j = 0; j < where.size(); ++j) out[where[j]] = wrapped[j];
-    }
+    guard_double_backward(grad_outputs, out);
     return out;
   }
 };
 
+// gate_bn_train: gate_bn_forward with gate_bn_backward as its autograd node.
+struct GateBnFn : public torch::autograd::Function<GateBnFn> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& z, at::TensorList ch, int64_t kind,
+                        const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
+                        const Tensor& running_mean, const Tensor& running_var, double momentum,
+                        double eps, const Tensor& residual) {
+    auto outs = gate_bn_forward(z, ch, kind, weight, bias, running_mean, running_var, momentum, eps,
+                                residual);
+    const bool has_w = weight.has_value() && weight->defined();
+    const bool has_b = bias.has_value() && bias->defined();
+    std::vector<Tensor> keep{z, outs[0]};
+    keep.insert(keep.end(), ch.begin(), ch.end());
+    if (has_w) keep.push_back(*weight);
+    if (has_b) keep.push_back(*bias);
+    ctx->save_for_backward(keep);
+    ctx->saved_data["small"] = std::vector<Tensor>(outs.begin() + 1, outs.end());
+    ctx->saved_data["cfg"] = std::vector<int64_t>{kind, int64_t(ch.size()), has_w, has_b};
+    return outs[0];
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto kept = ctx->get_saved_variables();
+    const auto cfg = ctx->saved_data["cfg"].toIntVector();
+    const auto small = ctx->saved_data["small"].toTensorVector();
+    const int64_t nch = cfg[1];
+    const bool has_w = cfg[2] != 0, has_b = cfg[3] != 0;
+    const std::vector<Tensor> ch(kept.begin() + 2, kept.begin() + 2 + nch);
+    c10::optional<Tensor> w, b;
+    if (has_w) w = kept[2 + nch];
+    if (has_b) b = kept[2 + nch + int64_t(has_w)];
+    Tensor grad = grad_outputs[0].contiguous();
+    std::vector<Tensor> got;
+    {
+      at::AutoDispatchBelowADInplaceOrView below;
+      got = gate_bn_backward(grad, kept[0], kept[1], ch, cfg[0], w, b, small,
+                             ctx->needs_input_grad(0));
+    }
+    auto grad_or_none = [](const Tensor& t) { return t.numel() > 0 ? t : Tensor(); };
+    // z, channel…, kind, weight, bias, running_mean, running_var, momentum, eps, residual
+    variable_list out;
+    out.push_back(ctx->needs_input_grad(0) ? got[0] : Tensor());
+    for (int64_t i = 0; i < nch; ++i) out.push_back(i < 4 ? grad_or_none(got[2 + i]) : Tensor());
+    out.push_back(Tensor());
+    out.push_back(has_w ? got[6] : Tensor());
+    out.push_back(has_b ? got[7] : Tensor());
+    out.insert(out.end(), 4, Tensor());
+    // needs_input_grad counts the tensors given: an absent weight or bias is none
+    out.push_back(ctx->needs_input_grad(nch + 3 + int64_t(has_w) + int64_t(has_b)) ? got[1]
+                                                                                   : Tensor());
+    guard_double_backward(grad_outputs, out);
+    return out;
+  }
+};
+
+Tensor gate_bn_train_autograd(const Tensor& z, at::TensorList ch, int64_t kind,
+                              const c10::optional<Tensor>& weight,
+                              const c10::optional<Tensor>& bias, const Tensor& running_mean,
+                              const Tensor& running_var, double momentum, double eps,
+                              const Tensor& residual) {
+  return GateBnFn::apply(z, ch, kind, weight, bias, running_mean, running_var, momentum, eps,
+                         residual);
+}
+
+Tensor gate_bn_train_cpu(const Tensor& z, at::TensorList ch, int64_t kind,
+                         const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
+                         const Tensor& running_mean, const Tensor& running_var, double momentum,
+                         double eps, const Tensor& residual) {
+  return gate_bn_forward(z, ch, kind, weight, bias, running_mean, running_var, momentum, eps,
+                         residual)[0];
+}
+
 Tensor gate_train_autograd(const Tensor& x, at::TensorList ch, int64_t kind, bool use_avg,
                            bool use_max, at::TensorList sp, bool max_first, int64_t bn,
-                           const Tensor& running_mean, const Tensor& running_var,
-                           double momentum, double eps, const c10::optional<Tensor>& residual) {
+                           const Tensor& running_mean, const Tensor& running_var, double momentum,
+                           double eps, const c10::optional<Tensor>& residual) {
   return LayerGateFn::apply(x, ch, kind, use_avg, use_max, sp, max_first, bn, running_mean,
                             running_var, momentum, eps, residual);
 }
@@ -1996,6 +2344,10 @@ TORCH_LIBRARY(attnlab_fast, m) {
       "gate_train(Tensor x, Tensor[] channel, int kind, bool use_avg, bool use_max, "
       "Tensor[] spatial, bool max_first, int bn, Tensor(a!) running_mean, "
       "Tensor(b!) running_var, float momentum, float eps, Tensor? residual=None) -> Tensor");
+  m.def(
+      "gate_bn_train(Tensor x, Tensor[] channel, int kind, Tensor? weight, Tensor? bias, "
+      "Tensor running_mean, Tensor running_var, float momentum, float eps, Tensor residual) -> "
+      "Tensor");
   m.def("linear_exact(Tensor x, Tensor w, Tensor? b, bool relu) -> Tensor");
   m.def("linear_exact_blas() -> bool");
   m.def("cache_bytes() -> int");
@@ -2022,6 +2374,7 @@ TORCH_LIBRARY_IMPL(attnlab_fast, CPU, m) {
   m.impl("gate_forward", &gate_forward_op);
   m.impl("gate_backward", &gate_backward);
   m.impl("gate_train", &gate_train_cpu);
+  m.impl("gate_bn_train", &gate_bn_train_cpu);
   m.impl("linear_exact", &linear_exact_op);
   m.impl("coord_pool", &coord_pool);
   m.impl("coord_apply", &coord_apply);
@@ -2029,4 +2382,7 @@ TORCH_LIBRARY_IMPL(attnlab_fast, CPU, m) {
   m.impl("coord_grad_input", &coord_grad_input);
 }
 
-TORCH_LIBRARY_IMPL(attnlab_fast, Autograd, m) { m.impl("gate_train", &gate_train_autograd); }
+TORCH_LIBRARY_IMPL(attnlab_fast, Autograd, m) {
+  m.impl("gate_train", &gate_train_autograd);
+  m.impl("gate_bn_train", &gate_bn_train_autograd);
+}
