@@ -1876,8 +1876,8 @@ void gate_bn_forward_t(const Tensor& z, at::TensorList ch, int64_t kind,
                        const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
                        const Tensor& running_mean, const Tensor& running_var, double momentum,
                        double eps, const Tensor& residual, bool update, Tensor& mean,
-                       Tensor& invstd, Tensor& zsum, Tensor& pooled, Tensor& alpha, Tensor& shift,
-                       Tensor& cw, Tensor& hidden, Tensor& out) {
+                       Tensor& invstd, Tensor& zsum, Tensor& pooled, Tensor& cw, Tensor& hidden,
+                       Tensor& out) {
   const int64_t B = z.size(0), C = z.size(1), P = z.size(2) * z.size(3), N = B * P;
   const T* zp = z.data_ptr<T>();
   std::vector<double> s1(B * C), s2(B * C);
@@ -1888,7 +1888,8 @@ void gate_bn_forward_t(const Tensor& z, at::TensorList ch, int64_t kind,
   const T* w = bn_ptr<T>(weight);
   const T* bb = bn_ptr<T>(bias);
   T *mp = mean.data_ptr<T>(), *ip = invstd.data_ptr<T>(), *zs = zsum.data_ptr<T>();
-  T *pp = pooled.data_ptr<T>(), *al = alpha.data_ptr<T>(), *sh = shift.data_ptr<T>();
+  T* pp = pooled.data_ptr<T>();
+  std::vector<T> al(C), sh(C);  // the norm as z·α + β' per channel
   T* rm = update ? running_mean.data_ptr<T>() : nullptr;
   T* rv = update ? running_var.data_ptr<T>() : nullptr;
   for (int64_t c = 0; c < C; ++c) {
@@ -1957,12 +1958,10 @@ std::vector<Tensor> gate_bn_forward(const Tensor& z, at::TensorList ch_, int64_t
   }
   Tensor mean = at::empty({C}, z.options()), invstd = at::empty({C}, z.options());
   Tensor zsum = at::empty({B, C}, z.options()), pooled = at::empty({B, C}, z.options());
-  Tensor alpha = at::empty({C}, z.options()), shift = at::empty({C}, z.options());
   Tensor cw, hidden, out;
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "gate_bn_forward", [&] {
     gate_bn_forward_t<scalar_t>(z, ch, kind, weight, bias, running_mean, running_var, momentum, eps,
-                                residual, update, mean, invstd, zsum, pooled, alpha, shift, cw,
-                                hidden, out);
+                                residual, update, mean, invstd, zsum, pooled, cw, hidden, out);
   });
   if (!hidden.defined()) hidden = at::empty({0}, z.options());
   return {out, cw, pooled, hidden, mean, invstd, zsum};
