@@ -1,8 +1,8 @@
 """What folding the block's last BatchNorm into the gate's call saves at inference, in the network.
 
-At inference each ResNet block calls ``fused.residual_relu(attn, out, shortcut, bn3)``: the
-norm's pass (normalise, write) also pools the normalised tensor for the channel gate, so the
-gate's first pass reads nothing of its own. This times those calls inside ResNet-50 (batch 8,
+At inference each ResNet block calls ``fused.residual_relu(attn, out, shortcut, bn3)``: each
+of the gate's passes reads the norm's input and normalises it on the fly, so the norm costs no
+pass of its own and its output is never written. This times those calls inside ResNet-50 (batch 8,
 2 threads, no grad), pass by pass, alternating the fold with the same call on the norm's own
 output (``residual_relu(attn, bn3(out), shortcut)``: the norm run as a module, as without the
 fold), and prints per pass the medians of both and the median and quartiles of the paired

@@ -845,6 +845,24 @@ def test_residual_relu_folds_the_norm_at_inference(key, shape, layout, norm_call
 
 @needs_kernels
 @pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", [(2, 24, 9, 11), (2, 40, 3, 2), (3, 16, 1, 1)],
+                         ids=lambda s: "x".join(map(str, s)))  # fmt: skip
+@pytest.mark.parametrize("key", ["se", "eca", "cbam-paper", "cbam-channel-only"])
+def test_residual_relu_folds_the_norm_float64(key, shape, layout, norm_calls):
+    # every pass normalises what it reads (the generic kernels, not the float register ones)
+    module = _build(key, shape[1], torch.float64).eval()
+    norm = _norm(shape[1], torch.float64)
+    z = _input(shape, layout, torch.float64)
+    s = _input(shape, layout, torch.float64, seed=2)
+    with torch.no_grad():
+        y = fused.residual_relu(module, z, s, norm)
+        assert not norm_calls
+        y_ref = _tail_reference(module, norm, z, s)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+
+
+@needs_kernels
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("kwargs", [{"affine": False}, {"track_running_stats": False}])
 @pytest.mark.parametrize("key", ["se", "cbam"])
 def test_residual_relu_norm_options(key, kwargs, layout, norm_calls):
@@ -1050,7 +1068,7 @@ def test_residual_relu_with_a_norm_runs_it_once_or_not_at_all(norm_calls):
 @needs_kernels
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_gate_forward_norm_without_a_channel_gate(layout):
-    # kind 0 (a spatial gate alone) has no channel pool to fold the norm into: a pass of its own
+    # kind 0 (a spatial gate alone): no channel pool, the spatial pool and the output normalise
     ops = torch.ops.attnlab_fast
     z = _input((2, 8, 5, 3), layout, torch.float32)
     norm = _norm(8)

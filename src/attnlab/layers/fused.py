@@ -722,8 +722,9 @@ def layer_gate(
         residual: a tensor of x's shape, dtype and device: the result is then
             relu(gate(x) + residual), in the same pass (see :func:`residual_relu`).
         norm: an eval-mode BatchNorm2d before the gate, as :func:`_norm_args` gives it (only
-            without autograd): x is then the norm's input, and the gate's first pass writes
-            the norm's output and pools it (see :func:`residual_relu`).
+            without autograd): x is then the norm's input, and each of the gate's passes
+            normalises what it reads; the norm's output is never written (see
+            :func:`residual_relu`).
     """
     plan = owner.__dict__.get("_attnlab_plan")
     if plan is None or not plan.valid(x, owner):
@@ -855,8 +856,9 @@ def residual_relu(
     With ``norm`` (the block's last BatchNorm), x is the norm's input and the result is
     relu(attn(norm(x)) + shortcut). At inference (grad mode off, the norm an ``nn.BatchNorm2d``
     in eval mode with running statistics and no hooks) the norm runs in the gate's call too:
-    its pass, which reads x and writes the normalised tensor anyway, also pools that tensor for
-    the channel gate, so the gate's first pass costs no read of its own. In training (autograd
+    each of the gate's passes reads x and normalises it on the fly, so the norm costs neither a
+    pass nor the write of its output (the plain block's norm reads x and writes that). In
+    training (autograd
     recording, the norm an ``nn.BatchNorm2d`` in training mode without hooks, x NCHW) SE's and
     ECA's call runs the norm too, forward and backward (``attnlab_fast::gate_bn_train``): the
     norm's output is never written, its statistics' pass also pools for the gate, and the

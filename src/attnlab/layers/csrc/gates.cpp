@@ -96,40 +96,45 @@ inline T count_equal(const T* __restrict__ row, int64_t P, T m) {
 }
 
 // With norm (an eval-mode BatchNorm before the gate: na, nb per channel), x is the norm's
-// input z: the pass writes xo = na·z + nb, the norm's output, and pools that (each row, or 8
-// short rows, from L1 right after writing it), so that the gate's pooling costs no read of its
-// own.
+// input z and the pass pools the norm's output y = z·na + nb (norm_of), computed into a few
+// rows (or positions) of scratch that stay in L1: y is never written to memory.
+template <typename T>
+inline T norm_of(T z, T a, T b) {
+  return z * a + b;
+}
+
 template <typename T>
 void channel_pool_kernel(const Tensor& x, Tensor& avg, Tensor& mx, Tensor& cnt, bool with_max,
-                         bool with_count, const T* na = nullptr, const T* nb = nullptr,
-                         T* xo = nullptr) {
+                         bool with_count, const T* na = nullptr, const T* nb = nullptr) {
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   const T* __restrict__ xp = x.data_ptr<T>();
   T* ap = avg.data_ptr<T>();
   T* mp = with_max ? mx.data_ptr<T>() : nullptr;
   T* kp = with_max && with_count ? cnt.data_ptr<T>() : nullptr;
   if (!channels_last(x)) {
-    // Rows [begin, end) of src.
-    auto pool_rows = [&](const T* __restrict__ src, int64_t begin, int64_t end) {
-      int64_t bc = begin;
+    // n rows from src (P apart): those of rows first, first + 1, … of x.
+    auto pool_rows = [&](const T* __restrict__ src, int64_t first, int64_t n) {
+      int64_t j = 0;
       if constexpr (std::is_same<T, float>::value) {
         if (short_rows_vectorised && P >= 8 && P < 256) {  // late stages: 8 rows at a time
-          bc = mp ? short_rows_mean_max<true>(src, P, begin, end, ap, mp)
-                  : short_rows_mean_max<false>(src, P, begin, end, ap, nullptr);
-          for (int64_t i = begin; kp && i < bc; ++i) kp[i] = count_equal(src + i * P, P, mp[i]);
+          j = mp ? short_rows_mean_max<true>(src, P, 0, n, ap + first, mp + first)
+                 : short_rows_mean_max<false>(src, P, 0, n, ap + first, nullptr);
+          for (int64_t i = 0; kp && i < j; ++i)
+            kp[first + i] = count_equal(src + i * P, P, mp[first + i]);
         }
       }
-      for (; bc < end; ++bc) {
-        const T* __restrict__ row = src + bc * P;
+      for (; j < n; ++j) {
+        const int64_t bc = first + j;
+        const T* __restrict__ row = src + j * P;
         double s = 0;
         T m = row[0];
         if (P < 64) {  // short rows (late stages): vector reductions cost more than they save
           T s4[4] = {0, 0, 0, 0}, m4[4] = {m, m, m, m};
           int64_t p = 0;
           for (; p + 4 <= P; p += 4)
-            for (int j = 0; j < 4; ++j) {
-              s4[j] += row[p + j];
-              m4[j] = row[p + j] > m4[j] ? row[p + j] : m4[j];
+            for (int q = 0; q < 4; ++q) {
+              s4[q] += row[p + q];
+              m4[q] = row[p + q] > m4[q] ? row[p + q] : m4[q];
             }
           for (; p < P; ++p) s4[0] += row[p], m4[0] = row[p] > m4[0] ? row[p] : m4[0];
           s = (double(s4[0]) + s4[1]) + (double(s4[2]) + s4[3]);
@@ -151,18 +156,20 @@ void channel_pool_kernel(const Tensor& x, Tensor& avg, Tensor& mx, Tensor& cnt, 
       }
     };
     at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
-      if (!xo) return pool_rows(xp, begin, end);
+      if (!na) return pool_rows(xp + begin * P, begin, end - begin);
       const int64_t step = P < 256 ? 8 : 1;
+      std::vector<T> scratch(step * P);
+      T* __restrict__ o = scratch.data();
       for (int64_t i0 = begin; i0 < end; i0 += step) {
         const int64_t i1 = std::min(end, i0 + step);
         for (int64_t i = i0; i < i1; ++i) {
           const T a = na[i % C], b = nb[i % C];
           const T* __restrict__ z = xp + i * P;
-          T* __restrict__ o = xo + i * P;
+          T* __restrict__ y = o + (i - i0) * P;
 #pragma omp simd
-          for (int64_t p = 0; p < P; ++p) o[p] = z[p] * a + b;
+          for (int64_t p = 0; p < P; ++p) y[p] = norm_of(z[p], a, b);
         }
-        pool_rows(xo, i0, i1);
+        pool_rows(o, i0, i1 - i0);
       }
     });
     return;
@@ -170,29 +177,24 @@ void channel_pool_kernel(const Tensor& x, Tensor& avg, Tensor& mx, Tensor& cnt, 
   const int64_t nblk = (C + kBlock - 1) / kBlock;
   at::parallel_for(0, B * nblk, 1, [&](int64_t begin, int64_t end) {
     std::vector<double> sv(kBlock);
-    std::vector<T> mv(kBlock), kv(kBlock);
+    std::vector<T> mv(kBlock), kv(kBlock), yv(na ? kBlock : 0);
     double* __restrict__ s = sv.data();
     T* __restrict__ m = mv.data();
     T* __restrict__ k = kv.data();
+    T* __restrict__ y = yv.data();
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / nblk, c0 = (i % nblk) * kBlock, n = std::min(kBlock, C - c0);
-      const T* base = xp + b * P * C + c0;
-      T* obase = xo ? xo + b * P * C + c0 : nullptr;
       const T* __restrict__ a = na ? na + c0 : nullptr;
       const T* __restrict__ sh = nb ? nb + c0 : nullptr;
-      if (obase) {  // m starts from the first position's normalised values
-        for (int64_t c = 0; c < n; ++c) obase[c] = base[c] * a[c] + sh[c];
-        base = obase;  // read back from L1 below, position by position
-      }
-      for (int64_t c = 0; c < n; ++c) s[c] = 0, m[c] = base[c], k[c] = 0;
       for (int64_t p = 0; p < P; ++p) {
-        if (obase && p > 0) {
-          const T* __restrict__ z = xp + b * P * C + c0 + p * C;
-          T* __restrict__ o = obase + p * C;
+        const T* __restrict__ r = xp + b * P * C + c0 + p * C;
+        if (a) {  // the norm's output at this position, read back from L1 below
 #pragma omp simd
-          for (int64_t c = 0; c < n; ++c) o[c] = z[c] * a[c] + sh[c];
+          for (int64_t c = 0; c < n; ++c) y[c] = norm_of(r[c], a[c], sh[c]);
+          r = y;
         }
-        const T* __restrict__ r = base + p * C;
+        if (p == 0)
+          for (int64_t c = 0; c < n; ++c) s[c] = 0, m[c] = r[c], k[c] = 0;
         if (kp) {
 #pragma omp simd
           for (int64_t c = 0; c < n; ++c) {
@@ -247,10 +249,12 @@ std::tuple<Tensor, Tensor, Tensor> channel_pool(const Tensor& x, bool with_max) 
 constexpr int64_t kLanes = 64, kChunk = 256;
 
 // s[p] = Σ_c x[c,p]·w[c], m[p] = max_c x[c,p]·w[c] for the n ≤ kLanes positions at xb
-// (rows P apart); N is n when known at compile time (kLanes), else 0.
+// (rows P apart); N is n when known at compile time (kLanes), else 0. With na (and nb), x is
+// a norm's input z and x = norm_of(z, na[c], nb[c]) its output.
 template <typename T, int64_t N>
 inline void weighted_sum_max(const T* __restrict__ xb, const T* __restrict__ w, int64_t C,
-                             int64_t P, int64_t n, T* __restrict__ s, T* __restrict__ m) {
+                             int64_t P, int64_t n, T* __restrict__ s, T* __restrict__ m,
+                             const T* __restrict__ na, const T* __restrict__ nb) {
   const int64_t len = N ? N : n;
   T part[kLanes];
   for (int64_t p = 0; p < len; ++p) s[p] = 0, m[p] = -std::numeric_limits<T>::infinity();
@@ -259,11 +263,21 @@ inline void weighted_sum_max(const T* __restrict__ xb, const T* __restrict__ w, 
     for (int64_t c = c0, c1 = std::min(C, c0 + kChunk); c < c1; ++c) {
       const T wc = w[c];
       const T* __restrict__ r = xb + c * P;
+      if (na) {
+        const T a = na[c], b = nb[c];
 #pragma omp simd
-      for (int64_t p = 0; p < len; ++p) {
-        const T v = r[p] * wc;
-        part[p] += v;
-        m[p] = v > m[p] ? v : m[p];
+        for (int64_t p = 0; p < len; ++p) {
+          const T v = norm_of(r[p], a, b) * wc;
+          part[p] += v;
+          m[p] = v > m[p] ? v : m[p];
+        }
+      } else {
+#pragma omp simd
+        for (int64_t p = 0; p < len; ++p) {
+          const T v = r[p] * wc;
+          part[p] += v;
+          m[p] = v > m[p] ? v : m[p];
+        }
       }
     }
 #pragma omp simd
@@ -384,10 +398,11 @@ void weighted_dot_ties64(const float* __restrict__ gb, const float* __restrict__
 }
 
 // weighted_sum_max for float and kLanes positions, its state in registers (as above; 0.04 ms
-// faster per CBAM forward at 8×256×40×40).
+// faster per CBAM forward at 8×256×40×40); Norm: with na, nb as there.
+template <bool Norm>
 inline void weighted_sum_max64(const float* __restrict__ xb, const float* __restrict__ w,
-                               int64_t C, int64_t P, float* __restrict__ s,
-                               float* __restrict__ m) {
+                               int64_t C, int64_t P, float* __restrict__ s, float* __restrict__ m,
+                               const float* __restrict__ na, const float* __restrict__ nb) {
   constexpr int NV = 4;
   const f16 zero = {};
   f16 sum[NV], top[NV];
@@ -398,7 +413,9 @@ inline void weighted_sum_max64(const float* __restrict__ xb, const float* __rest
       const float wc = w[c];
       const float* __restrict__ r = xb + c * P;
       for (int v = 0; v < NV; ++v) {
-        const f16 y = load_vec<f16>(r + 16 * v) * wc;
+        f16 x = load_vec<f16>(r + 16 * v);
+        if constexpr (Norm) x = norm_of(x, zero + na[c], zero + nb[c]);
+        const f16 y = x * wc;
         part[v] += y;
         top[v] = y > top[v] ? y : top[v];
       }
@@ -489,11 +506,12 @@ void channel_grad_rows(const float* __restrict__ q, const float* __restrict__ r,
 
 // One block of n ≤ kLanes positions: the register kernels above where they apply.
 template <typename T>
-inline void sum_max_block(const T* xb, const T* w, int64_t C, int64_t P, int64_t n, T* s, T* m) {
+inline void sum_max_block(const T* xb, const T* w, int64_t C, int64_t P, int64_t n, T* s, T* m,
+                          const T* na, const T* nb) {
   if (n == kLanes)
-    weighted_sum_max<T, kLanes>(xb, w, C, P, n, s, m);
+    weighted_sum_max<T, kLanes>(xb, w, C, P, n, s, m, na, nb);
   else
-    weighted_sum_max<T, 0>(xb, w, C, P, n, s, m);
+    weighted_sum_max<T, 0>(xb, w, C, P, n, s, m, na, nb);
 }
 
 template <typename T>
@@ -507,11 +525,13 @@ inline void dot_ties_block(const T* gb, const T* xb, const T* w, int64_t C, int6
 
 #if defined(__GNUC__) && !defined(__clang__)
 inline void sum_max_block(const float* xb, const float* w, int64_t C, int64_t P, int64_t n,
-                          float* s, float* m) {
-  if (n == kLanes)
-    weighted_sum_max64(xb, w, C, P, s, m);
+                          float* s, float* m, const float* na, const float* nb) {
+  if (n == kLanes && na)
+    weighted_sum_max64<true>(xb, w, C, P, s, m, na, nb);
+  else if (n == kLanes)
+    weighted_sum_max64<false>(xb, w, C, P, s, m, na, nb);
   else
-    weighted_sum_max<float, 0>(xb, w, C, P, n, s, m);
+    weighted_sum_max<float, 0>(xb, w, C, P, n, s, m, na, nb);
 }
 
 inline void dot_ties_block(const float* gb, const float* xb, const float* w, int64_t C, int64_t P,
@@ -556,9 +576,10 @@ inline bool channel_grad_block(const float* q, const float* r, int64_t P, const 
 }
 #endif
 
+// With na (and nb), x is a norm's input z and the pools are of norm_of(z, na[c], nb[c])·cw.
 template <typename T>
 void spatial_pool_kernel(const Tensor& x, const T* cw, Tensor& mean, Tensor& mx, Tensor& cnt,
-                         bool with_count) {
+                         bool with_count, const T* na = nullptr, const T* nb = nullptr) {
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   const T* __restrict__ xp = x.data_ptr<T>();
   T* sp = mean.data_ptr<T>();
@@ -571,7 +592,7 @@ void spatial_pool_kernel(const Tensor& x, const T* cw, Tensor& mean, Tensor& mx,
       for (int64_t i = begin; i < end; ++i) {
         const int64_t b = i / nblk, p0 = (i % nblk) * kLanes, n = std::min(kLanes, P - p0);
         const T* xb = xp + b * C * P + p0;
-        sum_max_block(xb, cw + b * C, C, P, n, s, m);
+        sum_max_block(xb, cw + b * C, C, P, n, s, m, na, nb);
         for (int64_t p = 0; p < n; ++p) {
           sp[b * P + p0 + p] = s[p] / T(C);
           mp[b * P + p0 + p] = m[p];
@@ -591,18 +612,20 @@ void spatial_pool_kernel(const Tensor& x, const T* cw, Tensor& mean, Tensor& mx,
       for (int64_t i = begin; i < end; ++i) {
         const int64_t b = i / nblk, p0 = (i % nblk) * kBlock, n = std::min(kBlock, P - p0);
         const T w0 = cw[b * C];
+        const T a0 = na ? na[0] : T(1), h0 = na ? nb[0] : T(0);
         const T* __restrict__ r0 = xp + b * C * P + p0;
 #pragma omp simd
         for (int64_t p = 0; p < n; ++p) {
-          const T v = r0[p] * w0;
+          const T v = (na ? norm_of(r0[p], a0, h0) : r0[p]) * w0;
           s[p] = v, m[p] = v, k[p] = 1;
         }
         for (int64_t c = 1; c < C; ++c) {
           const T w = cw[b * C + c];
+          const T a = na ? na[c] : T(1), h = na ? nb[c] : T(0);
           const T* __restrict__ r = xp + (b * C + c) * P + p0;
 #pragma omp simd
           for (int64_t p = 0; p < n; ++p) {
-            const T v = r[p] * w;
+            const T v = (na ? norm_of(r[p], a, h) : r[p]) * w;
             s[p] += v;
             ATTNLAB_MAX_COUNT(v, m[p], k[p]);
           }
@@ -617,9 +640,16 @@ void spatial_pool_kernel(const Tensor& x, const T* cw, Tensor& mean, Tensor& mx,
     return;
   }
   at::parallel_for(0, B * P, 16, [&](int64_t begin, int64_t end) {
+    std::vector<T> yv(na ? C : 0);
     for (int64_t bp = begin; bp < end; ++bp) {
       const T* __restrict__ r = xp + bp * C;
       const T* __restrict__ w = cw + (bp / P) * C;
+      if (na) {  // the norm's output at this position, read back from L1 below
+        T* __restrict__ y = yv.data();
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) y[c] = norm_of(r[c], na[c], nb[c]);
+        r = y;
+      }
       double s = 0;
       T m = r[0] * w[0], k = 0;
 #pragma omp simd reduction(+ : s) reduction(max : m)
@@ -639,13 +669,17 @@ void spatial_pool_kernel(const Tensor& x, const T* cw, Tensor& mean, Tensor& mx,
 }
 
 std::tuple<Tensor, Tensor, Tensor> spatial_pool_impl(const Tensor& x, const Tensor& cw,
-                                                     bool with_count) {
+                                                     bool with_count,
+                                                     const Tensor& na = Tensor(),
+                                                     const Tensor& nb = Tensor()) {
   const auto B = x.size(0), P = x.size(2) * x.size(3);
   Tensor mean = at::empty({B, P}, x.options());
   Tensor mx = at::empty({B, P}, x.options());
   Tensor cnt = at::empty({with_count ? B : 0, with_count ? P : 0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spatial_pool", [&] {
-    spatial_pool_kernel<scalar_t>(x, cw.data_ptr<scalar_t>(), mean, mx, cnt, with_count);
+    spatial_pool_kernel<scalar_t>(x, cw.data_ptr<scalar_t>(), mean, mx, cnt, with_count,
+                                  na.defined() ? na.data_ptr<scalar_t>() : nullptr,
+                                  nb.defined() ? nb.data_ptr<scalar_t>() : nullptr);
   });
   return {mean, mx, cnt};
 }
@@ -666,8 +700,10 @@ inline T relu_of(T v) {
   return v < T(0) ? T(0) : v;
 }
 
+// With na (and nb), x is a norm's input z and the gate multiplies norm_of(z, na[c], nb[c]).
 template <typename T>
-void gate_apply_kernel(const Tensor& x, const T* cw, const T* sw, const T* res, Tensor& out) {
+void gate_apply_kernel(const Tensor& x, const T* cw, const T* sw, const T* res, Tensor& out,
+                       const T* na = nullptr, const T* nb = nullptr) {
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   const T* __restrict__ xp = x.data_ptr<T>();
   T* __restrict__ op = out.data_ptr<T>();
@@ -675,25 +711,31 @@ void gate_apply_kernel(const Tensor& x, const T* cw, const T* sw, const T* res, 
     at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t bc = begin; bc < end; ++bc) {
         const T w = cw[bc];
+        const T a = na ? na[bc % C] : T(1), h = na ? nb[bc % C] : T(0);
         const T* __restrict__ r = xp + bc * P;
         T* __restrict__ o = op + bc * P;
         const T* __restrict__ s = sw ? sw + (bc / C) * P : nullptr;
-        if (res) {
-          const T* __restrict__ q = res + bc * P;
-          if (s) {
+        const T* __restrict__ q = res ? res + bc * P : nullptr;
+        // (x·w)·s (+ q, relu), x the norm's output where there is one
+        auto row = [&](auto in) {
+          if (q && s) {
 #pragma omp simd
-            for (int64_t p = 0; p < P; ++p) o[p] = relu_of((r[p] * w) * s[p] + q[p]);
+            for (int64_t p = 0; p < P; ++p) o[p] = relu_of((in(r[p]) * w) * s[p] + q[p]);
+          } else if (q) {
+#pragma omp simd
+            for (int64_t p = 0; p < P; ++p) o[p] = relu_of(in(r[p]) * w + q[p]);
+          } else if (s) {
+#pragma omp simd
+            for (int64_t p = 0; p < P; ++p) o[p] = (in(r[p]) * w) * s[p];
           } else {
 #pragma omp simd
-            for (int64_t p = 0; p < P; ++p) o[p] = relu_of(r[p] * w + q[p]);
+            for (int64_t p = 0; p < P; ++p) o[p] = in(r[p]) * w;
           }
-        } else if (s) {
-#pragma omp simd
-          for (int64_t p = 0; p < P; ++p) o[p] = (r[p] * w) * s[p];
-        } else {
-#pragma omp simd
-          for (int64_t p = 0; p < P; ++p) o[p] = r[p] * w;
-        }
+        };
+        if (na)
+          row([a, h](T v) { return norm_of(v, a, h); });
+        else
+          row([](T v) { return v; });
       }
     });
     return;
@@ -704,22 +746,26 @@ void gate_apply_kernel(const Tensor& x, const T* cw, const T* sw, const T* res, 
       const T* __restrict__ r = xp + bp * C;
       const T* __restrict__ w = cw + (bp / P) * C;
       T* __restrict__ o = op + bp * C;
-      if (res) {
-        const T* __restrict__ q = res + bp * C;
-        if (sw) {
+      const T* __restrict__ q = res ? res + bp * C : nullptr;
+      auto row = [&](auto in) {
+        if (q && sw) {
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) o[c] = relu_of((r[c] * w[c]) * s + q[c]);
+          for (int64_t c = 0; c < C; ++c) o[c] = relu_of((in(r[c], c) * w[c]) * s + q[c]);
+        } else if (q) {
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) o[c] = relu_of(in(r[c], c) * w[c] + q[c]);
+        } else if (sw) {
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) o[c] = (in(r[c], c) * w[c]) * s;
         } else {
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) o[c] = relu_of(r[c] * w[c] + q[c]);
+          for (int64_t c = 0; c < C; ++c) o[c] = in(r[c], c) * w[c];
         }
-      } else if (sw) {
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) o[c] = (r[c] * w[c]) * s;
-      } else {
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) o[c] = r[c] * w[c];
-      }
+      };
+      if (na)
+        row([na, nb](T v, int64_t c) { return norm_of(v, na[c], nb[c]); });
+      else
+        row([](T v, int64_t) { return v; });
     }
   });
 }
@@ -741,8 +787,10 @@ void check_residual(const c10::optional<Tensor>& res, const Tensor& x) {
               "attnlab_fast: the residual must match x in shape, layout, dtype and device");
 }
 
+// With na and nb (per-channel vectors), x is a norm's input z (see gate_apply_kernel).
 Tensor gate_apply_impl(const Tensor& x, const Tensor& cw, const c10::optional<Tensor>& sw,
-                       const c10::optional<Tensor>& res) {
+                       const c10::optional<Tensor>& res, const Tensor& na = Tensor(),
+                       const Tensor& nb = Tensor()) {
   check_full(x, "x");
   const auto B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   check_small(cw, B, C, "cw");
@@ -751,7 +799,9 @@ Tensor gate_apply_impl(const Tensor& x, const Tensor& cw, const c10::optional<Te
   Tensor out = pooled_empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_apply", [&] {
     gate_apply_kernel<scalar_t>(x, cw.data_ptr<scalar_t>(), opt_ptr<scalar_t>(sw),
-                                opt_ptr<scalar_t>(res), out);
+                                opt_ptr<scalar_t>(res), out,
+                                na.defined() ? na.data_ptr<scalar_t>() : nullptr,
+                                nb.defined() ? nb.data_ptr<scalar_t>() : nullptr);
   });
   return out;
 }
@@ -1494,10 +1544,10 @@ Tensor mlp_forward(const Tensor& V, at::TensorList ch, int64_t D, Tensor* hidden
   return out;
 }
 
-// An eval-mode BatchNorm2d folded into the gate's first pass (gate_forward's norm): per-channel
-// scale and shift, and the tensor the normalised input is written to.
+// An eval-mode BatchNorm2d run in the gate's passes (gate_forward's norm): per-channel scale and
+// shift, applied to the norm's input wherever a pass reads it (norm_of).
 struct Norm {
-  Tensor scale, shift, out;
+  Tensor scale, shift;
 };
 
 // scale = weight / sqrt(running_var + eps), shift = bias − running_mean · scale, as ATen's
@@ -1517,11 +1567,7 @@ Norm make_norm(const Tensor& z, at::TensorList param, double eps) {
                 " entries of the input's dtype");
     ps[i] = param[i].contiguous();
   }
-  // The normalised tensor from PyTorch's allocator, as the norm's own output would be: in the
-  // network that memory comes back warm (a block of the kernels' cache came cold: measured
-  // 0.4–0.75 ms slower per CBAM inference pass than the unfused norm, against 0.35–0.84 ms
-  // faster this way).
-  Norm nm{at::empty({C}, z.options()), at::empty({C}, z.options()), at::empty_like(z)};
+  Norm nm{at::empty({C}, z.options()), at::empty({C}, z.options())};
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "norm", [&] {
     using T = scalar_t;
     const T *mean = ps[0].data_ptr<T>(), *var = ps[1].data_ptr<T>();
@@ -1539,7 +1585,7 @@ Norm make_norm(const Tensor& z, at::TensorList param, double eps) {
 
 // The channel pools of gate_forward: with both, avg and max are the two halves of one (2B)×C
 // tensor, the MLP's input as it is (no concatenation, forward or backward). With nm, x is the
-// norm's input, and the pass writes the norm's output to nm->out.
+// norm's input, and the pools are of the norm's output.
 std::tuple<Tensor, Tensor> pooled_descriptors(const Tensor& x, bool use_avg, bool use_max,
                                               const Norm* nm = nullptr) {
   const int64_t B = x.size(0), C = x.size(1);
@@ -1553,8 +1599,7 @@ std::tuple<Tensor, Tensor> pooled_descriptors(const Tensor& x, bool use_avg, boo
     using T = scalar_t;
     channel_pool_kernel<T>(x, avg, mx, none, use_max, false,
                            nm ? nm->scale.data_ptr<T>() : nullptr,
-                           nm ? nm->shift.data_ptr<T>() : nullptr,
-                           nm ? nm->out.data_ptr<T>() : nullptr);
+                           nm ? nm->shift.data_ptr<T>() : nullptr);
   });
   return {avg, mx};
 }
@@ -1590,16 +1635,13 @@ std::vector<Tensor> gate_forward(const Tensor& x_in, at::TensorList ch_, int64_t
                                  bool autograd_node = false) {
   check_full(x_in, "x");
   check_residual(residual, x_in);
-  // With norm, x_in is an eval-mode BatchNorm2d's input; the first pass normalises it.
-  Tensor x = x_in;
+  // With norm, x is an eval-mode BatchNorm2d's input, and every pass applies the norm to what
+  // it reads: the norm's output is never written.
+  const Tensor& x = x_in;
   Norm nm;
   if (!norm.empty()) {
     TORCH_CHECK(!autograd_node, "attnlab_fast: norm is for inference only");
     nm = make_norm(x_in, norm, norm_eps);
-    if (kind == 0) {  // no channel pool to fold it into: a pass of its own
-      pooled_descriptors(x_in, true, false, &nm);
-      x = nm.out;
-    }
   }
   const auto chv = params_of(x, ch_, "channel"), spv = params_of(x, sp_, "spatial");
   const at::TensorList ch(chv), sp(spv);
@@ -1612,9 +1654,8 @@ std::vector<Tensor> gate_forward(const Tensor& x_in, at::TensorList ch_, int64_t
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_forward", [&] {
     using T = scalar_t;
     if (kind != 0) {
-      std::tie(cavg, cmax) = pooled_descriptors(x_in, kind == 1 && use_avg, use_max,
-                                                nm.out.defined() ? &nm : nullptr);
-      if (nm.out.defined()) x = nm.out;  // the norm's output, from here on
+      std::tie(cavg, cmax) = pooled_descriptors(x, kind == 1 && use_avg, use_max,
+                                                nm.scale.defined() ? &nm : nullptr);
       // The operator's products under autograd too where only the average pool feeds the MLP
       // and no spatial gate follows (SE): nothing there amplifies their last-bit difference
       // from ATen's (see mlp_forward); at 8×2048×5×5 the SE block's training call measured
@@ -1630,7 +1671,7 @@ std::vector<Tensor> gate_forward(const Tensor& x_in, at::TensorList ch_, int64_t
     if (spatial) {
       const int64_t k = sp[0].size(-1);
       TORCH_CHECK(sp[0].numel() == 2 * k * k, "attnlab_fast: spatial conv weight must be 1×2×k×k");
-      std::tie(smean, smax, std::ignore) = spatial_pool_impl(x, cw, false);
+      std::tie(smean, smax, std::ignore) = spatial_pool_impl(x, cw, false, nm.scale, nm.shift);
       const Tensor in = max_first ? stack2<T>(smax, smean) : stack2<T>(smean, smax);
       sw = at::empty({B, P}, x.options());
       const T* cb = ptr<T>(sp, 1);
@@ -1652,8 +1693,8 @@ std::vector<Tensor> gate_forward(const Tensor& x_in, at::TensorList ch_, int64_t
       gate_sigmoid(sw, autograd_node);
     }
   });
-  out.push_back(
-      gate_apply_impl(x, cw, spatial ? c10::optional<Tensor>(sw) : c10::nullopt, residual));
+  out.push_back(gate_apply_impl(x, cw, spatial ? c10::optional<Tensor>(sw) : c10::nullopt,
+                                residual, nm.scale, nm.shift));
   if (save) {
     auto none = [&] { return at::empty({0}, x.options()); };
     for (Tensor* t : {&sw, &cavg, &cmax, &smean, &smax, &zhat, &invstd, &hidden})
