@@ -879,20 +879,21 @@ def test_residual_relu_norm_options(key, kwargs, layout, norm_calls):
 
 
 @needs_kernels
-@pytest.mark.parametrize("case", ["train", "eval-grad", "norm-training", "norm-hooked"])
+@pytest.mark.parametrize("case", ["eval-grad", "norm-training", "norm-hooked"])
 @pytest.mark.parametrize("key", ["cbam-paper", "cbam-channel-only", "cbam-max-pool"])
 def test_residual_relu_calls_the_norm_where_it_cannot_fold(key, case, norm_calls):
-    # Under autograd, or with a BatchNorm in training mode (batch statistics, running statistics
-    # updated) or with hooks, the norm runs as a module, once, and the gate fuses the tail
-    # (except SE's and ECA's training call, which runs a training-mode norm itself: below).
-    module = _build(key, 16, torch.float32).train(case == "train")
-    norm = _norm(16).train(case in ("train", "norm-training"))
+    # An eval-mode norm under autograd, a training-mode norm (batch statistics, running
+    # statistics updated) without autograd, or one with hooks: the norm runs as a module, once,
+    # and the gate fuses the tail. (In training, autograd on and the norm in training mode, the
+    # gate's call runs the norm itself: gate_bn_train, gate_norm_train, below.)
+    module = _build(key, 16, torch.float32).eval()
+    norm = _norm(16).train(case == "norm-training")
     seen = []
     if case == "norm-hooked":
         norm.register_forward_hook(lambda m, i, o: seen.append(o.shape))
     ref_module, ref_norm = copy.deepcopy(module), copy.deepcopy(norm)
     z, s = torch.randn(2, 16, 5, 4), torch.randn(2, 16, 5, 4)
-    grad = case in ("train", "eval-grad")
+    grad = case == "eval-grad"
     zg = z.clone().requires_grad_(grad)
     with torch.set_grad_enabled(grad):
         y = fused.residual_relu(module, zg, s, norm)
@@ -962,22 +963,140 @@ def test_residual_relu_runs_a_training_norm_in_the_gates_call(key, shape, norm_k
     _assert_as_accurate(gp, gp_ref, truth)
 
 
+# attnlab_fast::gate_norm_train: CBAM's training call with the block's norm in its passes.
+GATE_NORM_NODE = "GateNormFn"
+CBAM_NORM_KEYS = ["cbam", "cbam-paper", "cbam-channel-only", "cbam-max-pool", "cbam-yolo"]
+
+
 @needs_kernels
-@pytest.mark.parametrize("key", ["se", "eca"])
+@pytest.mark.parametrize("norm_kwargs", NORM_OPTIONS, ids=["default", "no-affine", "no-stats",
+                                                           "cumulative"])  # fmt: skip
+@pytest.mark.parametrize("shape", [(2, 32, 9, 7), (3, 16, 1, 1), (2, 24, 1, 6), (1, 300, 17, 19),
+                                   (2, 16, 13, 11)],
+                         ids=lambda s: "x".join(map(str, s)))  # fmt: skip
+@pytest.mark.parametrize("key", CBAM_NORM_KEYS)
+def test_residual_relu_runs_a_training_norm_in_cbams_call(key, shape, norm_kwargs, norm_calls):
+    y, gz, gs, gp, bufs, fn = _train_tail(key, shape, torch.float32, norm_kwargs, fused_call=True)
+    assert not norm_calls  # the block's norm (and the spatial gate's) ran inside the call
+    assert GATE_NORM_NODE in fn.name(), fn.name()
+    y_ref, gz_ref, gs_ref, gp_ref, bufs_ref, _ = _train_tail(
+        key, shape, torch.float32, norm_kwargs, fused_call=False
+    )
+    truth = _train_tail(key, shape, torch.float64, norm_kwargs, fused_call=False)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gs, gs_ref, rtol=1e-5, atol=1e-6)  # the ReLU's mask
+    _assert_as_accurate([gz], [gz_ref], [truth[1]])
+    for got, ref in zip(bufs, bufs_ref, strict=True):  # running statistics, steps counted
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    assert len(gp) == len(gp_ref)
+    _assert_as_accurate(gp, gp_ref, truth[3])
+
+
+@needs_kernels
+@pytest.mark.parametrize("key", ["se", "eca", "cbam", "cbam-channel-only", "cbam-max-pool"])
 def test_residual_relu_training_norm_gradcheck_float64(key):
     module = _build(key, 6, torch.float64)
     norm = _norm(6, torch.float64).train()
     z = (_input((3, 6, 4, 3), "contiguous", torch.float64) + 1).requires_grad_()
     s = _input((3, 6, 4, 3), "contiguous", torch.float64, seed=2).requires_grad_()
     params = [*list(module.parameters())[:2], norm.weight, norm.bias]
+    node = GATE_NORM_NODE if key.startswith("cbam") else GATE_BN_NODE
 
     def fn(inp, short, *_):
         out = fused.residual_relu(module, inp, short, norm)
-        assert GATE_BN_NODE in out.grad_fn.name()
+        assert node in out.grad_fn.name()
         return out
 
     with fused.backend("fast"):
         assert torch.autograd.gradcheck(fn, (z, s, *params), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("key", ["cbam", "cbam-max-pool", "cbam-channel-only"])
+def test_training_norm_in_cbams_call_splits_ties_like_amax(key, norm_calls):
+    # Channels 0-3 equal copies and a channel gate equal for every channel (fc2 zeroed): their
+    # normalised values tie across channels at every position (the spatial max, more than one
+    # channel); small integers: rows whose maximum several positions reach (the channel max,
+    # one or more). The gradient splits among tied entries as amax's does, through the norm.
+    module = _build(key, 8, torch.float64)
+    with torch.no_grad():
+        module.channel_gate.fc2.weight.zero_()
+        if module.channel_gate.fc2.bias is not None:
+            module.channel_gate.fc2.bias.zero_()
+    norm = _norm(8, torch.float64).train()
+    with torch.no_grad():
+        norm.weight[:4] = 1.25
+        norm.bias[:4] = -0.5
+    gen = torch.Generator().manual_seed(5)
+    z = torch.randint(0, 4, (2, 8, 4, 5), generator=gen).double()
+    z[:, :4] = z[:, :1]
+    z[0, 5, 1, 2] = 9.0  # one row with a single maximum
+    s = _input((2, 8, 4, 5), "contiguous", torch.float64, seed=2)
+    grad = _input((2, 8, 4, 5), "contiguous", torch.float64, seed=3)
+
+    def run(fused_call):
+        m, n = copy.deepcopy(module), copy.deepcopy(norm)
+        zz, ss = z.clone().requires_grad_(), s.clone().requires_grad_()
+        if fused_call:
+            y = fused.residual_relu(m, zz, ss, n)
+            assert GATE_NORM_NODE in y.grad_fn.name()
+        else:
+            with fused.backend("reference"):
+                y = torch.relu(m(n(zz)) + ss)
+        y.backward(grad)
+        return [y, zz.grad, ss.grad, *(p.grad for p in [*m.parameters(), *n.parameters()])]
+
+    for got, ref in zip(run(True), run(False), strict=True):
+        torch.testing.assert_close(got, ref)
+
+
+@needs_kernels
+def test_gate_norm_train_spatial_gate_alone():
+    # kind 0 (no channel gate; no module calls it so): the norm's sums from a channel pass of
+    # their own. The output as gate_train's on the norm's output; the gradients by gradcheck.
+    ops = torch.ops.attnlab_fast
+    torch.manual_seed(0)
+    z = (torch.randn(2, 6, 4, 5, dtype=torch.float64) + 1).requires_grad_()
+    r = torch.randn(2, 6, 4, 5, dtype=torch.float64).requires_grad_()
+    w = (torch.rand(6, dtype=torch.float64) + 0.5).requires_grad_()
+    b = torch.randn(6, dtype=torch.float64).requires_grad_()
+    none = torch.empty(0, dtype=torch.float64)
+    spatial = [torch.randn(1, 2, 3, 3, dtype=torch.float64).requires_grad_(),
+               torch.randn(1, dtype=torch.float64), none, none]  # fmt: skip
+
+    def fused_call(zz, rr, ww, bb, conv):
+        sp = [conv, *spatial[1:]]
+        return ops.gate_norm_train(zz, [none] * 4, 0, False, False, sp, False, 0, none, none,
+                                   0.0, 1e-5, rr, ww, bb, none, none, 0.0, 1e-5)  # fmt: skip
+
+    y = fused_call(z, r, w, b, spatial[0])
+    assert GATE_NORM_NODE in y.grad_fn.name()
+    with torch.no_grad():
+        zn = torch.nn.functional.batch_norm(z, None, None, w, b, training=True)
+        ref = ops.gate_train(zn, [none] * 4, 0, False, False, spatial, False, 0, none, none,
+                             0.0, 1e-5, r)  # fmt: skip
+    torch.testing.assert_close(y.detach(), ref)
+    assert torch.autograd.gradcheck(fused_call, (z, r, w, b, spatial[0]), eps=1e-6, atol=1e-7,
+                                    rtol=1e-5)  # fmt: skip
+
+
+@needs_kernels
+def test_residual_relu_cbams_training_norm_where_it_does_not_apply(norm_calls, monkeypatch):
+    # channels-last, or ties forced dense: CBAM's norm runs as a module, once
+    module = _build("cbam", 16, torch.float32)
+    for case in ["channels-last", "dense-ties"]:
+        z = _input((2, 16, 5, 4), "channels_last" if case == "channels-last" else "contiguous",
+                   torch.float32)  # fmt: skip
+        if case == "dense-ties":
+            monkeypatch.setenv("ATTNLAB_DENSE_TIES", "1")
+        norm = _norm(16).train()
+        ref_module, ref_norm = copy.deepcopy(module), copy.deepcopy(norm)
+        norm_calls.clear()
+        s = torch.randn_like(z)
+        y = fused.residual_relu(module, z.clone().requires_grad_(), s, norm)
+        assert norm in norm_calls and norm_calls.count(norm) == 1, case
+        assert _node(y.grad_fn) == LAYER_GATE_NODE, case
+        torch.testing.assert_close(y, _tail_reference(ref_module, ref_norm, z, s))
 
 
 @needs_kernels

@@ -199,8 +199,10 @@ def test_blocks_fuse_their_tail_into_the_gate(name, attn, mode):
     with fused.backend("reference"):
         y_ref = ref(x)
         y_ref.square().mean().backward()
-    # in training SE's and ECA's call also runs the block's last BatchNorm (GateBnFn)
-    node = "GateBnFn" if mode == "train" and attn in ("se", "eca") else "LayerGateFn"
+    # in training the gate's call also runs the block's last BatchNorm (SE, ECA: GateBnFn;
+    # CBAM: GateNormFn)
+    node = {"se": "GateBnFn", "eca": "GateBnFn", "cbam": "GateNormFn"}.get(attn)
+    node = node if mode == "train" else "LayerGateFn"
     assert node in tails[0], tails
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
     for (n, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):

@@ -301,6 +301,11 @@ def _register_fakes() -> None:
     def _(x, ch, kind, use_avg, use_max, sp, max_first, bn, rm, rv, momentum, eps, res=None):
         return torch.empty_like(x)
 
+    @lib("gate_norm_train")
+    def _(x, ch, kind, use_avg, use_max, sp, max_first, bn, rm, rv, momentum, eps, res, weight,
+          bias, norm_mean, norm_var, norm_momentum, norm_eps):  # fmt: skip
+        return torch.empty_like(x)
+
     @lib("gate_backward")
     def _(g, x, ch, kind, use_avg, use_max, sp, max_first, bn, saved, need_dx):
         def like(t, on):
@@ -742,8 +747,8 @@ def _run_plan(
     train_norm = type(in_norm) is nn.BatchNorm2d  # (from residual_relu: _training_norm)
     if not plan.ok or (in_norm is not None and torch.is_grad_enabled() != train_norm):
         return None
-    if train_norm and (plan.kind == 0 or plan.spatial or plan.use_max or residual is None):
-        return None  # the norm's training call takes channel gates on an average pool only
+    if train_norm and residual is None:
+        return None  # the norm's training calls take the block's tail
     params, norm = plan.params, plan.norm
     # .to(dtype) keeps the Parameter objects. (C-level loops: see _Plan.)
     if not all(map(is_, map(_dtype_of, params), repeat(x.dtype))):
@@ -761,7 +766,10 @@ def _run_plan(
     )
     if grad and observed:  # the taps' hooks may want maps that carry the graph: run the layers
         return None
-    if train_norm:
+    if train_norm and (plan.kind == 0 or plan.spatial or plan.use_max):
+        if not grad or not _sparse_ties(x):
+            return None
+    elif train_norm:
         return _run_training_norm(plan, x, residual, in_norm) if grad else None
     if not grad and not plan.spatial and residual is None:
         # Inference with a channel gate only: gate_product's PyTorch mean and multiply make
@@ -782,6 +790,11 @@ def _run_plan(
     x = _layout(x)
     if residual is not None:  # in x's layout: the kernel walks both in one loop
         residual = residual.contiguous(memory_format=_format(x))
+    if train_norm:  # the block's norm in the gate's passes (attnlab_fast::gate_norm_train)
+        return torch.ops.attnlab_fast.gate_norm_train(
+            x, params[:4], cfg[0], cfg[1], cfg[2], params[4:], cfg[3], cfg[4], *cfg[5:], residual,
+            *_training_norm_args(in_norm, x),
+        )  # fmt: skip
     if grad:  # autograd's node is C++ too (attnlab_fast::gate_train)
         return torch.ops.attnlab_fast.gate_train(
             x, params[:4], cfg[0], cfg[1], cfg[2], params[4:], cfg[3], cfg[4], *cfg[5:], residual
@@ -796,11 +809,17 @@ def _run_plan(
     return outs[0]
 
 
-def _run_training_norm(
-    plan: _Plan, x: torch.Tensor, residual: torch.Tensor, norm: nn.BatchNorm2d
-) -> torch.Tensor:
-    """relu(gate(norm(x)) + residual) with ``norm`` in training mode, in one operator call each
-    way (attnlab_fast::gate_bn_train: the norm's output is never written; see residual_relu)."""
+def _sparse_ties(x: torch.Tensor) -> bool:
+    """Whether gate_backward finds the max pools' ties by index (what gate_norm_train needs):
+    not forced dense (ATTNLAB_DENSE_TIES=1), and indices exact in x's dtype."""
+    if os.environ.get("ATTNLAB_DENSE_TIES") == "1":
+        return False
+    return x.dtype == torch.float64 or max(x.shape[1], x.shape[2] * x.shape[3]) < 1 << 24
+
+
+def _training_norm_args(norm: nn.BatchNorm2d, x: torch.Tensor) -> tuple:
+    """A training-mode BatchNorm2d as the training calls take it: weight, bias, running mean and
+    variance (empty: none to update), momentum and eps; counts the step as its forward does."""
     momentum = 0.0 if norm.momentum is None else norm.momentum
     d, p = norm._buffers, norm._parameters
     mean, var, tracked = d.get("running_mean"), d.get("running_var"), d.get("num_batches_tracked")
@@ -810,10 +829,18 @@ def _run_training_norm(
             momentum = 1.0 / float(tracked)
     if not norm.track_running_stats or mean is None or var is None:
         mean = var = x.new_empty(0)  # batch statistics, nothing to update
-    residual = residual.contiguous()
+    return p.get("weight"), p.get("bias"), mean, var, momentum, norm.eps
+
+
+def _run_training_norm(
+    plan: _Plan, x: torch.Tensor, residual: torch.Tensor, norm: nn.BatchNorm2d
+) -> torch.Tensor:
+    """relu(gate(norm(x)) + residual) with ``norm`` in training mode, in one operator call each
+    way (attnlab_fast::gate_bn_train: the norm's output is never written; see residual_relu)."""
+    weight, bias, mean, var, momentum, eps = _training_norm_args(norm, x)
     return torch.ops.attnlab_fast.gate_bn_train(
-        x, plan.params[:4], plan.kind, p.get("weight"), p.get("bias"), mean, var, momentum,
-        norm.eps, residual,
+        x, plan.params[:4], plan.kind, weight, bias, mean, var, momentum, eps,
+        residual.contiguous(),
     )  # fmt: skip
 
 
@@ -858,12 +885,16 @@ def residual_relu(
     in eval mode with running statistics and no hooks) the norm runs in the gate's call too:
     each of the gate's passes reads x and normalises it on the fly, so the norm costs neither a
     pass nor the write of its output (the plain block's norm reads x and writes that). In
-    training (autograd
-    recording, the norm an ``nn.BatchNorm2d`` in training mode without hooks, x NCHW) SE's and
-    ECA's call runs the norm too, forward and backward (``attnlab_fast::gate_bn_train``): the
-    norm's output is never written, its statistics' pass also pools for the gate, and the
-    backward's two passes also give the norm's gradient (two passes instead of the gate's two
-    and the norm's two). Otherwise the norm is called as usual.
+    training (autograd recording, the norm an ``nn.BatchNorm2d`` in training mode without hooks,
+    x NCHW) the gate's call runs the norm too, forward and backward, and never writes its
+    output: SE's and ECA's (``attnlab_fast::gate_bn_train``) in two passes each way, its
+    statistics' pass also pooling for the gate and the backward's two passes also giving the
+    norm's gradient (instead of the gate's two and the norm's two); CBAM's
+    (``attnlab_fast::gate_norm_train``) in the gate's own passes, which normalise what they
+    read, its statistics' pass also giving the channel pools (the max pool from the row's
+    largest or, where γ < 0, smallest value) and the backward's channel pass also the norm's
+    sums (where the max pools' ties are found by index: not with ``ATTNLAB_DENSE_TIES=1``).
+    Otherwise the norm is called as usual.
 
     Applies to :class:`~attnlab.layers.SE`, :class:`~attnlab.layers.ECA` and
     :class:`~attnlab.layers.CBAM` (channel→spatial order) with the standard small layers (see

@@ -288,20 +288,28 @@ inline void weighted_sum_max(const T* __restrict__ xb, const T* __restrict__ w, 
 // s[p] = Σ_c g[c,p]·x[c,p]·w[c] and, with mx, k[p] = #{c : x[c,p]·w[c] == mx[p]} and
 // ix[p] = the last such c (as a T). With ob (a ReLU's output, rows P apart like g) the gradient
 // is first masked, g·(o > 0), and written to zb: the ReLU's backward in the same pass.
+// With na (and nb), x is a norm's input z and x = norm_of(z, na[c], nb[c]) its output (each
+// channel's row normalised into yr, in L1, first).
 template <typename T, int64_t N>
 inline void weighted_dot_ties(const T* __restrict__ gb, const T* __restrict__ xb,
                               const T* __restrict__ w, int64_t C, int64_t P, int64_t n,
                               const T* __restrict__ mx, T* __restrict__ s, T* __restrict__ k,
-                              T* __restrict__ ix, const T* __restrict__ ob,
-                              T* __restrict__ zb) {
+                              T* __restrict__ ix, const T* __restrict__ ob, T* __restrict__ zb,
+                              const T* __restrict__ na = nullptr,
+                              const T* __restrict__ nb = nullptr) {
   const int64_t len = N ? N : n;
-  T part[kLanes];
+  T part[kLanes], yr[kLanes];
   for (int64_t p = 0; p < len; ++p) s[p] = 0, k[p] = 0, ix[p] = -1;
   for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
     for (int64_t p = 0; p < len; ++p) part[p] = 0;
     for (int64_t c = c0, c1 = std::min(C, c0 + kChunk); c < c1; ++c) {
       const T wc = w[c];
       const T* __restrict__ r = xb + c * P;
+      if (na) {
+        const T a = na[c], h = nb[c];
+        for (int64_t p = 0; p < len; ++p) yr[p] = norm_of(r[p], a, h);
+        r = yr;
+      }
       const T* __restrict__ q = gb + c * P;
       if (ob) {
         const T* __restrict__ o = ob + c * P;
@@ -354,12 +362,14 @@ inline void weighted_dot_ties(const T* __restrict__ gb, const T* __restrict__ xb
 // arrays the compiler loads and stores that state for every channel: at 8×256×40×40 this
 // measured 0.12–0.15 ms faster per backward (in one process, alternating). Masked: the ReLU's
 // mask, as there. (f16, load_vec, store_vec: rows.h.)
-template <bool Masked>
+template <bool Masked, bool Norm = false>
 void weighted_dot_ties64(const float* __restrict__ gb, const float* __restrict__ xb,
                          const float* __restrict__ w, int64_t C, int64_t P,
                          const float* __restrict__ mx, float* __restrict__ s,
                          float* __restrict__ k, float* __restrict__ ix,
-                         const float* __restrict__ ob, float* __restrict__ zb) {
+                         const float* __restrict__ ob, float* __restrict__ zb,
+                         const float* __restrict__ na = nullptr,
+                         const float* __restrict__ nb = nullptr) {
   static_assert(kLanes == 64, "four vectors of 16");
   constexpr int NV = 4;
   const f16 zero = {}, one = zero + 1.0f;
@@ -376,7 +386,9 @@ void weighted_dot_ties64(const float* __restrict__ gb, const float* __restrict__
       const float* __restrict__ r = xb + c * P;
       const float* __restrict__ q = gb + c * P;
       for (int v = 0; v < NV; ++v) {
-        const f16 y = load_vec<f16>(r + 16 * v) * wc;
+        f16 x = load_vec<f16>(r + 16 * v);
+        if constexpr (Norm) x = norm_of(x, zero + na[c], zero + nb[c]);
+        const f16 y = x * wc;
         f16 gv = load_vec<f16>(q + 16 * v);
         if constexpr (Masked) {
           gv = load_vec<f16>(ob + c * P + 16 * v) > zero ? gv : zero;
@@ -516,11 +528,12 @@ inline void sum_max_block(const T* xb, const T* w, int64_t C, int64_t P, int64_t
 
 template <typename T>
 inline void dot_ties_block(const T* gb, const T* xb, const T* w, int64_t C, int64_t P, int64_t n,
-                           const T* mx, T* s, T* k, T* ix, const T* ob, T* zb) {
+                           const T* mx, T* s, T* k, T* ix, const T* ob, T* zb,
+                           const T* na = nullptr, const T* nb = nullptr) {
   if (n == kLanes)
-    weighted_dot_ties<T, kLanes>(gb, xb, w, C, P, n, mx, s, k, ix, ob, zb);
+    weighted_dot_ties<T, kLanes>(gb, xb, w, C, P, n, mx, s, k, ix, ob, zb, na, nb);
   else
-    weighted_dot_ties<T, 0>(gb, xb, w, C, P, n, mx, s, k, ix, ob, zb);
+    weighted_dot_ties<T, 0>(gb, xb, w, C, P, n, mx, s, k, ix, ob, zb, na, nb);
 }
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -536,7 +549,17 @@ inline void sum_max_block(const float* xb, const float* w, int64_t C, int64_t P,
 
 inline void dot_ties_block(const float* gb, const float* xb, const float* w, int64_t C, int64_t P,
                            int64_t n, const float* mx, float* s, float* k, float* ix,
-                           const float* ob, float* zb) {
+                           const float* ob, float* zb, const float* na = nullptr,
+                           const float* nb = nullptr) {
+  if (na) {
+    if (n == kLanes && mx && ob)
+      weighted_dot_ties64<true, true>(gb, xb, w, C, P, mx, s, k, ix, ob, zb, na, nb);
+    else if (n == kLanes && mx)
+      weighted_dot_ties64<false, true>(gb, xb, w, C, P, mx, s, k, ix, ob, zb, na, nb);
+    else
+      weighted_dot_ties<float, 0>(gb, xb, w, C, P, n, mx, s, k, ix, ob, zb, na, nb);
+    return;
+  }
   if (n == kLanes && mx && ob)
     weighted_dot_ties64<true>(gb, xb, w, C, P, mx, s, k, ix, ob, zb);
   else if (n == kLanes && mx)
@@ -825,8 +848,10 @@ Tensor masked_like(const Tensor& grad, const Tensor& out) {
 // With op (a ReLU's output): g is masked first and the masked gradient written to zp.
 template <typename T>
 void gate_grad_spatial_kernel(const Tensor& g, const Tensor& x, const T* cw, Tensor& dsw,
-                              const T* smx, T* kp, T* ip, const T* op, T* zp) {
+                              const T* smx, T* kp, T* ip, const T* op, T* zp,
+                              const T* na = nullptr, const T* nb = nullptr) {
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
+  TORCH_CHECK(!na || !channels_last(x), "attnlab_fast: the training norm takes NCHW tensors");
   const T* __restrict__ gp = g.data_ptr<T>();
   const T* __restrict__ xp = x.data_ptr<T>();
   T* dp = dsw.data_ptr<T>();
@@ -840,7 +865,7 @@ void gate_grad_spatial_kernel(const Tensor& g, const Tensor& x, const T* cw, Ten
         const T* mx = smx ? smx + b * P + p0 : nullptr;
         const T* o = op ? op + off : nullptr;
         T* z = zp ? zp + off : nullptr;
-        dot_ties_block(gp + off, xp + off, cw + b * C, C, P, n, mx, s, k, ix, o, z);
+        dot_ties_block(gp + off, xp + off, cw + b * C, C, P, n, mx, s, k, ix, o, z, na, nb);
         for (int64_t p = 0; p < n; ++p) {
           dp[b * P + p0 + p] = s[p];
           if (kp) kp[b * P + p0 + p] = k[p];
@@ -893,7 +918,8 @@ void gate_grad_spatial_kernel(const Tensor& g, const Tensor& x, const T* cw, Ten
 // returned in *gz (out's shape and layout).
 std::tuple<Tensor, Tensor> grad_spatial(const Tensor& g, const Tensor& x, const Tensor& cw,
                                         const Tensor& smx, Tensor* idx = nullptr,
-                                        const Tensor* out = nullptr, Tensor* gz = nullptr) {
+                                        const Tensor* out = nullptr, Tensor* gz = nullptr,
+                                        const Tensor& na = Tensor(), const Tensor& nb = Tensor()) {
   const int64_t B = x.size(0), P = x.size(2) * x.size(3);
   const bool k = smx.defined();
   Tensor dsw = at::empty({B, P}, x.options());
@@ -906,7 +932,9 @@ std::tuple<Tensor, Tensor> grad_spatial(const Tensor& g, const Tensor& x, const 
                                        k ? cnt.data_ptr<scalar_t>() : nullptr,
                                        k && idx ? idx->data_ptr<scalar_t>() : nullptr,
                                        out ? out->data_ptr<scalar_t>() : nullptr,
-                                       out ? gz->data_ptr<scalar_t>() : nullptr);
+                                       out ? gz->data_ptr<scalar_t>() : nullptr,
+                                       na.defined() ? na.data_ptr<scalar_t>() : nullptr,
+                                       nb.defined() ? nb.data_ptr<scalar_t>() : nullptr);
   });
   return {dsw, cnt};
 }
@@ -1356,6 +1384,279 @@ void channel_tie_terms(const Tensor& x, const T* cmx, const T* ce, const T* cnt,
   });
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// A training-mode BatchNorm2d before the gate, run in the gate's own passes (gate_forward and
+// gate_backward_impl with a TrainNorm; CBAM's training call; NCHW): the passes read the norm's
+// input z and apply y = norm_of(z, α[c], β'[c]) on the fly (α = γ·invstd, β' = β − μ·α: ATen's
+// form); y is never written. The forward's first pass, which the gate's channel pools need
+// anyway, gives the batch statistics and the pools: avg_p y = α·mean_p z + β', and max_p y is
+// y at the row's largest z (smallest where α < 0: y is monotone in z). Backward: the channel
+// pass sums dy and dy·(z − μ) per row instead of dy·y (Σ dy·y = α·S1 + β·S0), which with the
+// max pools' tie terms give the norm's two sums; the input pass writes dz instead of dy:
+//   dz = α·(dy − mean(dy) − (z − μ)·invstd²·mean(dy·(z − μ))) = α·dy + K[c] + Bz[c]·(z − μ).
+struct TrainNorm {
+  Tensor weight, bias;               // undefined without affine parameters
+  Tensor running_mean, running_var;  // empty: no running statistics
+  double momentum = 0.1, eps = 1e-5;
+};
+
+// Σ (z − shift) and Σ (z − shift)² over a row (float lanes in chunks of 512, chunks in double;
+// the shift, a value of the channel, keeps the squares from cancelling when |μ| ≫ σ) and, with
+// Range, the row's largest and smallest entries.
+template <typename T, bool Range>
+inline void row_moments(const T* __restrict__ z, int64_t P, T shift, double& s1, double& s2,
+                        T& hi, T& lo) {
+  double a = 0, b = 0;
+  T mx = z[0], mn = z[0];
+  for (int64_t p0 = 0; p0 < P; p0 += 512) {
+    const int64_t p1 = std::min(P, p0 + 512);
+    T ca = 0, cb = 0;
+    if constexpr (Range) {
+#pragma omp simd reduction(+ : ca, cb) reduction(max : mx) reduction(min : mn)
+      for (int64_t p = p0; p < p1; ++p) {
+        const T d = z[p] - shift;
+        ca += d;
+        cb += d * d;
+        mx = z[p] > mx ? z[p] : mx;
+        mn = z[p] < mn ? z[p] : mn;
+      }
+    } else {
+#pragma omp simd reduction(+ : ca, cb)
+      for (int64_t p = p0; p < p1; ++p) {
+        const T d = z[p] - shift;
+        ca += d;
+        cb += d * d;
+      }
+    }
+    a += ca, b += cb;
+  }
+  s1 = a, s2 = b, hi = mx, lo = mn;
+}
+
+// The norm's statistics from one pass over z: mean and invstd (C), zsum = Σ_p (z − μ) (B×C),
+// α and β' (C); the running statistics updated as nn.BatchNorm2d does (momentum given; the
+// unbiased variance); the channel pools of y: avg (B×C, or null) and max (null: not computed).
+template <typename T>
+void train_norm_stats(const Tensor& z, const TrainNorm& tn, Tensor& mean, Tensor& invstd,
+                      Tensor& zsum, Tensor& alpha, Tensor& shift, T* avg, T* mx) {
+  const int64_t B = z.size(0), C = z.size(1), P = z.size(2) * z.size(3), N = B * P;
+  const T* zp = z.data_ptr<T>();
+  std::vector<double> s1(B * C), s2(B * C);
+  std::vector<T> hi(mx ? B * C : 0), lo(mx ? B * C : 0);
+  at::parallel_for(0, B * C, 8, [&](int64_t begin, int64_t end) {
+    T h, l;
+    for (int64_t bc = begin; bc < end; ++bc) {
+      const T shift0 = zp[(bc % C) * P];  // a value of the channel (sample 0's first)
+      if (mx)
+        row_moments<T, true>(zp + bc * P, P, shift0, s1[bc], s2[bc], hi[bc], lo[bc]);
+      else
+        row_moments<T, false>(zp + bc * P, P, shift0, s1[bc], s2[bc], h, l);
+    }
+  });
+  mean = at::empty({C}, z.options()), invstd = at::empty({C}, z.options());
+  alpha = at::empty({C}, z.options()), shift = at::empty({C}, z.options());
+  zsum = at::empty({B, C}, z.options());
+  const T* w = tn.weight.defined() ? tn.weight.data_ptr<T>() : nullptr;
+  const T* bb = tn.bias.defined() ? tn.bias.data_ptr<T>() : nullptr;
+  const bool update = tn.running_mean.defined() && tn.running_mean.numel() > 0;
+  T* rm = update ? tn.running_mean.data_ptr<T>() : nullptr;
+  T* rv = update ? tn.running_var.data_ptr<T>() : nullptr;
+  T *mp = mean.data_ptr<T>(), *ip = invstd.data_ptr<T>(), *zs = zsum.data_ptr<T>();
+  T *al = alpha.data_ptr<T>(), *sh = shift.data_ptr<T>();
+  for (int64_t c = 0; c < C; ++c) {
+    double a = 0, q = 0;
+    for (int64_t b = 0; b < B; ++b) a += s1[b * C + c], q += s2[b * C + c];
+    const double m1 = a / double(N), var = std::max(q / double(N) - m1 * m1, 0.0);
+    const double mu = double(zp[c * P]) + m1;
+    mp[c] = static_cast<T>(mu);
+    ip[c] = static_cast<T>(1.0 / std::sqrt(var + tn.eps));
+    if (update) {
+      const double m = tn.momentum;
+      rm[c] = static_cast<T>((1.0 - m) * double(rm[c]) + m * mu);
+      rv[c] = static_cast<T>((1.0 - m) * double(rv[c]) + m * var * double(N) / double(N - 1));
+    }
+    al[c] = ip[c] * (w ? w[c] : T(1));  // ATen's batch_norm: y = z·α + (β − μ·α)
+    sh[c] = (bb ? bb[c] : T(0)) - mp[c] * al[c];
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t i = b * C + c;
+      const double d = s1[i] - double(P) * m1;  // Σ_p (z − μ)
+      zs[i] = static_cast<T>(d);
+      if (avg) avg[i] = static_cast<T>(double(al[c]) * (mu + d / double(P)) + double(sh[c]));
+      if (mx) mx[i] = norm_of(al[c] < T(0) ? lo[i] : hi[i], al[c], sh[c]);
+    }
+  }
+}
+
+// The channel pass (pass 2, or pass 1 without the spatial gate) with the norm: per row
+// S0 = Σ_p dy, S1 = Σ_p dy·(z − μ), dy = g·sw + sa + (one == c ? se : 0) with the spatial gate
+// (sparse), else g masked by the ReLU (out > 0, written to zp); with cmx the channel max's tie
+// count kp and last tied position ip, y = norm_of(z) == cmx. Sums in T over chunks of kChunk,
+// the chunks in double.
+template <typename T>
+void norm_grad_channel_kernel(const Tensor& g, const Tensor& z, const Spatial& sp, const T* cmx,
+                              T* kp, T* ip, const T* op, T* zp, const T* na, const T* nb,
+                              const T* mu, double* S0, double* S1) {
+  const int64_t B = z.size(0), C = z.size(1), P = z.size(2) * z.size(3);
+  TORCH_CHECK(!sp.on || sp.sparse, "attnlab_fast: the training norm needs the sparse ties");
+  const T* __restrict__ gp = g.data_ptr<T>();
+  const T* __restrict__ xp = z.data_ptr<T>();
+  const T* sw = static_cast<const T*>(sp.sw);
+  const T* sa = static_cast<const T*>(sp.sa);
+  const T* se = static_cast<const T*>(sp.se);
+  const T* one = static_cast<const T*>(sp.one);
+  auto row = [&](auto spatial, auto ties, auto masked, int64_t bc) {
+    const int64_t b = bc / C, c = bc - b * C;
+    const T a = na[c], h = nb[c], m0 = mu[c], cm = ties ? cmx[bc] : T(0), cf = T(c);
+    const T* __restrict__ r = xp + bc * P;
+    const T* __restrict__ q = gp + bc * P;
+    const T* __restrict__ o = masked ? op + bc * P : nullptr;
+    T* __restrict__ zo = masked ? zp + bc * P : nullptr;
+    const T* __restrict__ s1 = spatial ? sw + b * P : nullptr;
+    const T* __restrict__ s2 = spatial ? sa + b * P : nullptr;
+    const T* __restrict__ s3 = spatial ? se + b * P : nullptr;
+    const T* __restrict__ s5 = spatial ? one + b * P : nullptr;
+    double t0 = 0, t1 = 0;
+    T k = 0;
+    int64_t last = -1;  // an integer max, as in gate_grad_channel_kernel
+    for (int64_t p0 = 0; p0 < P; p0 += kChunk) {
+      const int64_t p1 = std::min(P, p0 + kChunk);
+      T u0 = 0, u1 = 0;
+#pragma omp simd reduction(+ : u0, u1, k) reduction(max : last)
+      for (int64_t p = p0; p < p1; ++p) {
+        T dy;
+        if constexpr (spatial) {
+          dy = q[p] * s1[p] + s2[p] + (s5[p] == cf ? s3[p] : T(0));
+        } else if constexpr (masked) {
+          const T gv = q[p];
+          dy = o[p] > T(0) ? gv : T(0);
+          zo[p] = dy;
+        } else {
+          dy = q[p];
+        }
+        u0 += dy;
+        u1 += dy * (r[p] - m0);
+        if constexpr (ties) {
+          const bool tie = norm_of(r[p], a, h) == cm;
+          k += tie ? T(1) : T(0);
+          last = std::max(last, tie ? p : int64_t(-1));
+        }
+      }
+      t0 += u0, t1 += u1;
+    }
+    S0[bc] = t0, S1[bc] = t1;
+    if constexpr (ties) {
+      kp[bc] = k;
+      if (ip) ip[bc] = T(last);
+    }
+  };
+  using on = std::true_type;
+  using off = std::false_type;
+  at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bc = begin; bc < end; ++bc) {
+      if (sp.on && kp) row(on{}, on{}, off{}, bc);
+      else if (sp.on) row(on{}, off{}, off{}, bc);
+      else if (op && kp) row(off{}, on{}, on{}, bc);
+      else if (op) row(off{}, off{}, on{}, bc);
+      else if (kp) row(off{}, on{}, off{}, bc);
+      else row(off{}, off{}, off{}, bc);
+    }
+  });
+}
+
+// The input pass with the norm: dz = α·dy' + K[c] + Bz[c]·(z − μ), dy' = dy·cw + ca (dy as in
+// norm_grad_channel_kernel, g the masked gradient) and, at the one position cone names (≥ 0),
+// + ce (the channel max's term).
+template <typename T>
+void norm_grad_input_kernel(const Tensor& g, const Tensor& z, const T* cw, const Spatial& sp,
+                            const T* ca, const T* ce, const T* cone, const T* na, const T* K,
+                            const T* Bz, const T* mu, Tensor& dz) {
+  const int64_t B = z.size(0), C = z.size(1), P = z.size(2) * z.size(3);
+  const T* __restrict__ gp = g.data_ptr<T>();
+  const T* __restrict__ xp = z.data_ptr<T>();
+  const T* sw = static_cast<const T*>(sp.sw);
+  const T* sa = static_cast<const T*>(sp.sa);
+  const T* se = static_cast<const T*>(sp.se);
+  const T* one = static_cast<const T*>(sp.one);
+  T* __restrict__ dp = dz.data_ptr<T>();
+  at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t bc = begin; bc < end; ++bc) {
+      const int64_t b = bc / C, c = bc - b * C;
+      const T al = na[c], w = cw[bc] * al, a = ca[bc] * al + K[c], bz = Bz[c], m0 = mu[c];
+      const T* __restrict__ r = xp + bc * P;
+      const T* __restrict__ q = gp + bc * P;
+      T* __restrict__ d = dp + bc * P;
+      if (sp.on) {
+        const T* __restrict__ s1 = sw + b * P;
+        const T* __restrict__ s2 = sa + b * P;
+        const T* __restrict__ s3 = se + b * P;
+        const T* __restrict__ s5 = one + b * P;
+        const T cf = T(c);
+#pragma omp simd
+        for (int64_t p = 0; p < P; ++p)
+          d[p] = (q[p] * s1[p] + s2[p] + (s5[p] == cf ? s3[p] : T(0))) * w + a +
+                 bz * (r[p] - m0);
+      } else {
+#pragma omp simd
+        for (int64_t p = 0; p < P; ++p) d[p] = q[p] * w + a + bz * (r[p] - m0);
+      }
+      if (cone && cone[bc] >= T(0)) d[static_cast<int64_t>(cone[bc])] += ce[bc] * al;
+    }
+  });
+}
+
+// The spatial max's terms where more channels than one reach it (cnt > 1; y·cw == smx, y the
+// norm's output): into the norm's sums (S0 += se, S1 += se·(z − μ)) or into dz (+= α·se·cw).
+template <typename T>
+void norm_spatial_tie_terms(const Tensor& z, const T* na, const T* nb, const T* mu, const T* cw,
+                            const T* smx, const T* se, const T* cnt, double* S0, double* S1,
+                            T* dz) {
+  const int64_t B = z.size(0), C = z.size(1), P = z.size(2) * z.size(3);
+  const T* zp = z.data_ptr<T>();
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const T* w = cw + b * C;
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t bp = b * P + p;
+        if (!(cnt[bp] > T(1))) continue;
+        const T e = se[bp], m = smx[bp];
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t o = (b * C + c) * P + p;
+          if (norm_of(zp[o], na[c], nb[c]) * w[c] != m) continue;
+          if (S0) S0[b * C + c] += double(e), S1[b * C + c] += double(e) * (zp[o] - mu[c]);
+          if (dz) dz[o] += e * w[c] * na[c];
+        }
+      }
+    }
+  });
+}
+
+// The channel max's tied positions (y == cmx): with tz, tz[b,c] = Σ_ties (z − μ) (one tie: at
+// idx, more: found by scanning the row); with dz, += α·ce at each where more than one is tied.
+template <typename T>
+void norm_channel_ties(const Tensor& z, const T* na, const T* nb, const T* mu, const T* cmx,
+                       const T* ce, const T* cnt, const T* idx, double* tz, T* dz) {
+  const int64_t B = z.size(0), C = z.size(1), P = z.size(2) * z.size(3);
+  const T* zp = z.data_ptr<T>();
+  at::parallel_for(0, B * C, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t bc = begin; bc < end; ++bc) {
+      const int64_t c = bc % C;
+      const T* r = zp + bc * P;
+      if (tz) tz[bc] = 0;
+      if (cnt[bc] == T(1)) {
+        if (tz) tz[bc] = double(r[static_cast<int64_t>(idx[bc])] - mu[c]);
+      } else if (cnt[bc] > T(1)) {
+        const T m = cmx[bc], a = na[c], h = nb[c];
+        for (int64_t p = 0; p < P; ++p) {
+          if (norm_of(r[p], a, h) != m) continue;
+          if (tz) tz[bc] += double(r[p] - mu[c]);
+          if (dz) dz[bc * P + p] += ce[bc] * a;
+        }
+      }
+    }
+  });
+}
+
 }  // namespace
 
 #include "coord.h"
@@ -1632,7 +1933,7 @@ std::vector<Tensor> gate_forward(const Tensor& x_in, at::TensorList ch_, int64_t
                                  double momentum, double eps, bool save,
                                  const c10::optional<Tensor>& residual,
                                  at::TensorList norm = {}, double norm_eps = 1e-5,
-                                 bool autograd_node = false) {
+                                 bool autograd_node = false, const TrainNorm* tn = nullptr) {
   check_full(x_in, "x");
   check_residual(residual, x_in);
   // With norm, x is an eval-mode BatchNorm2d's input, and every pass applies the norm to what
@@ -1642,6 +1943,17 @@ std::vector<Tensor> gate_forward(const Tensor& x_in, at::TensorList ch_, int64_t
   if (!norm.empty()) {
     TORCH_CHECK(!autograd_node, "attnlab_fast: norm is for inference only");
     nm = make_norm(x_in, norm, norm_eps);
+  }
+  // With tn, x is a training-mode BatchNorm2d's input: its statistics' pass gives the channel
+  // pools too (train_norm_stats), the passes after it normalise what they read.
+  Tensor nmean, ninvstd, nzsum;
+  if (tn) {
+    TORCH_CHECK(norm.empty() && !channels_last(x_in),
+                "attnlab_fast: the training norm takes NCHW tensors and no eval-mode norm");
+    TORCH_CHECK(x_in.size(0) * x_in.size(2) * x_in.size(3) > 1,
+                "attnlab_fast: a BatchNorm in training needs more than one value per channel "
+                "(got input size ",
+                x_in.sizes(), ")");
   }
   const auto chv = params_of(x, ch_, "channel"), spv = params_of(x, sp_, "spatial");
   const at::TensorList ch(chv), sp(spv);
@@ -1653,9 +1965,23 @@ std::vector<Tensor> gate_forward(const Tensor& x_in, at::TensorList ch_, int64_t
   std::vector<Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_forward", [&] {
     using T = scalar_t;
+    if (tn) {  // the norm's statistics and the channel pools, one pass
+      const bool both = kind == 1 && use_avg && use_max;
+      Tensor V = at::empty({kind == 0 ? 0 : both ? 2 * B : B, C}, x.options());
+      if (kind != 0) {
+        cavg = V.narrow(0, 0, B);
+        cmax = both      ? V.narrow(0, B, B)
+               : use_max ? at::empty({B, C}, x.options())
+                         : at::empty({0, 0}, x.options());
+      }
+      train_norm_stats<T>(x, *tn, nmean, ninvstd, nzsum, nm.scale, nm.shift,
+                          kind != 0 ? cavg.data_ptr<T>() : nullptr,
+                          kind != 0 && use_max ? cmax.data_ptr<T>() : nullptr);
+    }
     if (kind != 0) {
-      std::tie(cavg, cmax) = pooled_descriptors(x, kind == 1 && use_avg, use_max,
-                                                nm.scale.defined() ? &nm : nullptr);
+      if (!tn)
+        std::tie(cavg, cmax) = pooled_descriptors(x, kind == 1 && use_avg, use_max,
+                                                  nm.scale.defined() ? &nm : nullptr);
       // The operator's products under autograd too where only the average pool feeds the MLP
       // and no spatial gate follows (SE): nothing there amplifies their last-bit difference
       // from ATen's (see mlp_forward); at 8×2048×5×5 the SE block's training call measured
@@ -1700,6 +2026,7 @@ std::vector<Tensor> gate_forward(const Tensor& x_in, at::TensorList ch_, int64_t
     for (Tensor* t : {&sw, &cavg, &cmax, &smean, &smax, &zhat, &invstd, &hidden})
       if (!t->defined()) *t = none();
     out.insert(out.end(), {cw, sw, cavg, cmax, smean, smax, zhat, invstd, hidden});
+    if (tn) out.insert(out.end(), {nmean, ninvstd, nzsum, nm.scale, nm.shift});
   }
   return out;
 }
@@ -1713,20 +2040,23 @@ std::vector<Tensor> gate_backward_impl(const Tensor& grad_in, const Tensor& x, a
                                        int64_t kind, bool use_avg, bool use_max,
                                        at::TensorList sp_, bool max_first, int64_t bn,
                                        at::TensorList saved, bool need_dx, const Tensor* out,
-                                       Tensor* gz) {
+                                       Tensor* gz, const TrainNorm* tn = nullptr) {
   check_full(x, "x");
   const auto chv = params_of(x, ch_, "channel"), spv = params_of(x, sp_, "spatial");
   const at::TensorList ch(chv), sp(spv);
   check_grad(grad_in, x);
   TORCH_CHECK(!out || (kind != 0 || present(sp_, 0)), "attnlab_fast: nothing to mask");
   Tensor grad = grad_in;
-  TORCH_CHECK(saved.size() == 9, "attnlab_fast: gate_backward needs the 9 saved tensors");
+  TORCH_CHECK(saved.size() == (tn ? 14 : 9), "attnlab_fast: gate_backward needs the ",
+              tn ? 14 : 9, " saved tensors");
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = H * W;
   const Tensor &cw = saved[0], &sw = saved[1], &cavg = saved[2], &cmax = saved[3],
                &smean = saved[4], &smax = saved[5], &zhat = saved[6], &invstd = saved[7];
   const bool spatial = present(sp, 0) != nullptr;
   auto none = [&] { return at::empty({0}, x.options()); };
-  std::vector<Tensor> grads(9);
+  // With tn (x the training norm's input z): its saved mean, invstd, Σ_p (z − μ), α, β'; two
+  // more gradients, the norm's weight and bias, and grads[0] is dz.
+  std::vector<Tensor> grads(tn ? 11 : 9);
   for (auto& t : grads) t = none();
   c10::optional<Tensor> osw, sa, se, smx;
   // Sparse: the passes after the ones that count the max pools' ties add their terms by index
@@ -1738,6 +2068,11 @@ std::vector<Tensor> gate_backward_impl(const Tensor& grad_in, const Tensor& x, a
   const char* dense_env = std::getenv("ATTNLAB_DENSE_TIES");
   const bool sparse = !(dense_env && dense_env[0] == '1') &&
                       (x.scalar_type() == at::kDouble || std::max(C, P) < (int64_t(1) << 24));
+  TORCH_CHECK(!tn || (sparse && !channels_last(x)),
+              "attnlab_fast: the training norm takes NCHW tensors and the sparse ties");
+  const Tensor none_t;
+  const Tensor& na = tn ? saved[12] : none_t;
+  const Tensor& nb = tn ? saved[13] : none_t;
   Tensor scnt, sidx, cidx;
   bool smulti = false, cmulti = false;  // a position (channel) whose max more entries reach
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_backward", [&] {
@@ -1745,7 +2080,8 @@ std::vector<Tensor> gate_backward_impl(const Tensor& grad_in, const Tensor& x, a
     if (spatial) {
       const int64_t k = sp[0].size(-1);
       Tensor ds;  // dL/dσ, then dL/d(conv ∘ bn)
-      std::tie(ds, scnt) = grad_spatial(grad, x, cw, smax, sparse ? &sidx : nullptr, out, gz);
+      std::tie(ds, scnt) =
+          grad_spatial(grad, x, cw, smax, sparse ? &sidx : nullptr, out, gz, na, nb);
       if (out) grad = *gz;
       sigmoid_backward_inplace<T>(ds.data_ptr<T>(), sw.data_ptr<T>(), B * P);
       if (bn) {
@@ -1794,13 +2130,44 @@ std::vector<Tensor> gate_backward_impl(const Tensor& grad_in, const Tensor& x, a
     }
     Tensor ca = at::empty({B, C}, x.options()), ce, cm, ccnt;  // ce, cm: only with a max pool
     std::fill_n(ca.data_ptr<T>(), B * C, T(0));  // (not at::zeros: its fill runs cold, see stack2)
+    const T* al = tn ? na.data_ptr<T>() : nullptr;
+    const T* sh = tn ? nb.data_ptr<T>() : nullptr;
+    const T* mu = tn ? saved[9].data_ptr<T>() : nullptr;
+    std::vector<double> S0(tn ? B * C : 0), S1(tn ? B * C : 0);  // Σ_p dy, Σ_p dy·(z − μ)
+    if (tn) {  // the channel pass with the norm (kind 0 too: the norm's sums)
+      const bool first = out && !spatial;
+      const bool ties = kind != 0 && use_max;
+      ccnt = at::empty({ties ? B : 0, ties ? C : 0}, x.options());
+      cidx = at::empty_like(ccnt);
+      if (first) *gz = masked_like(grad, *out);
+      norm_grad_channel_kernel<T>(grad, x, terms, ties ? cmax.data_ptr<T>() : nullptr,
+                                  ties ? ccnt.data_ptr<T>() : nullptr,
+                                  ties ? cidx.data_ptr<T>() : nullptr,
+                                  first ? out->data_ptr<T>() : nullptr,
+                                  first ? gz->data_ptr<T>() : nullptr, al, sh, mu, S0.data(),
+                                  S1.data());
+      if (first) grad = *gz;
+      if (spatial && smulti)
+        norm_spatial_tie_terms<T>(x, al, sh, mu, cw.data_ptr<T>(), smax.data_ptr<T>(),
+                                  se->data_ptr<T>(), scnt.data_ptr<T>(), S0.data(), S1.data(),
+                                  nullptr);
+    }
     if (kind != 0) {
       Tensor dl;
       const bool first = out && !spatial;  // the first pass: the ReLU's mask goes with it
-      std::tie(dl, ccnt) = grad_channel(grad, x, cw, terms, use_max ? cmax : Tensor(),
-                                        sparse ? &cidx : nullptr, first ? out : nullptr, gz);
-      if (first) grad = *gz;
-      if (spatial && sparse && smulti)
+      if (tn) {  // Σ_p dy·y = α·S1 + β·S0 (y = α·(z − μ) + β)
+        dl = at::empty({B, C}, x.options());
+        T* d = dl.data_ptr<T>();
+        const T* bias = tn->bias.defined() ? tn->bias.data_ptr<T>() : nullptr;
+        for (int64_t i = 0; i < B * C; ++i)
+          d[i] = static_cast<T>(double(al[i % C]) * S1[i] +
+                                (bias ? double(bias[i % C]) * S0[i] : 0.0));
+      } else {
+        std::tie(dl, ccnt) = grad_channel(grad, x, cw, terms, use_max ? cmax : Tensor(),
+                                          sparse ? &cidx : nullptr, first ? out : nullptr, gz);
+        if (first) grad = *gz;
+      }
+      if (!tn && spatial && sparse && smulti)
         spatial_tie_terms<T>(x, cw.data_ptr<T>(), smax.data_ptr<T>(), se->data_ptr<T>(),
                              scnt.data_ptr<T>(), sidx.data_ptr<T>(), dl.data_ptr<T>(), nullptr,
                              true);
@@ -1843,8 +2210,58 @@ std::vector<Tensor> gate_backward_impl(const Tensor& grad_in, const Tensor& x, a
         cm = cmax;
       }
     }
-    if (need_dx && !sparse) grads[0] = grad_input(grad, x, cw, terms, ca, ce, cm);
-    if (need_dx && sparse) {
+    if (tn) {
+      // the norm's sums: Σ_{b,p} dy' and Σ_{b,p} dy'·(z − μ), dy' = dy·cw + ca + the channel
+      // max's term at its ties (ce each)
+      if (cm.defined()) cmulti = single_ties<T>(ccnt.data_ptr<T>(), cidx.data_ptr<T>(), B * C);
+      std::vector<double> tz(cm.defined() ? B * C : 0);  // Σ_ties (z − μ)
+      if (cm.defined())
+        norm_channel_ties<T>(x, al, sh, mu, cm.data_ptr<T>(), ce.data_ptr<T>(),
+                             ccnt.data_ptr<T>(), cidx.data_ptr<T>(), tz.data(), nullptr);
+      const T *cwp = cw.data_ptr<T>(), *cap = ca.data_ptr<T>(), *zs = saved[11].data_ptr<T>();
+      const T* cep = cm.defined() ? ce.data_ptr<T>() : nullptr;
+      const T* kc = cm.defined() ? ccnt.data_ptr<T>() : nullptr;
+      std::vector<double> D0(C, 0.0), E1(C, 0.0);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t i = b * C + c;
+          D0[c] += double(cwp[i]) * S0[i] + double(cap[i]) * double(P) +
+                   (cep ? double(cep[i]) * double(kc[i]) : 0.0);
+          E1[c] += double(cwp[i]) * S1[i] + double(cap[i]) * double(zs[i]) +
+                   (cep ? double(cep[i]) * tz[i] : 0.0);
+        }
+      const T* ip = saved[10].data_ptr<T>();
+      if (tn->weight.defined()) {
+        grads[9] = at::empty({C}, x.options());
+        for (int64_t c = 0; c < C; ++c)
+          grads[9].data_ptr<T>()[c] = static_cast<T>(double(ip[c]) * E1[c]);
+      }
+      if (tn->bias.defined()) {
+        grads[10] = at::empty({C}, x.options());
+        for (int64_t c = 0; c < C; ++c) grads[10].data_ptr<T>()[c] = static_cast<T>(D0[c]);
+      }
+      if (need_dx) {  // dz = α·dy' + K + Bz·(z − μ)
+        const double N = double(B * P);
+        std::vector<T> K(C), Bz(C);
+        for (int64_t c = 0; c < C; ++c) {
+          K[c] = static_cast<T>(-double(al[c]) * D0[c] / N);
+          Bz[c] = static_cast<T>(-double(al[c]) * double(ip[c]) * double(ip[c]) * E1[c] / N);
+        }
+        grads[0] = pooled_empty_like(x);
+        norm_grad_input_kernel<T>(grad, x, cwp, terms, cap, cep,
+                                  cm.defined() ? cidx.data_ptr<T>() : nullptr, al, K.data(),
+                                  Bz.data(), mu, grads[0]);
+        T* dz = grads[0].data_ptr<T>();
+        if (spatial && smulti)
+          norm_spatial_tie_terms<T>(x, al, sh, mu, cwp, smax.data_ptr<T>(), se->data_ptr<T>(),
+                                    scnt.data_ptr<T>(), nullptr, nullptr, dz);
+        if (cm.defined() && cmulti)
+          norm_channel_ties<T>(x, al, sh, mu, cm.data_ptr<T>(), cep, kc, cidx.data_ptr<T>(),
+                               nullptr, dz);
+      }
+    }
+    if (need_dx && !tn && !sparse) grads[0] = grad_input(grad, x, cw, terms, ca, ce, cm);
+    if (need_dx && !tn && sparse) {
       if (cm.defined()) cmulti = single_ties<T>(ccnt.data_ptr<T>(), cidx.data_ptr<T>(), B * C);
       grads[0] = grad_input(grad, x, cw, terms, ca, ce, Tensor(), cm.defined() ? cidx : Tensor());
       T* dx = grads[0].data_ptr<T>();
@@ -1880,25 +2297,6 @@ std::vector<Tensor> gate_backward(const Tensor& grad, const Tensor& x, at::Tenso
 // S1 = Σ_p g'·(z − μ)), which gives the gate's gradient (Σ_p g'·y = α·S1 + β·S0) and both of
 // the norm's sums; one writes dz. Separately: the gate's two passes, then the norm's two.
 
-// Σ (z − shift) and Σ (z − shift)² over a row: float lanes in chunks of 512, chunks in double
-// (the shift, a value of the channel, keeps the squares from cancelling when |μ| ≫ σ).
-template <typename T>
-inline void row_moments(const T* __restrict__ z, int64_t P, T shift, double& s1, double& s2) {
-  double a = 0, b = 0;
-  for (int64_t p0 = 0; p0 < P; p0 += 512) {
-    const int64_t p1 = std::min(P, p0 + 512);
-    T ca = 0, cb = 0;
-#pragma omp simd reduction(+ : ca, cb)
-    for (int64_t p = p0; p < p1; ++p) {
-      const T d = z[p] - shift;
-      ca += d;
-      cb += d * d;
-    }
-    a += ca, b += cb;
-  }
-  s1 = a, s2 = b;
-}
-
 void check_bn_vector(const c10::optional<Tensor>& t, const Tensor& z, const char* what) {
   if (!t.has_value() || !t->defined() || t->numel() == 0) return;
   TORCH_CHECK(t->dim() == 1 && t->numel() == z.size(1) && t->is_contiguous() &&
@@ -1913,62 +2311,14 @@ const T* bn_ptr(const c10::optional<Tensor>& t) {
 }
 
 template <typename T>
-void gate_bn_forward_t(const Tensor& z, at::TensorList ch, int64_t kind,
-                       const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
-                       const Tensor& running_mean, const Tensor& running_var, double momentum,
-                       double eps, const Tensor& residual, bool update, Tensor& mean,
-                       Tensor& invstd, Tensor& zsum, Tensor& pooled, Tensor& cw, Tensor& hidden,
-                       Tensor& out) {
-  const int64_t B = z.size(0), C = z.size(1), P = z.size(2) * z.size(3), N = B * P;
-  const T* zp = z.data_ptr<T>();
-  std::vector<double> s1(B * C), s2(B * C);
-  at::parallel_for(0, B * C, 8, [&](int64_t begin, int64_t end) {
-    for (int64_t bc = begin; bc < end; ++bc)
-      row_moments<T>(zp + bc * P, P, zp[(bc % C) * P], s1[bc], s2[bc]);
-  });
-  const T* w = bn_ptr<T>(weight);
-  const T* bb = bn_ptr<T>(bias);
-  T *mp = mean.data_ptr<T>(), *ip = invstd.data_ptr<T>(), *zs = zsum.data_ptr<T>();
-  T* pp = pooled.data_ptr<T>();
-  std::vector<T> al(C), sh(C);  // the norm as z·α + β' per channel
-  T* rm = update ? running_mean.data_ptr<T>() : nullptr;
-  T* rv = update ? running_var.data_ptr<T>() : nullptr;
-  for (int64_t c = 0; c < C; ++c) {
-    double a = 0, q = 0;
-    for (int64_t b = 0; b < B; ++b) a += s1[b * C + c], q += s2[b * C + c];
-    const double m1 = a / double(N), var = std::max(q / double(N) - m1 * m1, 0.0);
-    const double mu = double(zp[c * P]) + m1;
-    mp[c] = static_cast<T>(mu);
-    ip[c] = static_cast<T>(1.0 / std::sqrt(var + eps));
-    if (update) {
-      rm[c] = static_cast<T>((1.0 - momentum) * double(rm[c]) + momentum * mu);
-      rv[c] = static_cast<T>((1.0 - momentum) * double(rv[c]) +
-                             momentum * var * double(N) / double(N - 1));
-    }
-    al[c] = ip[c] * (w ? w[c] : T(1));  // ATen's batch_norm: y = z·α + (β − μ·α)
-    sh[c] = (bb ? bb[c] : T(0)) - mp[c] * al[c];
-    for (int64_t b = 0; b < B; ++b) {
-      const double d = s1[b * C + c] - double(P) * m1;  // Σ_p (z − μ)
-      zs[b * C + c] = static_cast<T>(d);
-      pp[b * C + c] = static_cast<T>(double(al[c]) * (mu + d / double(P)) + double(sh[c]));
-    }
-  }
+void gate_bn_forward_t(const Tensor& z, at::TensorList ch, int64_t kind, const TrainNorm& tn,
+                       const Tensor& residual, Tensor& mean, Tensor& invstd, Tensor& zsum,
+                       Tensor& pooled, Tensor& cw, Tensor& hidden, Tensor& out) {
+  Tensor alpha, shift;
+  train_norm_stats<T>(z, tn, mean, invstd, zsum, alpha, shift, pooled.data_ptr<T>(), nullptr);
   cw = channel_logits<T>(pooled, Tensor(), ch, kind, true, false, &hidden, true);
   gate_sigmoid(cw, true);
-  out = pooled_empty_like(z);
-  const T* cp = cw.data_ptr<T>();
-  const T* rp = residual.data_ptr<T>();
-  T* op = out.data_ptr<T>();
-  at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t bc = begin; bc < end; ++bc) {
-      const T a = al[bc % C], s = sh[bc % C], g = cp[bc];
-      const T* __restrict__ zr = zp + bc * P;
-      const T* __restrict__ q = rp + bc * P;
-      T* __restrict__ o = op + bc * P;
-#pragma omp simd
-      for (int64_t p = 0; p < P; ++p) o[p] = relu_of((zr[p] * a + s) * g + q[p]);
-    }
-  });
+  out = gate_apply_impl(z, cw, c10::nullopt, residual, alpha, shift);
 }
 
 // Returns [out, c, pooled (mean_p y), hidden, mean, invstd, zsum (Σ_p (z − μ), B×C)].
@@ -1997,12 +2347,16 @@ std::vector<Tensor> gate_bn_forward(const Tensor& z, at::TensorList ch_, int64_t
     check_bn_vector(running_mean, z, "running_mean");
     check_bn_vector(running_var, z, "running_var");
   }
-  Tensor mean = at::empty({C}, z.options()), invstd = at::empty({C}, z.options());
-  Tensor zsum = at::empty({B, C}, z.options()), pooled = at::empty({B, C}, z.options());
+  TrainNorm tn;
+  if (weight.has_value() && weight->defined() && weight->numel() > 0) tn.weight = *weight;
+  if (bias.has_value() && bias->defined() && bias->numel() > 0) tn.bias = *bias;
+  tn.running_mean = running_mean, tn.running_var = running_var;
+  tn.momentum = momentum, tn.eps = eps;
+  Tensor mean, invstd, zsum, pooled = at::empty({B, C}, z.options());
   Tensor cw, hidden, out;
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "gate_bn_forward", [&] {
-    gate_bn_forward_t<scalar_t>(z, ch, kind, weight, bias, running_mean, running_var, momentum, eps,
-                                residual, update, mean, invstd, zsum, pooled, cw, hidden, out);
+    gate_bn_forward_t<scalar_t>(z, ch, kind, tn, residual, mean, invstd, zsum, pooled, cw, hidden,
+                                out);
   });
   if (!hidden.defined()) hidden = at::empty({0}, z.options());
   return {out, cw, pooled, hidden, mean, invstd, zsum};
@@ -2287,6 +2641,118 @@ struct GateBnFn : public torch::autograd::Function<GateBnFn> {
   }
 };
 
+// gate_norm_train: gate_forward with a training-mode BatchNorm2d before the gate (TrainNorm; CBAM
+// and the gates gate_bn_train does not take), gate_backward_impl as its autograd node.
+TrainNorm train_norm_of(const c10::optional<Tensor>& weight, const c10::optional<Tensor>& bias,
+                        const Tensor& running_mean, const Tensor& running_var, double momentum,
+                        double eps, const Tensor& z) {
+  check_bn_vector(weight, z, "weight");
+  check_bn_vector(bias, z, "bias");
+  TrainNorm tn;
+  if (weight.has_value() && weight->defined() && weight->numel() > 0) tn.weight = *weight;
+  if (bias.has_value() && bias->defined() && bias->numel() > 0) tn.bias = *bias;
+  if (running_mean.numel() > 0) {
+    check_bn_vector(running_mean, z, "running_mean");
+    check_bn_vector(running_var, z, "running_var");
+    tn.running_mean = running_mean, tn.running_var = running_var;
+  }
+  tn.momentum = momentum, tn.eps = eps;
+  return tn;
+}
+
+struct GateNormFn : public torch::autograd::Function<GateNormFn> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& z, at::TensorList ch, int64_t kind,
+                        bool use_avg, bool use_max, at::TensorList sp, bool max_first, int64_t bn,
+                        const Tensor& running_mean, const Tensor& running_var, double momentum,
+                        double eps, const Tensor& residual, const c10::optional<Tensor>& weight,
+                        const c10::optional<Tensor>& bias, const Tensor& norm_mean,
+                        const Tensor& norm_var, double norm_momentum, double norm_eps) {
+    const TrainNorm tn =
+        train_norm_of(weight, bias, norm_mean, norm_var, norm_momentum, norm_eps, z);
+    TORCH_CHECK(residual.defined(), "attnlab_fast: gate_norm_train needs the residual");
+    auto outs = gate_forward(z, ch, kind, use_avg, use_max, sp, max_first, bn, running_mean,
+                             running_var, momentum, eps, true, residual, {}, 1e-5, true, &tn);
+    const bool has_w = tn.weight.defined(), has_b = tn.bias.defined();
+    std::vector<Tensor> keep{z, outs[0]};
+    keep.insert(keep.end(), ch.begin(), ch.end());
+    keep.insert(keep.end(), sp.begin(), sp.end());
+    if (has_w) keep.push_back(tn.weight);
+    if (has_b) keep.push_back(tn.bias);
+    ctx->save_for_backward(keep);
+    ctx->saved_data["small"] = std::vector<Tensor>(outs.begin() + 1, outs.end());
+    ctx->saved_data["cfg"] =
+        std::vector<int64_t>{kind,       use_avg,    use_max, max_first, bn, int64_t(ch.size()),
+                             int64_t(sp.size()), has_w, has_b};
+    return outs[0];
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto kept = ctx->get_saved_variables();
+    const auto cfg = ctx->saved_data["cfg"].toIntVector();
+    const auto small = ctx->saved_data["small"].toTensorVector();
+    const int64_t nch = cfg[5], nsp = cfg[6];
+    const bool has_w = cfg[7] != 0, has_b = cfg[8] != 0;
+    const Tensor &z = kept[0], &out = kept[1];
+    const std::vector<Tensor> ch(kept.begin() + 2, kept.begin() + 2 + nch);
+    const std::vector<Tensor> sp(kept.begin() + 2 + nch, kept.begin() + 2 + nch + nsp);
+    TrainNorm tn;
+    if (has_w) tn.weight = kept[2 + nch + nsp];
+    if (has_b) tn.bias = kept[2 + nch + nsp + int64_t(has_w)];
+    // the tensors given: z, channel…, spatial…, running_mean, running_var, residual, weight
+    // and bias where given, norm_mean, norm_var
+    const bool need_dz = ctx->needs_input_grad(0);
+    const bool need_dres = ctx->needs_input_grad(3 + nch + nsp);
+    Tensor grad = grad_outputs[0].contiguous();
+    std::vector<Tensor> got;
+    Tensor gz;
+    {
+      at::AutoDispatchBelowADInplaceOrView below;
+      got = gate_backward_impl(grad, z, ch, cfg[0], cfg[1], cfg[2], sp, cfg[3], cfg[4], small,
+                               need_dz, &out, &gz, &tn);
+    }
+    auto grad_or_none = [](const Tensor& t) { return t.numel() > 0 ? t : Tensor(); };
+    // One entry per forward argument, the lists expanded: z, channel…, kind, use_avg, use_max,
+    // spatial…, max_first, bn, running_mean, running_var, momentum, eps, residual, weight, bias,
+    // norm_mean, norm_var, norm_momentum, norm_eps.
+    variable_list res;
+    res.push_back(need_dz ? got[0] : Tensor());
+    for (int64_t i = 0; i < nch; ++i) res.push_back(i < 4 ? grad_or_none(got[1 + i]) : Tensor());
+    res.insert(res.end(), 3, Tensor());
+    for (int64_t i = 0; i < nsp; ++i) res.push_back(i < 4 ? grad_or_none(got[5 + i]) : Tensor());
+    res.insert(res.end(), 6, Tensor());
+    res.push_back(need_dres ? gz : Tensor());
+    res.push_back(has_w ? got[9] : Tensor());
+    res.push_back(has_b ? got[10] : Tensor());
+    res.insert(res.end(), 4, Tensor());
+    guard_double_backward(grad_outputs, res);
+    return res;
+  }
+};
+
+Tensor gate_norm_train_autograd(const Tensor& z, at::TensorList ch, int64_t kind, bool use_avg,
+                                bool use_max, at::TensorList sp, bool max_first, int64_t bn,
+                                const Tensor& running_mean, const Tensor& running_var,
+                                double momentum, double eps, const Tensor& residual,
+                                const c10::optional<Tensor>& weight,
+                                const c10::optional<Tensor>& bias, const Tensor& norm_mean,
+                                const Tensor& norm_var, double norm_momentum, double norm_eps) {
+  return GateNormFn::apply(z, ch, kind, use_avg, use_max, sp, max_first, bn, running_mean,
+                           running_var, momentum, eps, residual, weight, bias, norm_mean,
+                           norm_var, norm_momentum, norm_eps);
+}
+
+Tensor gate_norm_train_cpu(const Tensor& z, at::TensorList ch, int64_t kind, bool use_avg,
+                           bool use_max, at::TensorList sp, bool max_first, int64_t bn,
+                           const Tensor& running_mean, const Tensor& running_var, double momentum,
+                           double eps, const Tensor& residual, const c10::optional<Tensor>& weight,
+                           const c10::optional<Tensor>& bias, const Tensor& norm_mean,
+                           const Tensor& norm_var, double norm_momentum, double norm_eps) {
+  const TrainNorm tn = train_norm_of(weight, bias, norm_mean, norm_var, norm_momentum, norm_eps, z);
+  TORCH_CHECK(residual.defined(), "attnlab_fast: gate_norm_train needs the residual");
+  return gate_forward(z, ch, kind, use_avg, use_max, sp, max_first, bn, running_mean, running_var,
+                      momentum, eps, false, residual, {}, 1e-5, true, &tn)[0];
+}
+
 Tensor gate_bn_train_autograd(const Tensor& z, at::TensorList ch, int64_t kind,
                               const c10::optional<Tensor>& weight,
                               const c10::optional<Tensor>& bias, const Tensor& running_mean,
@@ -2388,6 +2854,12 @@ TORCH_LIBRARY(attnlab_fast, m) {
       "gate_bn_train(Tensor x, Tensor[] channel, int kind, Tensor? weight, Tensor? bias, "
       "Tensor running_mean, Tensor running_var, float momentum, float eps, Tensor residual) -> "
       "Tensor");
+  m.def(
+      "gate_norm_train(Tensor x, Tensor[] channel, int kind, bool use_avg, bool use_max, "
+      "Tensor[] spatial, bool max_first, int bn, Tensor(a!) running_mean, "
+      "Tensor(b!) running_var, float momentum, float eps, Tensor residual, Tensor? weight, "
+      "Tensor? bias, Tensor(c!) norm_mean, Tensor(d!) norm_var, float norm_momentum, "
+      "float norm_eps) -> Tensor");
   m.def("linear_exact(Tensor x, Tensor w, Tensor? b, bool relu) -> Tensor");
   m.def("linear_exact_blas() -> bool");
   m.def("cache_bytes() -> int");
@@ -2415,6 +2887,7 @@ TORCH_LIBRARY_IMPL(attnlab_fast, CPU, m) {
   m.impl("gate_backward", &gate_backward);
   m.impl("gate_train", &gate_train_cpu);
   m.impl("gate_bn_train", &gate_bn_train_cpu);
+  m.impl("gate_norm_train", &gate_norm_train_cpu);
   m.impl("linear_exact", &linear_exact_op);
   m.impl("coord_pool", &coord_pool);
   m.impl("coord_apply", &coord_apply);
@@ -2425,4 +2898,5 @@ TORCH_LIBRARY_IMPL(attnlab_fast, CPU, m) {
 TORCH_LIBRARY_IMPL(attnlab_fast, Autograd, m) {
   m.impl("gate_train", &gate_train_autograd);
   m.impl("gate_bn_train", &gate_bn_train_autograd);
+  m.impl("gate_norm_train", &gate_norm_train_autograd);
 }
