@@ -365,10 +365,9 @@ inline void weighted_dot_ties(const T* __restrict__ gb, const T* __restrict__ xb
 template <bool Masked, bool Norm = false>
 void weighted_dot_ties64(const float* __restrict__ gb, const float* __restrict__ xb,
                          const float* __restrict__ w, int64_t C, int64_t P,
-                         const float* __restrict__ mx, float* __restrict__ s,
-                         float* __restrict__ k, float* __restrict__ ix,
-                         const float* __restrict__ ob, float* __restrict__ zb,
-                         const float* __restrict__ na = nullptr,
+                         const float* __restrict__ mx, float* __restrict__ s, float* __restrict__ k,
+                         float* __restrict__ ix, const float* __restrict__ ob,
+                         float* __restrict__ zb, const float* __restrict__ na = nullptr,
                          const float* __restrict__ nb = nullptr) {
   static_assert(kLanes == 64, "four vectors of 16");
   constexpr int NV = 4;
@@ -412,8 +411,8 @@ void weighted_dot_ties64(const float* __restrict__ gb, const float* __restrict__
 // weighted_sum_max for float and kLanes positions, its state in registers (as above; 0.04 ms
 // faster per CBAM forward at 8×256×40×40); Norm: with na, nb as there.
 template <bool Norm>
-inline void weighted_sum_max64(const float* __restrict__ xb, const float* __restrict__ w,
-                               int64_t C, int64_t P, float* __restrict__ s, float* __restrict__ m,
+inline void weighted_sum_max64(const float* __restrict__ xb, const float* __restrict__ w, int64_t C,
+                               int64_t P, float* __restrict__ s, float* __restrict__ m,
                                const float* __restrict__ na, const float* __restrict__ nb) {
   constexpr int NV = 4;
   const f16 zero = {};
@@ -692,8 +691,7 @@ void spatial_pool_kernel(const Tensor& x, const T* cw, Tensor& mean, Tensor& mx,
 }
 
 std::tuple<Tensor, Tensor, Tensor> spatial_pool_impl(const Tensor& x, const Tensor& cw,
-                                                     bool with_count,
-                                                     const Tensor& na = Tensor(),
+                                                     bool with_count, const Tensor& na = Tensor(),
                                                      const Tensor& nb = Tensor()) {
   const auto B = x.size(0), P = x.size(2) * x.size(3);
   Tensor mean = at::empty({B, P}, x.options());
@@ -848,8 +846,8 @@ Tensor masked_like(const Tensor& grad, const Tensor& out) {
 // With op (a ReLU's output): g is masked first and the masked gradient written to zp.
 template <typename T>
 void gate_grad_spatial_kernel(const Tensor& g, const Tensor& x, const T* cw, Tensor& dsw,
-                              const T* smx, T* kp, T* ip, const T* op, T* zp,
-                              const T* na = nullptr, const T* nb = nullptr) {
+                              const T* smx, T* kp, T* ip, const T* op, T* zp, const T* na = nullptr,
+                              const T* nb = nullptr) {
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   TORCH_CHECK(!na || !channels_last(x), "attnlab_fast: the training norm takes NCHW tensors");
   const T* __restrict__ gp = g.data_ptr<T>();
@@ -927,14 +925,12 @@ std::tuple<Tensor, Tensor> grad_spatial(const Tensor& g, const Tensor& x, const 
   if (idx) *idx = at::empty({k ? B : 0, k ? P : 0}, x.options());
   if (out) *gz = masked_like(g, *out);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gate_grad_spatial", [&] {
-    gate_grad_spatial_kernel<scalar_t>(g, x, cw.data_ptr<scalar_t>(), dsw,
-                                       k ? smx.data_ptr<scalar_t>() : nullptr,
-                                       k ? cnt.data_ptr<scalar_t>() : nullptr,
-                                       k && idx ? idx->data_ptr<scalar_t>() : nullptr,
-                                       out ? out->data_ptr<scalar_t>() : nullptr,
-                                       out ? gz->data_ptr<scalar_t>() : nullptr,
-                                       na.defined() ? na.data_ptr<scalar_t>() : nullptr,
-                                       nb.defined() ? nb.data_ptr<scalar_t>() : nullptr);
+    gate_grad_spatial_kernel<scalar_t>(
+        g, x, cw.data_ptr<scalar_t>(), dsw, k ? smx.data_ptr<scalar_t>() : nullptr,
+        k ? cnt.data_ptr<scalar_t>() : nullptr, k && idx ? idx->data_ptr<scalar_t>() : nullptr,
+        out ? out->data_ptr<scalar_t>() : nullptr, out ? gz->data_ptr<scalar_t>() : nullptr,
+        na.defined() ? na.data_ptr<scalar_t>() : nullptr,
+        nb.defined() ? nb.data_ptr<scalar_t>() : nullptr);
   });
   return {dsw, cnt};
 }
@@ -972,9 +968,14 @@ struct Spatial {
 // such position (as a T).
 // With op (a ReLU's output; without the spatial stage only): g is masked first and the masked
 // gradient written to zp.
+// With na (and nb, mu; NCHW, sparse): x is a training norm's input z, y = norm_of(z, na, nb) its
+// output (see TrainNorm), and the pass gives S0 = Σ_p dy and S1 = Σ_p dy·(z − mu) per row
+// instead of dcw (the channel max's ties: y == cmx).
 template <typename T>
 void gate_grad_channel_kernel(const Tensor& g, const Tensor& x, const T* cw, const Spatial& sp,
-                              Tensor& dcw, const T* cmx, T* kp, T* ip, const T* op, T* zp) {
+                              Tensor& dcw, const T* cmx, T* kp, T* ip, const T* op, T* zp,
+                              const T* na = nullptr, const T* nb = nullptr, const T* mu = nullptr,
+                              double* S0 = nullptr, double* S1 = nullptr) {
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   const T* __restrict__ gp = g.data_ptr<T>();
   const T* __restrict__ xp = x.data_ptr<T>();
@@ -983,13 +984,17 @@ void gate_grad_channel_kernel(const Tensor& g, const Tensor& x, const T* cw, con
   const T* se = static_cast<const T*>(sp.se);
   const T* smx = static_cast<const T*>(sp.smx);
   const T* one = static_cast<const T*>(sp.one);
-  T* dp = dcw.data_ptr<T>();
+  T* dp = na ? nullptr : dcw.data_ptr<T>();
+  TORCH_CHECK(!na || (!channels_last(x) && (!sp.on || sp.sparse)),
+              "attnlab_fast: the training norm takes NCHW tensors and the sparse ties");
   if (!channels_last(x)) {
     // Sums in T over chunks of kChunk positions (vector accumulators), the chunks in double;
     // the tie count (with kp) in the same loop.
-    auto row = [&](auto spatial, auto ties, auto sparse, auto masked, int64_t bc) {
+    auto row = [&](auto spatial, auto ties, auto sparse, auto masked, auto norm, int64_t bc) {
       const int64_t b = bc / C;
       const T w = cw[bc], cm = ties ? cmx[bc] : T(0);
+      const T a = norm ? na[bc - b * C] : T(1), h = norm ? nb[bc - b * C] : T(0);
+      const T m0 = norm ? mu[bc - b * C] : T(0);
       const T* __restrict__ r = xp + bc * P;
       const T* __restrict__ q = gp + bc * P;
       const T* __restrict__ o = masked ? op + bc * P : nullptr;
@@ -1000,36 +1005,44 @@ void gate_grad_channel_kernel(const Tensor& g, const Tensor& x, const T* cw, con
       const T* __restrict__ s4 = spatial ? smx + b * P : nullptr;
       const T* __restrict__ s5 = spatial && sparse ? one + b * P : nullptr;
       const T cf = T(bc - b * C);
-      double s = 0;
+      double s = 0, s1n = 0;
       T k = 0;
       // The last tied position as an integer max: with T(p) GCC's loop ran 3× slower (this
       // loop alone, one thread, 256 rows of 1600: 348 against 107 µs).
       int64_t last = -1;
       for (int64_t p0 = 0; p0 < P; p0 += kChunk) {
         const int64_t p1 = std::min(P, p0 + kChunk);
-        T part = 0;
-#pragma omp simd reduction(+ : part, k) reduction(max : last)
+        T part = 0, part1 = 0;
+#pragma omp simd reduction(+ : part, part1, k) reduction(max : last)
         for (int64_t p = p0; p < p1; ++p) {
+          T dy;
           if constexpr (spatial && sparse)
-            part += (q[p] * s1[p] + s2[p] + (s5[p] == cf ? s3[p] : T(0))) * r[p];
+            dy = q[p] * s1[p] + s2[p] + (s5[p] == cf ? s3[p] : T(0));
           else if constexpr (spatial)
-            part += (q[p] * s1[p] + s2[p] + (r[p] * w == s4[p] ? s3[p] : T(0))) * r[p];
+            dy = q[p] * s1[p] + s2[p] + (r[p] * w == s4[p] ? s3[p] : T(0));
           else if constexpr (masked) {
             const T gv = q[p];
-            const T qv = o[p] > T(0) ? gv : T(0);
-            z[p] = qv;
-            part += qv * r[p];
+            dy = o[p] > T(0) ? gv : T(0);
+            z[p] = dy;
           } else
-            part += q[p] * r[p];
+            dy = q[p];
+          if constexpr (norm) {
+            part += dy;
+            part1 += dy * (r[p] - m0);
+          } else
+            part += dy * r[p];
           if constexpr (ties) {
-            const bool tie = r[p] == cm;
+            const bool tie = (norm ? norm_of(r[p], a, h) : r[p]) == cm;
             k += tie ? T(1) : T(0);
             last = std::max(last, tie ? p : int64_t(-1));
           }
         }
-        s += part;
+        s += part, s1n += part1;
       }
-      dp[bc] = static_cast<T>(s);
+      if constexpr (norm)
+        S0[bc] = s, S1[bc] = s1n;
+      else
+        dp[bc] = static_cast<T>(s);
       if constexpr (ties) {
         kp[bc] = k;
         if (ip) ip[bc] = T(last);
@@ -1037,6 +1050,30 @@ void gate_grad_channel_kernel(const Tensor& g, const Tensor& x, const T* cw, con
     };
     using on = std::true_type;
     using off = std::false_type;
+    auto one_row = [&](auto norm, int64_t bc) {
+      if (sp.on && sp.sparse && kp)
+        row(on{}, on{}, on{}, off{}, norm, bc);
+      else if (sp.on && sp.sparse)
+        row(on{}, off{}, on{}, off{}, norm, bc);
+      else if (sp.on && kp)
+        row(on{}, on{}, off{}, off{}, norm, bc);
+      else if (sp.on)
+        row(on{}, off{}, off{}, off{}, norm, bc);
+      else if (op && kp)
+        row(off{}, on{}, off{}, on{}, norm, bc);
+      else if (op)
+        row(off{}, off{}, off{}, on{}, norm, bc);
+      else if (kp)
+        row(off{}, on{}, off{}, off{}, norm, bc);
+      else
+        row(off{}, off{}, off{}, off{}, norm, bc);
+    };
+    if (na) {  // (no register kernels)
+      at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t bc = begin; bc < end; ++bc) one_row(on{}, bc);
+      });
+      return;
+    }
     at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
       int64_t first = begin;  // short rows without the spatial stage or ties: 8 at a time
       if constexpr (std::is_same<T, float>::value)
@@ -1052,14 +1089,7 @@ void gate_grad_channel_kernel(const Tensor& g, const Tensor& x, const T* cw, con
           bc += kRows - 1;
           continue;
         }
-        if (sp.on && sp.sparse && kp) row(on{}, on{}, on{}, off{}, bc);
-        else if (sp.on && sp.sparse) row(on{}, off{}, on{}, off{}, bc);
-        else if (sp.on && kp) row(on{}, on{}, off{}, off{}, bc);
-        else if (sp.on) row(on{}, off{}, off{}, off{}, bc);
-        else if (op && kp) row(off{}, on{}, off{}, on{}, bc);
-        else if (op) row(off{}, off{}, off{}, on{}, bc);
-        else if (kp) row(off{}, on{}, off{}, off{}, bc);
-        else row(off{}, off{}, off{}, off{}, bc);
+        one_row(off{}, bc);
       }
     });
     return;
@@ -1384,7 +1414,6 @@ void channel_tie_terms(const Tensor& x, const T* cmx, const T* ce, const T* cnt,
   });
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // A training-mode BatchNorm2d before the gate, run in the gate's own passes (gate_forward and
 // gate_backward_impl with a TrainNorm; CBAM's training call; NCHW): the passes read the norm's
@@ -1392,8 +1421,9 @@ void channel_tie_terms(const Tensor& x, const T* cmx, const T* ce, const T* cnt,
 // form); y is never written. The forward's first pass, which the gate's channel pools need
 // anyway, gives the batch statistics and the pools: avg_p y = α·mean_p z + β', and max_p y is
 // y at the row's largest z (smallest where α < 0: y is monotone in z). Backward: the channel
-// pass sums dy and dy·(z − μ) per row instead of dy·y (Σ dy·y = α·S1 + β·S0), which with the
-// max pools' tie terms give the norm's two sums; the input pass writes dz instead of dy:
+// pass (gate_grad_channel_kernel with the norm) sums dy and dy·(z − μ) per row instead of
+// dy·y (Σ dy·y = α·S1 + β·S0), which with the max pools' tie terms give the norm's two sums;
+// the input pass writes dz instead of dy:
 //   dz = α·(dy − mean(dy) − (z − μ)·invstd²·mean(dy·(z − μ))) = α·dy + K[c] + Bz[c]·(z − μ).
 struct TrainNorm {
   Tensor weight, bias;               // undefined without affine parameters
@@ -1405,8 +1435,8 @@ struct TrainNorm {
 // the shift, a value of the channel, keeps the squares from cancelling when |μ| ≫ σ) and, with
 // Range, the row's largest and smallest entries.
 template <typename T, bool Range>
-inline void row_moments(const T* __restrict__ z, int64_t P, T shift, double& s1, double& s2,
-                        T& hi, T& lo) {
+inline void row_moments(const T* __restrict__ z, int64_t P, T shift, double& s1, double& s2, T& hi,
+                        T& lo) {
   double a = 0, b = 0;
   T mx = z[0], mn = z[0];
   for (int64_t p0 = 0; p0 < P; p0 += 512) {
@@ -1488,84 +1518,8 @@ void train_norm_stats(const Tensor& z, const TrainNorm& tn, Tensor& mean, Tensor
   }
 }
 
-// The channel pass (pass 2, or pass 1 without the spatial gate) with the norm: per row
-// S0 = Σ_p dy, S1 = Σ_p dy·(z − μ), dy = g·sw + sa + (one == c ? se : 0) with the spatial gate
-// (sparse), else g masked by the ReLU (out > 0, written to zp); with cmx the channel max's tie
-// count kp and last tied position ip, y = norm_of(z) == cmx. Sums in T over chunks of kChunk,
-// the chunks in double.
-template <typename T>
-void norm_grad_channel_kernel(const Tensor& g, const Tensor& z, const Spatial& sp, const T* cmx,
-                              T* kp, T* ip, const T* op, T* zp, const T* na, const T* nb,
-                              const T* mu, double* S0, double* S1) {
-  const int64_t B = z.size(0), C = z.size(1), P = z.size(2) * z.size(3);
-  TORCH_CHECK(!sp.on || sp.sparse, "attnlab_fast: the training norm needs the sparse ties");
-  const T* __restrict__ gp = g.data_ptr<T>();
-  const T* __restrict__ xp = z.data_ptr<T>();
-  const T* sw = static_cast<const T*>(sp.sw);
-  const T* sa = static_cast<const T*>(sp.sa);
-  const T* se = static_cast<const T*>(sp.se);
-  const T* one = static_cast<const T*>(sp.one);
-  auto row = [&](auto spatial, auto ties, auto masked, int64_t bc) {
-    const int64_t b = bc / C, c = bc - b * C;
-    const T a = na[c], h = nb[c], m0 = mu[c], cm = ties ? cmx[bc] : T(0), cf = T(c);
-    const T* __restrict__ r = xp + bc * P;
-    const T* __restrict__ q = gp + bc * P;
-    const T* __restrict__ o = masked ? op + bc * P : nullptr;
-    T* __restrict__ zo = masked ? zp + bc * P : nullptr;
-    const T* __restrict__ s1 = spatial ? sw + b * P : nullptr;
-    const T* __restrict__ s2 = spatial ? sa + b * P : nullptr;
-    const T* __restrict__ s3 = spatial ? se + b * P : nullptr;
-    const T* __restrict__ s5 = spatial ? one + b * P : nullptr;
-    double t0 = 0, t1 = 0;
-    T k = 0;
-    int64_t last = -1;  // an integer max, as in gate_grad_channel_kernel
-    for (int64_t p0 = 0; p0 < P; p0 += kChunk) {
-      const int64_t p1 = std::min(P, p0 + kChunk);
-      T u0 = 0, u1 = 0;
-#pragma omp simd reduction(+ : u0, u1, k) reduction(max : last)
-      for (int64_t p = p0; p < p1; ++p) {
-        T dy;
-        if constexpr (spatial) {
-          dy = q[p] * s1[p] + s2[p] + (s5[p] == cf ? s3[p] : T(0));
-        } else if constexpr (masked) {
-          const T gv = q[p];
-          dy = o[p] > T(0) ? gv : T(0);
-          zo[p] = dy;
-        } else {
-          dy = q[p];
-        }
-        u0 += dy;
-        u1 += dy * (r[p] - m0);
-        if constexpr (ties) {
-          const bool tie = norm_of(r[p], a, h) == cm;
-          k += tie ? T(1) : T(0);
-          last = std::max(last, tie ? p : int64_t(-1));
-        }
-      }
-      t0 += u0, t1 += u1;
-    }
-    S0[bc] = t0, S1[bc] = t1;
-    if constexpr (ties) {
-      kp[bc] = k;
-      if (ip) ip[bc] = T(last);
-    }
-  };
-  using on = std::true_type;
-  using off = std::false_type;
-  at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t bc = begin; bc < end; ++bc) {
-      if (sp.on && kp) row(on{}, on{}, off{}, bc);
-      else if (sp.on) row(on{}, off{}, off{}, bc);
-      else if (op && kp) row(off{}, on{}, on{}, bc);
-      else if (op) row(off{}, off{}, on{}, bc);
-      else if (kp) row(off{}, on{}, off{}, bc);
-      else row(off{}, off{}, off{}, bc);
-    }
-  });
-}
-
 // The input pass with the norm: dz = α·dy' + K[c] + Bz[c]·(z − μ), dy' = dy·cw + ca (dy as in
-// norm_grad_channel_kernel, g the masked gradient) and, at the one position cone names (≥ 0),
+// gate_grad_channel_kernel, g the masked gradient) and, at the one position cone names (≥ 0),
 // + ce (the channel max's term).
 template <typename T>
 void norm_grad_input_kernel(const Tensor& g, const Tensor& z, const T* cw, const Spatial& sp,
@@ -1594,8 +1548,7 @@ void norm_grad_input_kernel(const Tensor& g, const Tensor& z, const T* cw, const
         const T cf = T(c);
 #pragma omp simd
         for (int64_t p = 0; p < P; ++p)
-          d[p] = (q[p] * s1[p] + s2[p] + (s5[p] == cf ? s3[p] : T(0))) * w + a +
-                 bz * (r[p] - m0);
+          d[p] = (q[p] * s1[p] + s2[p] + (s5[p] == cf ? s3[p] : T(0))) * w + a + bz * (r[p] - m0);
       } else {
 #pragma omp simd
         for (int64_t p = 0; p < P; ++p) d[p] = q[p] * w + a + bz * (r[p] - m0);
@@ -1898,8 +1851,7 @@ std::tuple<Tensor, Tensor> pooled_descriptors(const Tensor& x, bool use_avg, boo
                         : at::empty({0, 0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "channel_pool", [&] {
     using T = scalar_t;
-    channel_pool_kernel<T>(x, avg, mx, none, use_max, false,
-                           nm ? nm->scale.data_ptr<T>() : nullptr,
+    channel_pool_kernel<T>(x, avg, mx, none, use_max, false, nm ? nm->scale.data_ptr<T>() : nullptr,
                            nm ? nm->shift.data_ptr<T>() : nullptr);
   });
   return {avg, mx};
@@ -1927,13 +1879,13 @@ Tensor channel_logits(const Tensor& avg, const Tensor& mx, at::TensorList ch, in
   return l;
 }
 
-std::vector<Tensor> gate_forward(const Tensor& x_in, at::TensorList ch_, int64_t kind,
-                                 bool use_avg, bool use_max, at::TensorList sp_, bool max_first, int64_t bn,
+std::vector<Tensor> gate_forward(const Tensor& x_in, at::TensorList ch_, int64_t kind, bool use_avg,
+                                 bool use_max, at::TensorList sp_, bool max_first, int64_t bn,
                                  const Tensor& running_mean, const Tensor& running_var,
                                  double momentum, double eps, bool save,
-                                 const c10::optional<Tensor>& residual,
-                                 at::TensorList norm = {}, double norm_eps = 1e-5,
-                                 bool autograd_node = false, const TrainNorm* tn = nullptr) {
+                                 const c10::optional<Tensor>& residual, at::TensorList norm = {},
+                                 double norm_eps = 1e-5, bool autograd_node = false,
+                                 const TrainNorm* tn = nullptr) {
   check_full(x_in, "x");
   check_residual(residual, x_in);
   // With norm, x is an eval-mode BatchNorm2d's input, and every pass applies the norm to what
@@ -2019,8 +1971,8 @@ std::vector<Tensor> gate_forward(const Tensor& x_in, at::TensorList ch_, int64_t
       gate_sigmoid(sw, autograd_node);
     }
   });
-  out.push_back(gate_apply_impl(x, cw, spatial ? c10::optional<Tensor>(sw) : c10::nullopt,
-                                residual, nm.scale, nm.shift));
+  out.push_back(gate_apply_impl(x, cw, spatial ? c10::optional<Tensor>(sw) : c10::nullopt, residual,
+                                nm.scale, nm.shift));
   if (save) {
     auto none = [&] { return at::empty({0}, x.options()); };
     for (Tensor* t : {&sw, &cavg, &cmax, &smean, &smax, &zhat, &invstd, &hidden})
@@ -2037,18 +1989,18 @@ std::vector<Tensor> gate_forward(const Tensor& x_in, at::TensorList ch_, int64_t
 // pass masks it, g·(out > 0), writes that to *gz (the residual's gradient) and the passes after
 // it read that.
 std::vector<Tensor> gate_backward_impl(const Tensor& grad_in, const Tensor& x, at::TensorList ch_,
-                                       int64_t kind, bool use_avg, bool use_max,
-                                       at::TensorList sp_, bool max_first, int64_t bn,
-                                       at::TensorList saved, bool need_dx, const Tensor* out,
-                                       Tensor* gz, const TrainNorm* tn = nullptr) {
+                                       int64_t kind, bool use_avg, bool use_max, at::TensorList sp_,
+                                       bool max_first, int64_t bn, at::TensorList saved,
+                                       bool need_dx, const Tensor* out, Tensor* gz,
+                                       const TrainNorm* tn = nullptr) {
   check_full(x, "x");
   const auto chv = params_of(x, ch_, "channel"), spv = params_of(x, sp_, "spatial");
   const at::TensorList ch(chv), sp(spv);
   check_grad(grad_in, x);
   TORCH_CHECK(!out || (kind != 0 || present(sp_, 0)), "attnlab_fast: nothing to mask");
   Tensor grad = grad_in;
-  TORCH_CHECK(saved.size() == (tn ? 14 : 9), "attnlab_fast: gate_backward needs the ",
-              tn ? 14 : 9, " saved tensors");
+  TORCH_CHECK(saved.size() == (tn ? 14 : 9), "attnlab_fast: gate_backward needs the ", tn ? 14 : 9,
+              " saved tensors");
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), P = H * W;
   const Tensor &cw = saved[0], &sw = saved[1], &cavg = saved[2], &cmax = saved[3],
                &smean = saved[4], &smax = saved[5], &zhat = saved[6], &invstd = saved[7];
@@ -2140,12 +2092,12 @@ std::vector<Tensor> gate_backward_impl(const Tensor& grad_in, const Tensor& x, a
       ccnt = at::empty({ties ? B : 0, ties ? C : 0}, x.options());
       cidx = at::empty_like(ccnt);
       if (first) *gz = masked_like(grad, *out);
-      norm_grad_channel_kernel<T>(grad, x, terms, ties ? cmax.data_ptr<T>() : nullptr,
-                                  ties ? ccnt.data_ptr<T>() : nullptr,
-                                  ties ? cidx.data_ptr<T>() : nullptr,
-                                  first ? out->data_ptr<T>() : nullptr,
-                                  first ? gz->data_ptr<T>() : nullptr, al, sh, mu, S0.data(),
-                                  S1.data());
+      Tensor unused;
+      gate_grad_channel_kernel<T>(
+          grad, x, cw.data_ptr<T>(), terms, unused, ties ? cmax.data_ptr<T>() : nullptr,
+          ties ? ccnt.data_ptr<T>() : nullptr, ties ? cidx.data_ptr<T>() : nullptr,
+          first ? out->data_ptr<T>() : nullptr, first ? gz->data_ptr<T>() : nullptr, al, sh, mu,
+          S0.data(), S1.data());
       if (first) grad = *gz;
       if (spatial && smulti)
         norm_spatial_tie_terms<T>(x, al, sh, mu, cw.data_ptr<T>(), smax.data_ptr<T>(),
@@ -2155,7 +2107,7 @@ std::vector<Tensor> gate_backward_impl(const Tensor& grad_in, const Tensor& x, a
     if (kind != 0) {
       Tensor dl;
       const bool first = out && !spatial;  // the first pass: the ReLU's mask goes with it
-      if (tn) {  // Σ_p dy·y = α·S1 + β·S0 (y = α·(z − μ) + β)
+      if (tn) {                            // Σ_p dy·y = α·S1 + β·S0 (y = α·(z − μ) + β)
         dl = at::empty({B, C}, x.options());
         T* d = dl.data_ptr<T>();
         const T* bias = tn->bias.defined() ? tn->bias.data_ptr<T>() : nullptr;
@@ -2216,8 +2168,8 @@ std::vector<Tensor> gate_backward_impl(const Tensor& grad_in, const Tensor& x, a
       if (cm.defined()) cmulti = single_ties<T>(ccnt.data_ptr<T>(), cidx.data_ptr<T>(), B * C);
       std::vector<double> tz(cm.defined() ? B * C : 0);  // Σ_ties (z − μ)
       if (cm.defined())
-        norm_channel_ties<T>(x, al, sh, mu, cm.data_ptr<T>(), ce.data_ptr<T>(),
-                             ccnt.data_ptr<T>(), cidx.data_ptr<T>(), tz.data(), nullptr);
+        norm_channel_ties<T>(x, al, sh, mu, cm.data_ptr<T>(), ce.data_ptr<T>(), ccnt.data_ptr<T>(),
+                             cidx.data_ptr<T>(), tz.data(), nullptr);
       const T *cwp = cw.data_ptr<T>(), *cap = ca.data_ptr<T>(), *zs = saved[11].data_ptr<T>();
       const T* cep = cm.defined() ? ce.data_ptr<T>() : nullptr;
       const T* kc = cm.defined() ? ccnt.data_ptr<T>() : nullptr;
@@ -2528,6 +2480,54 @@ void guard_double_backward(const variable_list& grad_outputs, variable_list& out
   for (size_t j = 0; j < where.size(); ++j) out[where[j]] = wrapped[j];
 }
 
+// The gradients of gate_train's arguments from gate_backward_impl's (got), one entry per
+// argument, the tensor lists expanded (as Function::apply counts them): x, channel…, kind,
+// use_avg, use_max, spatial…, max_first, bn, running_mean, running_var, momentum, eps, residual.
+variable_list gate_arg_grads(const std::vector<Tensor>& got, int64_t nch, int64_t nsp, bool need_dx,
+                             const Tensor& dres) {
+  auto grad_or_none = [](const Tensor& t) { return t.numel() > 0 ? t : Tensor(); };
+  variable_list out;
+  out.push_back(need_dx ? got[0] : Tensor());
+  for (int64_t i = 0; i < nch; ++i) out.push_back(i < 4 ? grad_or_none(got[1 + i]) : Tensor());
+  out.insert(out.end(), 3, Tensor());
+  for (int64_t i = 0; i < nsp; ++i) out.push_back(i < 4 ? grad_or_none(got[5 + i]) : Tensor());
+  out.insert(out.end(), 6, Tensor());
+  out.push_back(dres);
+  return out;
+}
+
+// A gate's training call saved for its backward: the tensors kept (head, the channel and
+// spatial parameters, then tail), the small tensors gate_forward saved (outs after the output)
+// and cfg, whose entries 5 and 6 are the parameter lists' lengths.
+void save_gate_call(AutogradContext* ctx, std::vector<Tensor> head, at::TensorList ch,
+                    at::TensorList sp, const std::vector<Tensor>& tail,
+                    const std::vector<Tensor>& outs, std::vector<int64_t> cfg) {
+  head.insert(head.end(), ch.begin(), ch.end());
+  head.insert(head.end(), sp.begin(), sp.end());
+  head.insert(head.end(), tail.begin(), tail.end());
+  ctx->save_for_backward(head);
+  ctx->saved_data["small"] = std::vector<Tensor>(outs.begin() + 1, outs.end());
+  ctx->saved_data["cfg"] = std::move(cfg);
+}
+
+struct SavedGateCall {
+  std::vector<Tensor> kept, small, ch, sp;  // kept: all of them, head first
+  std::vector<int64_t> cfg;
+  int64_t nch, nsp;
+};
+
+// save_gate_call's, with head tensors before the parameters.
+SavedGateCall load_gate_call(AutogradContext* ctx, int64_t head) {
+  SavedGateCall g;
+  g.kept = ctx->get_saved_variables();
+  g.cfg = ctx->saved_data["cfg"].toIntVector();
+  g.small = ctx->saved_data["small"].toTensorVector();
+  g.nch = g.cfg[5], g.nsp = g.cfg[6];
+  g.ch.assign(g.kept.begin() + head, g.kept.begin() + head + g.nch);
+  g.sp.assign(g.kept.begin() + head + g.nch, g.kept.begin() + head + g.nch + g.nsp);
+  return g;
+}
+
 struct LayerGateFn : public torch::autograd::Function<LayerGateFn> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, at::TensorList ch, int64_t kind,
                         bool use_avg, bool use_max, at::TensorList sp, bool max_first, int64_t bn,
@@ -2536,27 +2536,20 @@ struct LayerGateFn : public torch::autograd::Function<LayerGateFn> {
     auto outs = gate_forward(x, ch, kind, use_avg, use_max, sp, max_first, bn, running_mean,
                              running_var, momentum, eps, true, residual, {}, 1e-5, true);
     const bool res = residual.has_value() && residual->defined();
-    std::vector<Tensor> keep{x};
-    keep.insert(keep.end(), ch.begin(), ch.end());
-    keep.insert(keep.end(), sp.begin(), sp.end());
     // With a residual the output is saved for the ReLU's backward: it is the next block's
     // input, kept alive by that block's own backward anyway.
-    if (res) keep.push_back(outs[0]);
-    ctx->save_for_backward(keep);
-    ctx->saved_data["small"] = std::vector<Tensor>(outs.begin() + 1, outs.end());
-    ctx->saved_data["cfg"] = std::vector<int64_t>{
-        kind, use_avg, use_max, max_first, bn, int64_t(ch.size()), int64_t(sp.size()), res};
+    save_gate_call(
+        ctx, {x}, ch, sp, res ? std::vector<Tensor>{outs[0]} : std::vector<Tensor>{}, outs,
+        {kind, use_avg, use_max, max_first, bn, int64_t(ch.size()), int64_t(sp.size()), res});
     return outs[0];
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const auto kept = ctx->get_saved_variables();
-    const auto cfg = ctx->saved_data["cfg"].toIntVector();
-    const auto small = ctx->saved_data["small"].toTensorVector();
-    const int64_t nch = cfg[5], nsp = cfg[6];
+    const SavedGateCall s = load_gate_call(ctx, 1);
+    const std::vector<Tensor>&kept = s.kept, &small = s.small, &ch = s.ch, &sp = s.sp;
+    const std::vector<int64_t>& cfg = s.cfg;
+    const int64_t nch = s.nch, nsp = s.nsp;
     const Tensor& x = kept[0];
-    const std::vector<Tensor> ch(kept.begin() + 1, kept.begin() + 1 + nch);
-    const std::vector<Tensor> sp(kept.begin() + 1 + nch, kept.begin() + 1 + nch + nsp);
     const bool res = cfg[7] != 0;
     const bool need_dx = ctx->needs_input_grad(0);
     // the variables: x, channel…, spatial…, running_mean, running_var, residual
@@ -2571,17 +2564,7 @@ struct LayerGateFn : public torch::autograd::Function<LayerGateFn> {
       got = gate_backward_impl(grad, x, ch, cfg[0], cfg[1], cfg[2], sp, cfg[3], cfg[4], small,
                                need_dx, res ? &kept[1 + nch + nsp] : nullptr, &gz);
     }
-    auto grad_or_none = [](const Tensor& t) { return t.numel() > 0 ? t : Tensor(); };
-    // One entry per forward argument, the tensor lists expanded (as Function::apply counts them):
-    // x, channel…, kind, use_avg, use_max, spatial…, max_first, bn, running_mean, running_var,
-    // momentum, eps, residual.
-    variable_list out;
-    out.push_back(need_dx ? got[0] : Tensor());
-    for (int64_t i = 0; i < nch; ++i) out.push_back(i < 4 ? grad_or_none(got[1 + i]) : Tensor());
-    out.insert(out.end(), 3, Tensor());
-    for (int64_t i = 0; i < nsp; ++i) out.push_back(i < 4 ? grad_or_none(got[5 + i]) : Tensor());
-    out.insert(out.end(), 6, Tensor());
-    out.push_back(need_dres ? gz : Tensor());
+    variable_list out = gate_arg_grads(got, nch, nsp, need_dx, need_dres ? gz : Tensor());
     guard_double_backward(grad_outputs, out);
     return out;
   }
@@ -2673,28 +2656,22 @@ struct GateNormFn : public torch::autograd::Function<GateNormFn> {
     auto outs = gate_forward(z, ch, kind, use_avg, use_max, sp, max_first, bn, running_mean,
                              running_var, momentum, eps, true, residual, {}, 1e-5, true, &tn);
     const bool has_w = tn.weight.defined(), has_b = tn.bias.defined();
-    std::vector<Tensor> keep{z, outs[0]};
-    keep.insert(keep.end(), ch.begin(), ch.end());
-    keep.insert(keep.end(), sp.begin(), sp.end());
-    if (has_w) keep.push_back(tn.weight);
-    if (has_b) keep.push_back(tn.bias);
-    ctx->save_for_backward(keep);
-    ctx->saved_data["small"] = std::vector<Tensor>(outs.begin() + 1, outs.end());
-    ctx->saved_data["cfg"] =
-        std::vector<int64_t>{kind,       use_avg,    use_max, max_first, bn, int64_t(ch.size()),
-                             int64_t(sp.size()), has_w, has_b};
+    std::vector<Tensor> tail;
+    if (has_w) tail.push_back(tn.weight);
+    if (has_b) tail.push_back(tn.bias);
+    save_gate_call(ctx, {z, outs[0]}, ch, sp, tail, outs,
+                   {kind, use_avg, use_max, max_first, bn, int64_t(ch.size()), int64_t(sp.size()),
+                    has_w, has_b});
     return outs[0];
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
-    const auto kept = ctx->get_saved_variables();
-    const auto cfg = ctx->saved_data["cfg"].toIntVector();
-    const auto small = ctx->saved_data["small"].toTensorVector();
-    const int64_t nch = cfg[5], nsp = cfg[6];
+    const SavedGateCall s = load_gate_call(ctx, 2);
+    const std::vector<Tensor>&kept = s.kept, &small = s.small, &ch = s.ch, &sp = s.sp;
+    const std::vector<int64_t>& cfg = s.cfg;
+    const int64_t nch = s.nch, nsp = s.nsp;
     const bool has_w = cfg[7] != 0, has_b = cfg[8] != 0;
     const Tensor &z = kept[0], &out = kept[1];
-    const std::vector<Tensor> ch(kept.begin() + 2, kept.begin() + 2 + nch);
-    const std::vector<Tensor> sp(kept.begin() + 2 + nch, kept.begin() + 2 + nch + nsp);
     TrainNorm tn;
     if (has_w) tn.weight = kept[2 + nch + nsp];
     if (has_b) tn.bias = kept[2 + nch + nsp + int64_t(has_w)];
@@ -2710,17 +2687,8 @@ struct GateNormFn : public torch::autograd::Function<GateNormFn> {
       got = gate_backward_impl(grad, z, ch, cfg[0], cfg[1], cfg[2], sp, cfg[3], cfg[4], small,
                                need_dz, &out, &gz, &tn);
     }
-    auto grad_or_none = [](const Tensor& t) { return t.numel() > 0 ? t : Tensor(); };
-    // One entry per forward argument, the lists expanded: z, channel…, kind, use_avg, use_max,
-    // spatial…, max_first, bn, running_mean, running_var, momentum, eps, residual, weight, bias,
-    // norm_mean, norm_var, norm_momentum, norm_eps.
-    variable_list res;
-    res.push_back(need_dz ? got[0] : Tensor());
-    for (int64_t i = 0; i < nch; ++i) res.push_back(i < 4 ? grad_or_none(got[1 + i]) : Tensor());
-    res.insert(res.end(), 3, Tensor());
-    for (int64_t i = 0; i < nsp; ++i) res.push_back(i < 4 ? grad_or_none(got[5 + i]) : Tensor());
-    res.insert(res.end(), 6, Tensor());
-    res.push_back(need_dres ? gz : Tensor());
+    // gate_train's arguments, then weight, bias, norm_mean, norm_var, norm_momentum, norm_eps
+    variable_list res = gate_arg_grads(got, nch, nsp, need_dz, need_dres ? gz : Tensor());
     res.push_back(has_w ? got[9] : Tensor());
     res.push_back(has_b ? got[10] : Tensor());
     res.insert(res.end(), 4, Tensor());
@@ -2737,8 +2705,8 @@ Tensor gate_norm_train_autograd(const Tensor& z, at::TensorList ch, int64_t kind
                                 const c10::optional<Tensor>& bias, const Tensor& norm_mean,
                                 const Tensor& norm_var, double norm_momentum, double norm_eps) {
   return GateNormFn::apply(z, ch, kind, use_avg, use_max, sp, max_first, bn, running_mean,
-                           running_var, momentum, eps, residual, weight, bias, norm_mean,
-                           norm_var, norm_momentum, norm_eps);
+                           running_var, momentum, eps, residual, weight, bias, norm_mean, norm_var,
+                           norm_momentum, norm_eps);
 }
 
 Tensor gate_norm_train_cpu(const Tensor& z, at::TensorList ch, int64_t kind, bool use_avg,
