@@ -449,27 +449,41 @@ typedef double d8 __attribute__((vector_size(64)));
 // One row at a time (gate_grad_channel_kernel's loop, GCC's vectorisation) took 56 µs per
 // sample of 256×40×40 warm, twice the spatial gradient's pass over the same data; this, 32.
 // Sums in float over chunks of kChunk positions (16 entries per lane), the chunks in double.
+// Norm (x a training norm's input z, see TrainNorm; na, nb, mu the rows' channels'): out[j] =
+// Σ_p dy and out1[j] = Σ_p dy·(z − mu), dy as above; the ties of norm_of(z) == cm.
 constexpr int kRows = 4;
-template <bool Ties>
+template <bool Ties, bool Norm = false>
 void channel_grad_rows(const float* __restrict__ q, const float* __restrict__ r, int64_t P,
                        const float* __restrict__ s1, const float* __restrict__ s2,
                        const float* __restrict__ s3, const float* __restrict__ s5, float cf,
                        const float* __restrict__ cm, double* __restrict__ out,
-                       float* __restrict__ k, float* __restrict__ ix) {
+                       float* __restrict__ k, float* __restrict__ ix,
+                       const float* __restrict__ na = nullptr,
+                       const float* __restrict__ nb = nullptr,
+                       const float* __restrict__ mu = nullptr,
+                       double* __restrict__ out1 = nullptr) {
   const int64_t nv = P / 16;
   const f16 zero = {}, one = zero + 1.0f, step = zero + 16.0f;
-  f16 cnt[kRows], last[kRows], cmv[kRows], cfv[kRows];
-  d8 acc[kRows];
+  f16 cnt[kRows], last[kRows], cmv[kRows], cfv[kRows], av[kRows], hv[kRows], mv[kRows];
+  d8 acc[kRows], acc1[kRows];
   for (int j = 0; j < kRows; ++j) {
     cnt[j] = zero, last[j] = zero - 1.0f, cfv[j] = zero + (cf + float(j));
     cmv[j] = zero + (Ties ? cm[j] : 0.0f);
-    acc[j] = d8{};
+    av[j] = zero + (Norm ? na[j] : 0.0f), hv[j] = zero + (Norm ? nb[j] : 0.0f);
+    mv[j] = zero + (Norm ? mu[j] : 0.0f);
+    acc[j] = d8{}, acc1[j] = d8{};
   }
   f16 pos;
   for (int l = 0; l < 16; ++l) pos[l] = float(l);
   constexpr int64_t chunk = kChunk / 16;
+  auto widen = [](const f16& v) {  // the sum of v's two halves, in double
+    f8 lo, hi;
+    std::memcpy(&lo, &v, sizeof lo);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
+    return __builtin_convertvector(lo, d8) + __builtin_convertvector(hi, d8);
+  };
   for (int64_t v0 = 0; v0 < nv; v0 += chunk) {
-    f16 part[kRows] = {};
+    f16 part[kRows] = {}, part1[kRows] = {};
     for (int64_t v = v0, v1 = std::min(nv, v0 + chunk); v < v1; ++v) {
       const f16 a = load_vec<f16>(s1 + 16 * v), b = load_vec<f16>(s2 + 16 * v);
       const f16 e = load_vec<f16>(s3 + 16 * v), o = load_vec<f16>(s5 + 16 * v);
@@ -477,9 +491,14 @@ void channel_grad_rows(const float* __restrict__ q, const float* __restrict__ r,
         const f16 xv = load_vec<f16>(r + j * P + 16 * v);
         f16 t = load_vec<f16>(q + j * P + 16 * v) * a + b;
         t = o == cfv[j] ? t + e : t;
-        part[j] += t * xv;
+        if constexpr (Norm) {
+          part[j] += t;
+          part1[j] += t * (xv - mv[j]);
+        } else {
+          part[j] += t * xv;
+        }
         if constexpr (Ties) {
-          const auto tie = xv == cmv[j];
+          const auto tie = (Norm ? norm_of(xv, av[j], hv[j]) : xv) == cmv[j];
           cnt[j] = tie ? cnt[j] + one : cnt[j];
           last[j] = tie ? pos : last[j];
         }
@@ -487,15 +506,13 @@ void channel_grad_rows(const float* __restrict__ q, const float* __restrict__ r,
       pos += step;
     }
     for (int j = 0; j < kRows; ++j) {
-      f8 lo, hi;
-      std::memcpy(&lo, &part[j], sizeof lo);
-      std::memcpy(&hi, reinterpret_cast<const char*>(&part[j]) + sizeof lo, sizeof hi);
-      acc[j] += __builtin_convertvector(lo, d8) + __builtin_convertvector(hi, d8);
+      acc[j] += widen(part[j]);
+      if constexpr (Norm) acc1[j] += widen(part1[j]);
     }
   }
   for (int j = 0; j < kRows; ++j) {
-    double sum = 0;
-    for (int l = 0; l < 8; ++l) sum += acc[j][l];
+    double sum = 0, sum1 = 0;
+    for (int l = 0; l < 8; ++l) sum += acc[j][l], sum1 += acc1[j][l];
     float kk = 0, lp = -1;
     for (int l = 0; l < 16; ++l) {
       kk += cnt[j][l];
@@ -504,12 +521,18 @@ void channel_grad_rows(const float* __restrict__ q, const float* __restrict__ r,
     const float* __restrict__ qj = q + j * P;
     const float* __restrict__ rj = r + j * P;
     const float cj = cf + float(j);
-    float tail = 0;
+    float tail = 0, tail1 = 0;
     for (int64_t p = 16 * nv; p < P; ++p) {
-      tail += (qj[p] * s1[p] + s2[p] + (s5[p] == cj ? s3[p] : 0.0f)) * rj[p];
-      if (Ties && rj[p] == cm[j]) kk += 1.0f, lp = float(p);
+      const float t = qj[p] * s1[p] + s2[p] + (s5[p] == cj ? s3[p] : 0.0f);
+      if constexpr (Norm) {
+        tail += t, tail1 += t * (rj[p] - mu[j]);
+      } else {
+        tail += t * rj[p];
+      }
+      if (Ties && (Norm ? norm_of(rj[p], na[j], nb[j]) : rj[p]) == cm[j]) kk += 1.0f, lp = float(p);
     }
     out[j] = sum + tail;
+    if constexpr (Norm) out1[j] = sum1 + tail1;
     if (Ties) k[j] = kk, ix[j] = lp;
   }
 }
@@ -574,23 +597,33 @@ inline void dot_ties_block(const float* gb, const float* xb, const float* w, int
 // once where a register kernel applies (float on GCC): dp, kp, ip as the rows' outputs; cm null
 // without the channel max. Returns whether it did them.
 template <typename T>
-inline bool channel_grad_block(const T*, const T*, int64_t, const T*, const T*, const T*,
-                               const T*, T, const T*, T*, T*, T*) {
+inline bool channel_grad_block(const T*, const T*, int64_t, const T*, const T*, const T*, const T*,
+                               T, const T*, T*, T*, T*, const T* = nullptr, const T* = nullptr,
+                               const T* = nullptr, double* = nullptr, double* = nullptr) {
   return false;
 }
 
 #if defined(__GNUC__) && !defined(__clang__)
 inline bool channel_grad_block(const float* q, const float* r, int64_t P, const float* s1,
                                const float* s2, const float* s3, const float* s5, float cf,
-                               const float* cm, float* dp, float* kp, float* ip) {
+                               const float* cm, float* dp, float* kp, float* ip,
+                               const float* na = nullptr, const float* nb = nullptr,
+                               const float* mu = nullptr, double* S0 = nullptr,
+                               double* S1 = nullptr) {
   double o[kRows];
   float k[kRows], ix[kRows];
-  if (cm)
+  if (na) {  // the training norm's sums (see channel_grad_rows)
+    if (cm)
+      channel_grad_rows<true, true>(q, r, P, s1, s2, s3, s5, cf, cm, S0, k, ix, na, nb, mu, S1);
+    else
+      channel_grad_rows<false, true>(q, r, P, s1, s2, s3, s5, cf, cm, S0, k, ix, na, nb, mu, S1);
+  } else if (cm) {
     channel_grad_rows<true>(q, r, P, s1, s2, s3, s5, cf, cm, o, k, ix);
-  else
+  } else {
     channel_grad_rows<false>(q, r, P, s1, s2, s3, s5, cf, cm, o, k, ix);
+  }
   for (int j = 0; j < kRows; ++j) {
-    dp[j] = static_cast<float>(o[j]);
+    if (!na) dp[j] = static_cast<float>(o[j]);
     if (cm) kp[j] = k[j];
     if (cm && ip) ip[j] = ix[j];
   }
@@ -1068,9 +1101,20 @@ void gate_grad_channel_kernel(const Tensor& g, const Tensor& x, const T* cw, con
       else
         row(off{}, off{}, off{}, off{}, norm, bc);
     };
-    if (na) {  // (no register kernels)
+    if (na) {
       at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t bc = begin; bc < end; ++bc) one_row(on{}, bc);
+        for (int64_t bc = begin; bc < end; ++bc) {
+          const int64_t b = bc / C, c = bc - b * C;
+          if (sp.on && bc + kRows <= end && c + kRows <= C &&
+              channel_grad_block(
+                  gp + bc * P, xp + bc * P, P, sw + b * P, sa + b * P, se + b * P, one + b * P,
+                  T(c), kp ? cmx + bc : nullptr, static_cast<T*>(nullptr), kp ? kp + bc : nullptr,
+                  kp && ip ? ip + bc : nullptr, na + c, nb + c, mu + c, S0 + bc, S1 + bc)) {
+            bc += kRows - 1;
+            continue;
+          }
+          one_row(on{}, bc);
+        }
       });
       return;
     }
@@ -1425,6 +1469,18 @@ void channel_tie_terms(const Tensor& x, const T* cmx, const T* ce, const T* cnt,
 // dy·y (Σ dy·y = α·S1 + β·S0), which with the max pools' tie terms give the norm's two sums;
 // the input pass writes dz instead of dy:
 //   dz = α·(dy − mean(dy) − (z − μ)·invstd²·mean(dy·(z − μ))) = α·dy + K[c] + Bz[c]·(z − μ).
+// A call's per-row work arrays (B×C sums), from per-thread buffers kept between calls: a
+// std::vector of 128 KiB or more is fresh pages from glibc every call (~2 µs per 4 KiB page
+// here; 0.2-0.4 ms per late-stage CBAM training call measured with glibc's default malloc).
+// slot: which buffer (one per array a call uses at once); the contents are not initialised.
+template <typename V>
+V* scratch(int slot, size_t n) {
+  thread_local std::vector<V> bufs[4];
+  std::vector<V>& b = bufs[slot];
+  if (b.size() < n) b.resize(n);
+  return b.data();
+}
+
 struct TrainNorm {
   Tensor weight, bias;               // undefined without affine parameters
   Tensor running_mean, running_var;  // empty: no running statistics
@@ -1437,8 +1493,29 @@ struct TrainNorm {
 template <typename T, bool Range>
 inline void row_moments(const T* __restrict__ z, int64_t P, T shift, double& s1, double& s2, T& hi,
                         T& lo) {
-  double a = 0, b = 0;
   T mx = z[0], mn = z[0];
+  if (P < 64) {  // short rows (late stages): four scalar lanes, no vector reductions per row
+    T a4[4] = {0, 0, 0, 0}, b4[4] = {0, 0, 0, 0}, x4[4] = {mx, mx, mx, mx},
+      n4[4] = {mn, mn, mn, mn};
+    int64_t p = 0;
+    for (; p + 4 <= P; p += 4)
+      for (int j = 0; j < 4; ++j) {
+        const T v = z[p + j], d = v - shift;
+        a4[j] += d, b4[j] += d * d;
+        if (Range) x4[j] = v > x4[j] ? v : x4[j], n4[j] = v < n4[j] ? v : n4[j];
+      }
+    for (; p < P; ++p) {
+      const T v = z[p], d = v - shift;
+      a4[0] += d, b4[0] += d * d;
+      if (Range) x4[0] = v > x4[0] ? v : x4[0], n4[0] = v < n4[0] ? v : n4[0];
+    }
+    s1 = (double(a4[0]) + a4[1]) + (double(a4[2]) + a4[3]);
+    s2 = (double(b4[0]) + b4[1]) + (double(b4[2]) + b4[3]);
+    hi = std::max(std::max(x4[0], x4[1]), std::max(x4[2], x4[3]));
+    lo = std::min(std::min(n4[0], n4[1]), std::min(n4[2], n4[3]));
+    return;
+  }
+  double a = 0, b = 0;
   for (int64_t p0 = 0; p0 < P; p0 += 512) {
     const int64_t p1 = std::min(P, p0 + 512);
     T ca = 0, cb = 0;
@@ -1472,16 +1549,21 @@ void train_norm_stats(const Tensor& z, const TrainNorm& tn, Tensor& mean, Tensor
                       Tensor& zsum, Tensor& alpha, Tensor& shift, T* avg, T* mx) {
   const int64_t B = z.size(0), C = z.size(1), P = z.size(2) * z.size(3), N = B * P;
   const T* zp = z.data_ptr<T>();
-  std::vector<double> s1(B * C), s2(B * C);
-  std::vector<T> hi(mx ? B * C : 0), lo(mx ? B * C : 0);
+  double* s1 = scratch<double>(0, B * C);
+  double* s2 = scratch<double>(1, B * C);
+  T* hi = scratch<T>(2, B * C);  // (slots apart from s1's and s2's for double)
+  T* lo = scratch<T>(3, B * C);
+  std::vector<T> shift0(C);  // a value of each channel (sample 0's first)
+  for (int64_t c = 0; c < C; ++c) shift0[c] = zp[c * P];
   at::parallel_for(0, B * C, 8, [&](int64_t begin, int64_t end) {
-    T h, l;
+    if constexpr (std::is_same<T, float>::value)
+      if (short_rows_vectorised && P >= 8 && P < 256)  // late stages: 8 rows at a time
+        begin = short_rows_moments(zp, P, begin, end, shift0.data(), C, s1, s2, hi, lo);
     for (int64_t bc = begin; bc < end; ++bc) {
-      const T shift0 = zp[(bc % C) * P];  // a value of the channel (sample 0's first)
       if (mx)
-        row_moments<T, true>(zp + bc * P, P, shift0, s1[bc], s2[bc], hi[bc], lo[bc]);
+        row_moments<T, true>(zp + bc * P, P, shift0[bc % C], s1[bc], s2[bc], hi[bc], lo[bc]);
       else
-        row_moments<T, false>(zp + bc * P, P, shift0, s1[bc], s2[bc], h, l);
+        row_moments<T, false>(zp + bc * P, P, shift0[bc % C], s1[bc], s2[bc], hi[bc], lo[bc]);
     }
   });
   mean = at::empty({C}, z.options()), invstd = at::empty({C}, z.options());
@@ -1498,7 +1580,7 @@ void train_norm_stats(const Tensor& z, const TrainNorm& tn, Tensor& mean, Tensor
     double a = 0, q = 0;
     for (int64_t b = 0; b < B; ++b) a += s1[b * C + c], q += s2[b * C + c];
     const double m1 = a / double(N), var = std::max(q / double(N) - m1 * m1, 0.0);
-    const double mu = double(zp[c * P]) + m1;
+    const double mu = double(shift0[c]) + m1;
     mp[c] = static_cast<T>(mu);
     ip[c] = static_cast<T>(1.0 / std::sqrt(var + tn.eps));
     if (update) {
@@ -2085,7 +2167,9 @@ std::vector<Tensor> gate_backward_impl(const Tensor& grad_in, const Tensor& x, a
     const T* al = tn ? na.data_ptr<T>() : nullptr;
     const T* sh = tn ? nb.data_ptr<T>() : nullptr;
     const T* mu = tn ? saved[9].data_ptr<T>() : nullptr;
-    std::vector<double> S0(tn ? B * C : 0), S1(tn ? B * C : 0);  // Σ_p dy, Σ_p dy·(z − μ)
+    // Σ_p dy, Σ_p dy·(z − μ)
+    double* S0 = tn ? scratch<double>(0, B * C) : nullptr;
+    double* S1 = tn ? scratch<double>(1, B * C) : nullptr;
     if (tn) {  // the channel pass with the norm (kind 0 too: the norm's sums)
       const bool first = out && !spatial;
       const bool ties = kind != 0 && use_max;
@@ -2096,13 +2180,12 @@ std::vector<Tensor> gate_backward_impl(const Tensor& grad_in, const Tensor& x, a
       gate_grad_channel_kernel<T>(
           grad, x, cw.data_ptr<T>(), terms, unused, ties ? cmax.data_ptr<T>() : nullptr,
           ties ? ccnt.data_ptr<T>() : nullptr, ties ? cidx.data_ptr<T>() : nullptr,
-          first ? out->data_ptr<T>() : nullptr, first ? gz->data_ptr<T>() : nullptr, al, sh, mu,
-          S0.data(), S1.data());
+          first ? out->data_ptr<T>() : nullptr, first ? gz->data_ptr<T>() : nullptr, al, sh, mu, S0,
+          S1);
       if (first) grad = *gz;
       if (spatial && smulti)
         norm_spatial_tie_terms<T>(x, al, sh, mu, cw.data_ptr<T>(), smax.data_ptr<T>(),
-                                  se->data_ptr<T>(), scnt.data_ptr<T>(), S0.data(), S1.data(),
-                                  nullptr);
+                                  se->data_ptr<T>(), scnt.data_ptr<T>(), S0, S1, nullptr);
     }
     if (kind != 0) {
       Tensor dl;
@@ -2166,10 +2249,10 @@ std::vector<Tensor> gate_backward_impl(const Tensor& grad_in, const Tensor& x, a
       // the norm's sums: Σ_{b,p} dy' and Σ_{b,p} dy'·(z − μ), dy' = dy·cw + ca + the channel
       // max's term at its ties (ce each)
       if (cm.defined()) cmulti = single_ties<T>(ccnt.data_ptr<T>(), cidx.data_ptr<T>(), B * C);
-      std::vector<double> tz(cm.defined() ? B * C : 0);  // Σ_ties (z − μ)
+      double* tz = cm.defined() ? scratch<double>(2, B * C) : nullptr;  // Σ_ties (z − μ)
       if (cm.defined())
         norm_channel_ties<T>(x, al, sh, mu, cm.data_ptr<T>(), ce.data_ptr<T>(), ccnt.data_ptr<T>(),
-                             cidx.data_ptr<T>(), tz.data(), nullptr);
+                             cidx.data_ptr<T>(), tz, nullptr);
       const T *cwp = cw.data_ptr<T>(), *cap = ca.data_ptr<T>(), *zs = saved[11].data_ptr<T>();
       const T* cep = cm.defined() ? ce.data_ptr<T>() : nullptr;
       const T* kc = cm.defined() ? ccnt.data_ptr<T>() : nullptr;
@@ -2326,7 +2409,8 @@ void gate_bn_backward_t(const Tensor& grad, const Tensor& z, const Tensor& out, 
   const T* w = bn_ptr<T>(weight);
   T* qp = gz.data_ptr<T>();
   // pass 1: g' = g·(out > 0); S0 = Σ_p g', S1 = Σ_p g'·(z − μ)
-  std::vector<double> S0(B * C), S1(B * C);
+  double* S0 = scratch<double>(0, B * C);
+  double* S1 = scratch<double>(1, B * C);
   at::parallel_for(0, B * C, 8, [&](int64_t begin, int64_t end) {
     for (int64_t bc = begin; bc < end; ++bc) {
       const T mu = mp[bc % C];

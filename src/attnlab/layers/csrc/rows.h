@@ -105,14 +105,21 @@ inline f8 tree8(const f8 (&v)[8]) {
   return pair_round<Max>(r2[0], r2[1], l3, h3);
 }
 
+// For a row's last vector, loaded at its last 8 entries: the lanes (−1) not already in the
+// row's last full vector, rem = P mod 8 of them.
+inline i8 tail_lanes(int64_t rem) {
+  i8 tail;
+  for (int l = 0; l < 8; ++l) tail[l] = l >= 8 - rem ? -1 : 0;
+  return tail;
+}
+
 // Rows [begin, end) of x (rows P apart, 8 ≤ P < 256): mean[i] = Σ row / P and, with Max,
 // mx[i] = max of row. Handles whole groups of 8 rows; returns the first row not done.
 template <bool Max>
 inline int64_t short_rows_mean_max(const float* x, int64_t P, int64_t begin, int64_t end,
                                    float* mean, float* mx) {
   const int64_t nv = P / 8, rem = P - 8 * nv;
-  i8 tail;  // the tail vector's lanes not already in the last full vector
-  for (int l = 0; l < 8; ++l) tail[l] = l >= 8 - rem ? -1 : 0;
+  const i8 tail = tail_lanes(rem);
   const f8 zero = {0, 0, 0, 0, 0, 0, 0, 0};
   const float inv = 1.0f / float(P);
   int64_t i = begin;
@@ -140,6 +147,43 @@ inline int64_t short_rows_mean_max(const float* x, int64_t P, int64_t begin, int
   return i;
 }
 
+// Rows [begin, end) of x (rows P apart, 8 ≤ P < 256), 8 at a time as short_rows_mean_max: the
+// shifted sums s1[i] = Σ (x − h), s2[i] = Σ (x − h)² (h = shift[i % C], a value of row i's
+// channel), and hi[i], lo[i] the row's largest and smallest entries. Returns the first row not
+// done.
+inline int64_t short_rows_moments(const float* x, int64_t P, int64_t begin, int64_t end,
+                                  const float* shift, int64_t C, double* s1, double* s2, float* hi,
+                                  float* lo) {
+  const int64_t nv = P / 8, rem = P - 8 * nv;
+  const i8 tail = tail_lanes(rem);
+  const f8 zero = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = begin;
+  for (; i + 8 <= end; i += 8) {
+    f8 a1[8], a2[8], mx[8], mn[8];
+    for (int j = 0; j < 8; ++j) {
+      const float* row = x + (i + j) * P;
+      const float h = shift[(i + j) % C];
+      f8 v = load_vec<f8>(row), d = v - h, sa = d, sb = d * d, top = v, bot = zero - v;
+      for (int64_t k = 1; k < nv; ++k) {
+        v = load_vec<f8>(row + 8 * k), d = v - h;
+        sa += d, sb += d * d;
+        top = max8(v, top), bot = max8(zero - v, bot);
+      }
+      if (rem) {
+        v = load_vec<f8>(row + P - 8), d = tail ? v - h : zero;
+        sa += d, sb += d * d;
+        top = max8(v, top), bot = max8(zero - v, bot);
+      }
+      a1[j] = sa, a2[j] = sb, mx[j] = top, mn[j] = bot;
+    }
+    const f8 t1 = tree8<false>(a1), t2 = tree8<false>(a2), th = tree8<true>(mx);
+    const f8 tl = zero - tree8<true>(mn);  // min = −max(−x)
+    for (int j = 0; j < 8; ++j)
+      s1[i + j] = t1[j], s2[i + j] = t2[j], hi[i + j] = th[j], lo[i + j] = tl[j];
+  }
+  return i;
+}
+
 // Rows [begin, end) of the dot products d[i] = Σ_p g·x, rows P apart (8 ≤ P < 256), 8 rows at a
 // time as short_rows_mean_max (one row at a time, a row of 25 cost ~50 cycles: at 8×2048×5×5
 // most of an SE block's channel-gradient pass); with Masked, g is first masked by a ReLU's
@@ -149,8 +193,7 @@ template <bool Masked>
 inline int64_t short_rows_dot(const float* g, const float* x, const float* o, float* z,
                               int64_t P, int64_t begin, int64_t end, float* d) {
   const int64_t nv = P / 8, rem = P - 8 * nv;
-  i8 tail;  // the tail vector's lanes not already in the last full vector
-  for (int l = 0; l < 8; ++l) tail[l] = l >= 8 - rem ? -1 : 0;
+  const i8 tail = tail_lanes(rem);
   const f8 zero = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = begin;
   for (; i + 8 <= end; i += 8) {
@@ -265,6 +308,11 @@ inline int64_t short_rows_mean_max(const float*, int64_t, int64_t begin, int64_t
 template <bool Masked>
 inline int64_t short_rows_dot(const float*, const float*, const float*, float*, int64_t,
                               int64_t begin, int64_t, float*) {
+  return begin;
+}
+
+inline int64_t short_rows_moments(const float*, int64_t, int64_t begin, int64_t, const float*,
+                                  int64_t, double*, double*, float*, float*) {
   return begin;
 }
 #endif
