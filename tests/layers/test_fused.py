@@ -918,14 +918,14 @@ def test_residual_relu_calls_the_norm_where_it_cannot_fold(key, case, norm_calls
 GATE_BN_NODE = "GateBnFn"
 
 
-def _train_tail(key, shape, dtype, norm_kwargs, *, fused_call, seed=0):
+def _train_tail(key, shape, dtype, norm_kwargs, *, fused_call, seed=0, layout="contiguous"):
     """(output, z grad, shortcut grad, gate and norm parameter grads, norm buffers, grad_fn) of
     relu(gate(norm(z)) + s) in training, by residual_relu or by the reference modules."""
     module = _build(key, shape[1], dtype)
     norm = _norm(shape[1], dtype, **norm_kwargs).train()
-    z = (_input(shape, "contiguous", dtype, seed=seed) * 2 + 3).requires_grad_()
-    s = _input(shape, "contiguous", dtype, seed=seed + 2).requires_grad_()
-    grad = _input(shape, "contiguous", dtype, seed=seed + 1)
+    z = (_input(shape, layout, dtype, seed=seed) * 2 + 3).requires_grad_()
+    s = _input(shape, layout, dtype, seed=seed + 2).requires_grad_()
+    grad = _input(shape, layout, dtype, seed=seed + 1)
     if fused_call:
         y = fused.residual_relu(module, z, s, norm)
     else:
@@ -940,18 +940,22 @@ NORM_OPTIONS = [{}, {"affine": False}, {"track_running_stats": False}, {"momentu
 
 
 @needs_kernels
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("norm_kwargs", NORM_OPTIONS, ids=["default", "no-affine", "no-stats",
                                                            "cumulative"])  # fmt: skip
 @pytest.mark.parametrize("shape", [(2, 32, 9, 7), (3, 16, 1, 1), (2, 24, 1, 6), (1, 300, 17, 19)],
                          ids=lambda s: "x".join(map(str, s)))  # fmt: skip
 @pytest.mark.parametrize("key", ["se", "eca", "eca-k7"])
-def test_residual_relu_runs_a_training_norm_in_the_gates_call(key, shape, norm_kwargs,
+def test_residual_relu_runs_a_training_norm_in_the_gates_call(key, shape, norm_kwargs, layout,
                                                               norm_calls):  # fmt: skip
-    y, gz, gs, gp, bufs, fn = _train_tail(key, shape, torch.float32, norm_kwargs, fused_call=True)
+    y, gz, gs, gp, bufs, fn = _train_tail(key, shape, torch.float32, norm_kwargs, fused_call=True,
+                                          layout=layout)  # fmt: skip
     assert not norm_calls  # the norm ran inside the gate's call
     assert fn.name().endswith(GATE_BN_NODE) or GATE_BN_NODE in fn.name(), fn.name()
+    if layout == "channels_last" and shape[2] * shape[3] > 1:
+        assert y.is_contiguous(memory_format=torch.channels_last)
     y_ref, gz_ref, gs_ref, gp_ref, bufs_ref, _ = _train_tail(
-        key, shape, torch.float32, norm_kwargs, fused_call=False
+        key, shape, torch.float32, norm_kwargs, fused_call=False, layout=layout
     )
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gs, gs_ref, rtol=1e-5, atol=1e-6)  # the ReLU's mask
@@ -993,14 +997,17 @@ def test_residual_relu_runs_a_training_norm_in_cbams_call(key, shape, norm_kwarg
 
 
 @needs_kernels
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("key", ["se", "eca", "cbam", "cbam-channel-only", "cbam-max-pool"])
-def test_residual_relu_training_norm_gradcheck_float64(key):
+def test_residual_relu_training_norm_gradcheck_float64(key, layout):
     module = _build(key, 6, torch.float64)
     norm = _norm(6, torch.float64).train()
-    z = (_input((3, 6, 4, 3), "contiguous", torch.float64) + 1).requires_grad_()
-    s = _input((3, 6, 4, 3), "contiguous", torch.float64, seed=2).requires_grad_()
+    z = (_input((3, 6, 4, 3), layout, torch.float64) + 1).requires_grad_()
+    s = _input((3, 6, 4, 3), layout, torch.float64, seed=2).requires_grad_()
     params = [*list(module.parameters())[:2], norm.weight, norm.bias]
-    node = GATE_NORM_NODE if key.startswith("cbam") else GATE_BN_NODE
+    node = GATE_BN_NODE  # (CBAM's call takes NCHW only: channels-last runs the norm as a module)
+    if key.startswith("cbam"):
+        node = GATE_NORM_NODE if layout == "contiguous" else LAYER_GATE_NODE
 
     def fn(inp, short, *_):
         out = fused.residual_relu(module, inp, short, norm)
@@ -1101,10 +1108,11 @@ def test_residual_relu_cbams_training_norm_where_it_does_not_apply(norm_calls, m
 
 @needs_kernels
 def test_residual_relu_training_norm_where_it_does_not_apply(norm_calls):
-    # channels-last, hooks on the norm: the norm runs as a module, once (steps counted once)
+    # hooks on the norm, an input neither NCHW nor channels-last: the norm runs as a module,
+    # once (steps counted once)
     module = _build("se", 16, torch.float32)
     cases = {
-        "channels-last": (_input((2, 16, 5, 4), "channels_last", torch.float32), _norm(16)),
+        "strided": (torch.randn(2, 16, 5, 8)[..., ::2], _norm(16)),
         "hooked": (torch.randn(2, 16, 5, 4), _norm(16)),
     }
     cases["hooked"][1].register_forward_hook(lambda *a: None)
@@ -1113,7 +1121,10 @@ def test_residual_relu_training_norm_where_it_does_not_apply(norm_calls):
         ref_module, ref_norm = copy.deepcopy(module), copy.deepcopy(norm)
         norm_calls.clear()
         s = torch.randn_like(z)
-        y = fused.residual_relu(module, z.clone().requires_grad_(), s, norm)
+        zg = torch.randn(2, 16, 5, 8)[..., ::2] if name == "strided" else z.clone()
+        with torch.no_grad():
+            zg.copy_(z)
+        y = fused.residual_relu(module, zg.requires_grad_(), s, norm)
         assert norm_calls == [norm], name
         assert norm.num_batches_tracked.item() == 1, name
         torch.testing.assert_close(y, _tail_reference(ref_module, ref_norm, z, s))
@@ -1154,9 +1165,6 @@ def test_gate_bn_train_checks_its_arguments():
         call(kind=0)
     with pytest.raises(RuntimeError, match="more than one value per channel"):
         call(x=torch.randn(1, 8, 1, 1), res=torch.randn(1, 8, 1, 1))
-    with pytest.raises(RuntimeError, match="NCHW"):
-        cl = z.contiguous(memory_format=torch.channels_last)
-        call(x=cl, res=r.contiguous(memory_format=torch.channels_last))
     with pytest.raises(RuntimeError, match="residual must match x"):
         call(res=r[:1])
 

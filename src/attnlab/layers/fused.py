@@ -767,8 +767,8 @@ def _run_plan(
     if grad and observed:  # the taps' hooks may want maps that carry the graph: run the layers
         return None
     if train_norm and (plan.kind == 0 or plan.spatial or plan.use_max):
-        if not grad or not _sparse_ties(x):
-            return None
+        if not grad or not _sparse_ties(x) or not x.is_contiguous():
+            return None  # (gate_norm_train: NCHW, the max pools' ties found by index)
     elif train_norm:
         return _run_training_norm(plan, x, residual, in_norm) if grad else None
     if not grad and not plan.spatial and residual is None:
@@ -840,7 +840,7 @@ def _run_training_norm(
     weight, bias, mean, var, momentum, eps = _training_norm_args(norm, x)
     return torch.ops.attnlab_fast.gate_bn_train(
         x, plan.params[:4], plan.kind, weight, bias, mean, var, momentum, eps,
-        residual.contiguous(),
+        residual.contiguous(memory_format=_format(x)),
     )  # fmt: skip
 
 
@@ -941,8 +941,10 @@ def _training_norm(norm: nn.Module, x: torch.Tensor, global_hooks: bool) -> bool
     ):
         return False
     b, c, h, w = x.shape
-    if b * h * w == 1 or not x.is_contiguous() or norm.num_features != c:
+    if b * h * w == 1 or norm.num_features != c:
         return False  # (one value: the norm's own call gives PyTorch's error)
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        return False
     d, p = norm._buffers, norm._parameters
     ts = [p.get("weight"), p.get("bias"), d.get("running_mean"), d.get("running_var")]
     return all(t is None or (t.dtype == x.dtype and t.dim() == 1 and t.is_contiguous()) for t in ts)

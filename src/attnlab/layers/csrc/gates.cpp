@@ -1553,19 +1553,49 @@ void train_norm_stats(const Tensor& z, const TrainNorm& tn, Tensor& mean, Tensor
   double* s2 = scratch<double>(1, B * C);
   T* hi = scratch<T>(2, B * C);  // (slots apart from s1's and s2's for double)
   T* lo = scratch<T>(3, B * C);
+  const bool last = channels_last(z);
   std::vector<T> shift0(C);  // a value of each channel (sample 0's first)
-  for (int64_t c = 0; c < C; ++c) shift0[c] = zp[c * P];
-  at::parallel_for(0, B * C, 8, [&](int64_t begin, int64_t end) {
-    if constexpr (std::is_same<T, float>::value)
-      if (short_rows_vectorised && P >= 8 && P < 256)  // late stages: 8 rows at a time
-        begin = short_rows_moments(zp, P, begin, end, shift0.data(), C, s1, s2, hi, lo);
-    for (int64_t bc = begin; bc < end; ++bc) {
-      if (mx)
-        row_moments<T, true>(zp + bc * P, P, shift0[bc % C], s1[bc], s2[bc], hi[bc], lo[bc]);
-      else
-        row_moments<T, false>(zp + bc * P, P, shift0[bc % C], s1[bc], s2[bc], hi[bc], lo[bc]);
-    }
-  });
+  for (int64_t c = 0; c < C; ++c) shift0[c] = zp[last ? c : c * P];
+  if (last) {  // channels-last: per sample and block of channels, position after position
+    const int64_t nblk = (C + kBlock - 1) / kBlock;
+    at::parallel_for(0, B * nblk, 1, [&](int64_t begin, int64_t end) {
+      T pa[kBlock], pb[kBlock];
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t b = i / nblk, c0 = (i % nblk) * kBlock, n = std::min(kBlock, C - c0);
+        const T* __restrict__ h = shift0.data() + c0;
+        double* __restrict__ a = s1 + b * C + c0;
+        double* __restrict__ q = s2 + b * C + c0;
+        T* __restrict__ top = hi + b * C + c0;
+        T* __restrict__ bot = lo + b * C + c0;
+        const T* base = zp + b * P * C + c0;
+        for (int64_t c = 0; c < n; ++c) a[c] = 0, q[c] = 0, top[c] = base[c], bot[c] = base[c];
+        for (int64_t p0 = 0; p0 < P; p0 += 512) {  // float lanes over 512 positions, then double
+          for (int64_t c = 0; c < n; ++c) pa[c] = 0, pb[c] = 0;
+          for (int64_t p = p0, p1 = std::min(P, p0 + 512); p < p1; ++p) {
+            const T* __restrict__ r = base + p * C;
+#pragma omp simd
+            for (int64_t c = 0; c < n; ++c) {
+              const T v = r[c], d = v - h[c];
+              pa[c] += d, pb[c] += d * d;
+              top[c] = v > top[c] ? v : top[c], bot[c] = v < bot[c] ? v : bot[c];
+            }
+          }
+          for (int64_t c = 0; c < n; ++c) a[c] += pa[c], q[c] += pb[c];
+        }
+      }
+    });
+  } else
+    at::parallel_for(0, B * C, 8, [&](int64_t begin, int64_t end) {
+      if constexpr (std::is_same<T, float>::value)
+        if (short_rows_vectorised && P >= 8 && P < 256)  // late stages: 8 rows at a time
+          begin = short_rows_moments(zp, P, begin, end, shift0.data(), C, s1, s2, hi, lo);
+      for (int64_t bc = begin; bc < end; ++bc) {
+        if (mx)
+          row_moments<T, true>(zp + bc * P, P, shift0[bc % C], s1[bc], s2[bc], hi[bc], lo[bc]);
+        else
+          row_moments<T, false>(zp + bc * P, P, shift0[bc % C], s1[bc], s2[bc], hi[bc], lo[bc]);
+      }
+    });
   mean = at::empty({C}, z.options()), invstd = at::empty({C}, z.options());
   alpha = at::empty({C}, z.options()), shift = at::empty({C}, z.options());
   zsum = at::empty({B, C}, z.options());
@@ -2363,8 +2393,6 @@ std::vector<Tensor> gate_bn_forward(const Tensor& z, at::TensorList ch_, int64_t
                                     const Tensor& running_var, double momentum, double eps,
                                     const Tensor& residual) {
   check_full(z, "x");
-  TORCH_CHECK(!channels_last(z) || z.size(2) * z.size(3) == 1,
-              "attnlab_fast: gate_bn takes NCHW tensors");
   TORCH_CHECK(residual.defined(), "attnlab_fast: gate_bn needs the residual");
   check_residual(residual, z);
   TORCH_CHECK(kind == 1 || kind == 2, "attnlab_fast: gate_bn's channel kind must be 1 or 2");
@@ -2411,29 +2439,60 @@ void gate_bn_backward_t(const Tensor& grad, const Tensor& z, const Tensor& out, 
   // pass 1: g' = g·(out > 0); S0 = Σ_p g', S1 = Σ_p g'·(z − μ)
   double* S0 = scratch<double>(0, B * C);
   double* S1 = scratch<double>(1, B * C);
-  at::parallel_for(0, B * C, 8, [&](int64_t begin, int64_t end) {
-    for (int64_t bc = begin; bc < end; ++bc) {
-      const T mu = mp[bc % C];
-      const T* __restrict__ g = gp + bc * P;
-      const T* __restrict__ o = opp + bc * P;
-      const T* __restrict__ zr = zp + bc * P;
-      T* __restrict__ q = qp + bc * P;
-      double a = 0, b = 0;
-      for (int64_t p0 = 0; p0 < P; p0 += 512) {
-        const int64_t p1 = std::min(P, p0 + 512);
-        T ca = 0, cb = 0;
-#pragma omp simd reduction(+ : ca, cb)
-        for (int64_t p = p0; p < p1; ++p) {
-          const T v = o[p] > T(0) ? g[p] : T(0);
-          q[p] = v;
-          ca += v;
-          cb += v * (zr[p] - mu);
+  const bool last = channels_last(z);
+  const int64_t nblk = (C + kBlock - 1) / kBlock;
+  if (last)  // channels-last: per sample and block of channels, position after position
+    at::parallel_for(0, B * nblk, 1, [&](int64_t begin, int64_t end) {
+      T pa[kBlock], pb[kBlock];
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t b = i / nblk, c0 = (i % nblk) * kBlock, n = std::min(kBlock, C - c0);
+        const T* __restrict__ mu = mp + c0;
+        double* __restrict__ a = S0 + b * C + c0;
+        double* __restrict__ e = S1 + b * C + c0;
+        for (int64_t c = 0; c < n; ++c) a[c] = 0, e[c] = 0;
+        for (int64_t p0 = 0; p0 < P; p0 += 512) {  // float lanes over 512 positions, then double
+          for (int64_t c = 0; c < n; ++c) pa[c] = 0, pb[c] = 0;
+          for (int64_t p = p0, p1 = std::min(P, p0 + 512); p < p1; ++p) {
+            const int64_t off = (b * P + p) * C + c0;
+            const T* __restrict__ g = gp + off;
+            const T* __restrict__ o = opp + off;
+            const T* __restrict__ zr = zp + off;
+            T* __restrict__ q = qp + off;
+#pragma omp simd
+            for (int64_t c = 0; c < n; ++c) {
+              const T v = o[c] > T(0) ? g[c] : T(0);
+              q[c] = v;
+              pa[c] += v, pb[c] += v * (zr[c] - mu[c]);
+            }
+          }
+          for (int64_t c = 0; c < n; ++c) a[c] += pa[c], e[c] += pb[c];
         }
-        a += ca, b += cb;
       }
-      S0[bc] = a, S1[bc] = b;
-    }
-  });
+    });
+  else
+    at::parallel_for(0, B * C, 8, [&](int64_t begin, int64_t end) {
+      for (int64_t bc = begin; bc < end; ++bc) {
+        const T mu = mp[bc % C];
+        const T* __restrict__ g = gp + bc * P;
+        const T* __restrict__ o = opp + bc * P;
+        const T* __restrict__ zr = zp + bc * P;
+        T* __restrict__ q = qp + bc * P;
+        double a = 0, b = 0;
+        for (int64_t p0 = 0; p0 < P; p0 += 512) {
+          const int64_t p1 = std::min(P, p0 + 512);
+          T ca = 0, cb = 0;
+#pragma omp simd reduction(+ : ca, cb)
+          for (int64_t p = p0; p < p1; ++p) {
+            const T v = o[p] > T(0) ? g[p] : T(0);
+            q[p] = v;
+            ca += v;
+            cb += v * (zr[p] - mu);
+          }
+          a += ca, b += cb;
+        }
+        S0[bc] = a, S1[bc] = b;
+      }
+    });
   // the gate: dL/dc = Σ_p g'·y = α·S1 + β·S0, through the sigmoid, then the channel layers
   const T* bb = bn_ptr<T>(bias);
   Tensor dl = at::empty({B, C}, z.options());
@@ -2488,12 +2547,35 @@ void gate_bn_backward_t(const Tensor& grad, const Tensor& z, const Tensor& out, 
   }
   grads[0] = pooled_empty_like(z);
   T* dzp = grads[0].data_ptr<T>();
+  auto coefs = [&](int64_t bc, T& A, T& K) {  // dz = A·g' + Bz·(z − μ) + K at row bc
+    const int64_t c = bc % C;
+    const double gi = double(ip[c]) * (w ? double(w[c]) : 1.0);
+    A = static_cast<T>(gi * double(cp[bc]));
+    K = static_cast<T>(gi * (double(dp[bc]) / double(P) - D0[c] / double(N)));
+  };
+  if (last) {
+    std::vector<T> Av(B * C), Kv(B * C);
+    for (int64_t bc = 0; bc < B * C; ++bc) coefs(bc, Av[bc], Kv[bc]);
+    at::parallel_for(0, B * P, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t bp = begin; bp < end; ++bp) {
+        const int64_t b = bp / P;
+        const T* __restrict__ A = Av.data() + b * C;
+        const T* __restrict__ K = Kv.data() + b * C;
+        const T* __restrict__ Bc = Bz.data();
+        const T* __restrict__ q = qp + bp * C;
+        const T* __restrict__ zr = zp + bp * C;
+        T* __restrict__ o = dzp + bp * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) o[c] = A[c] * q[c] + Bc[c] * (zr[c] - mp[c]) + K[c];
+      }
+    });
+    return;
+  }
   at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bc = begin; bc < end; ++bc) {
       const int64_t c = bc % C;
-      const double gi = double(ip[c]) * (w ? double(w[c]) : 1.0);
-      const T A = static_cast<T>(gi * double(cp[bc]));
-      const T K = static_cast<T>(gi * (double(dp[bc]) / double(P) - D0[c] / double(N)));
+      T A, K;
+      coefs(bc, A, K);
       const T Bc = Bz[c], mu = mp[c];
       const T* __restrict__ q = qp + bc * P;
       const T* __restrict__ zr = zp + bc * P;
@@ -2684,7 +2766,8 @@ struct GateBnFn : public torch::autograd::Function<GateBnFn> {
     c10::optional<Tensor> w, b;
     if (has_w) w = kept[2 + nch];
     if (has_b) b = kept[2 + nch + int64_t(has_w)];
-    Tensor grad = grad_outputs[0].contiguous();
+    Tensor grad = grad_outputs[0].contiguous(channels_last(kept[0]) ? at::MemoryFormat::ChannelsLast
+                                                                    : at::MemoryFormat::Contiguous);
     std::vector<Tensor> got;
     {
       at::AutoDispatchBelowADInplaceOrView below;
