@@ -973,20 +973,25 @@ CBAM_NORM_KEYS = ["cbam", "cbam-paper", "cbam-channel-only", "cbam-max-pool", "c
 
 
 @needs_kernels
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("norm_kwargs", NORM_OPTIONS, ids=["default", "no-affine", "no-stats",
                                                            "cumulative"])  # fmt: skip
 @pytest.mark.parametrize("shape", [(2, 32, 9, 7), (3, 16, 1, 1), (2, 24, 1, 6), (1, 300, 17, 19),
                                    (2, 16, 13, 11)],
                          ids=lambda s: "x".join(map(str, s)))  # fmt: skip
 @pytest.mark.parametrize("key", CBAM_NORM_KEYS)
-def test_residual_relu_runs_a_training_norm_in_cbams_call(key, shape, norm_kwargs, norm_calls):
-    y, gz, gs, gp, bufs, fn = _train_tail(key, shape, torch.float32, norm_kwargs, fused_call=True)
+def test_residual_relu_runs_a_training_norm_in_cbams_call(key, shape, norm_kwargs, layout,
+                                                          norm_calls):  # fmt: skip
+    y, gz, gs, gp, bufs, fn = _train_tail(key, shape, torch.float32, norm_kwargs, fused_call=True,
+                                          layout=layout)  # fmt: skip
     assert not norm_calls  # the block's norm (and the spatial gate's) ran inside the call
     assert GATE_NORM_NODE in fn.name(), fn.name()
+    if layout == "channels_last" and shape[2] * shape[3] > 1:
+        assert y.is_contiguous(memory_format=torch.channels_last)
     y_ref, gz_ref, gs_ref, gp_ref, bufs_ref, _ = _train_tail(
-        key, shape, torch.float32, norm_kwargs, fused_call=False
+        key, shape, torch.float32, norm_kwargs, fused_call=False, layout=layout
     )
-    truth = _train_tail(key, shape, torch.float64, norm_kwargs, fused_call=False)
+    truth = _train_tail(key, shape, torch.float64, norm_kwargs, fused_call=False, layout=layout)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gs, gs_ref, rtol=1e-5, atol=1e-6)  # the ReLU's mask
     _assert_as_accurate([gz], [gz_ref], [truth[1]])
@@ -1005,9 +1010,7 @@ def test_residual_relu_training_norm_gradcheck_float64(key, layout):
     z = (_input((3, 6, 4, 3), layout, torch.float64) + 1).requires_grad_()
     s = _input((3, 6, 4, 3), layout, torch.float64, seed=2).requires_grad_()
     params = [*list(module.parameters())[:2], norm.weight, norm.bias]
-    node = GATE_BN_NODE  # (CBAM's call takes NCHW only: channels-last runs the norm as a module)
-    if key.startswith("cbam"):
-        node = GATE_NORM_NODE if layout == "contiguous" else LAYER_GATE_NODE
+    node = GATE_NORM_NODE if key.startswith("cbam") else GATE_BN_NODE
 
     def fn(inp, short, *_):
         out = fused.residual_relu(module, inp, short, norm)
@@ -1019,8 +1022,9 @@ def test_residual_relu_training_norm_gradcheck_float64(key, layout):
 
 
 @needs_kernels
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("key", ["cbam", "cbam-max-pool", "cbam-channel-only"])
-def test_training_norm_in_cbams_call_splits_ties_like_amax(key, norm_calls):
+def test_training_norm_in_cbams_call_splits_ties_like_amax(key, layout, norm_calls):
     # Channels 0-3 equal copies and a channel gate equal for every channel (fc2 zeroed): their
     # normalised values tie across channels at every position (the spatial max, more than one
     # channel); small integers: rows whose maximum several positions reach (the channel max,
@@ -1038,8 +1042,10 @@ def test_training_norm_in_cbams_call_splits_ties_like_amax(key, norm_calls):
     z = torch.randint(0, 4, (2, 8, 4, 5), generator=gen).double()
     z[:, :4] = z[:, :1]
     z[0, 5, 1, 2] = 9.0  # one row with a single maximum
-    s = _input((2, 8, 4, 5), "contiguous", torch.float64, seed=2)
-    grad = _input((2, 8, 4, 5), "contiguous", torch.float64, seed=3)
+    if layout == "channels_last":
+        z = z.contiguous(memory_format=torch.channels_last)
+    s = _input((2, 8, 4, 5), layout, torch.float64, seed=2)
+    grad = _input((2, 8, 4, 5), layout, torch.float64, seed=3)
 
     def run(fused_call):
         m, n = copy.deepcopy(module), copy.deepcopy(norm)
@@ -1088,14 +1094,14 @@ def test_gate_norm_train_spatial_gate_alone():
 
 
 @needs_kernels
-def test_residual_relu_cbams_training_norm_where_it_does_not_apply(norm_calls, monkeypatch):
-    # channels-last, or ties forced dense: CBAM's norm runs as a module, once
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_residual_relu_cbams_training_norm_where_it_does_not_apply(layout, norm_calls,
+                                                                   monkeypatch):  # fmt: skip
+    # ties forced dense: CBAM's norm runs as a module, once
     module = _build("cbam", 16, torch.float32)
-    for case in ["channels-last", "dense-ties"]:
-        z = _input((2, 16, 5, 4), "channels_last" if case == "channels-last" else "contiguous",
-                   torch.float32)  # fmt: skip
-        if case == "dense-ties":
-            monkeypatch.setenv("ATTNLAB_DENSE_TIES", "1")
+    monkeypatch.setenv("ATTNLAB_DENSE_TIES", "1")
+    for case in ["dense-ties"]:
+        z = _input((2, 16, 5, 4), layout, torch.float32)
         norm = _norm(16).train()
         ref_module, ref_norm = copy.deepcopy(module), copy.deepcopy(norm)
         norm_calls.clear()

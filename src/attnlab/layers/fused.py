@@ -767,8 +767,8 @@ def _run_plan(
     if grad and observed:  # the taps' hooks may want maps that carry the graph: run the layers
         return None
     if train_norm and (plan.kind == 0 or plan.spatial or plan.use_max):
-        if not grad or not _sparse_ties(x) or not x.is_contiguous():
-            return None  # (gate_norm_train: NCHW, the max pools' ties found by index)
+        if not grad or not _sparse_ties(x):
+            return None  # (gate_norm_train: the max pools' ties found by index)
     elif train_norm:
         return _run_training_norm(plan, x, residual, in_norm) if grad else None
     if not grad and not plan.spatial and residual is None:

@@ -882,7 +882,6 @@ void gate_grad_spatial_kernel(const Tensor& g, const Tensor& x, const T* cw, Ten
                               const T* smx, T* kp, T* ip, const T* op, T* zp, const T* na = nullptr,
                               const T* nb = nullptr) {
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
-  TORCH_CHECK(!na || !channels_last(x), "attnlab_fast: the training norm takes NCHW tensors");
   const T* __restrict__ gp = g.data_ptr<T>();
   const T* __restrict__ xp = x.data_ptr<T>();
   T* dp = dsw.data_ptr<T>();
@@ -907,10 +906,17 @@ void gate_grad_spatial_kernel(const Tensor& g, const Tensor& x, const T* cw, Ten
     return;
   }
   at::parallel_for(0, B * P, 16, [&](int64_t begin, int64_t end) {
+    std::vector<T> yv(na ? C : 0);
     for (int64_t bp = begin; bp < end; ++bp) {
       const T* __restrict__ r = xp + bp * C;
       const T* __restrict__ q = gp + bp * C;
       const T* __restrict__ w = cw + (bp / P) * C;
+      if (na) {  // the norm's output at this position (as spatial_pool_kernel computes it)
+        T* __restrict__ y = yv.data();
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) y[c] = norm_of(r[c], na[c], nb[c]);
+        r = y;
+      }
       double s = 0;
       if (op) {
         const T* __restrict__ o = op + bp * C;
@@ -1001,7 +1007,7 @@ struct Spatial {
 // such position (as a T).
 // With op (a ReLU's output; without the spatial stage only): g is masked first and the masked
 // gradient written to zp.
-// With na (and nb, mu; NCHW, sparse): x is a training norm's input z, y = norm_of(z, na, nb) its
+// With na (and nb, mu; sparse): x is a training norm's input z, y = norm_of(z, na, nb) its
 // output (see TrainNorm), and the pass gives S0 = Σ_p dy and S1 = Σ_p dy·(z − mu) per row
 // instead of dcw (the channel max's ties: y == cmx).
 template <typename T>
@@ -1018,8 +1024,7 @@ void gate_grad_channel_kernel(const Tensor& g, const Tensor& x, const T* cw, con
   const T* smx = static_cast<const T*>(sp.smx);
   const T* one = static_cast<const T*>(sp.one);
   T* dp = na ? nullptr : dcw.data_ptr<T>();
-  TORCH_CHECK(!na || (!channels_last(x) && (!sp.on || sp.sparse)),
-              "attnlab_fast: the training norm takes NCHW tensors and the sparse ties");
+  TORCH_CHECK(!na || !sp.on || sp.sparse, "attnlab_fast: the training norm needs the sparse ties");
   if (!channels_last(x)) {
     // Sums in T over chunks of kChunk positions (vector accumulators), the chunks in double;
     // the tie count (with kp) in the same loop.
@@ -1140,14 +1145,16 @@ void gate_grad_channel_kernel(const Tensor& g, const Tensor& x, const T* cw, con
   }
   const int64_t nblk = (C + kBlock - 1) / kBlock;
   at::parallel_for(0, B * nblk, 1, [&](int64_t begin, int64_t end) {
-    std::vector<double> av(kBlock);
-    std::vector<T> kv(kBlock), iv(kBlock);
+    std::vector<double> av(kBlock), a1v(na ? kBlock : 0);
+    std::vector<T> kv(kBlock), iv(kBlock), dyv(na ? kBlock : 0), yv(na ? kBlock : 0);
     double* __restrict__ a = av.data();
+    double* __restrict__ a1 = a1v.data();
     T* __restrict__ k = kv.data();
     T* __restrict__ ix = iv.data();
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / nblk, c0 = (i % nblk) * kBlock, n = std::min(kBlock, C - c0);
       std::fill(a, a + n, 0.0);
+      if (na) std::fill(a1, a1 + n, 0.0);
       std::fill(k, k + n, T(0));
       std::fill(ix, ix + n, T(-1));
       const T* __restrict__ w = cw + b * C + c0;
@@ -1155,7 +1162,39 @@ void gate_grad_channel_kernel(const Tensor& g, const Tensor& x, const T* cw, con
       for (int64_t p = 0; p < P; ++p) {
         const T* __restrict__ r = xp + (b * P + p) * C + c0;
         const T* __restrict__ q = gp + (b * P + p) * C + c0;
-        if (sp.on && sp.sparse) {
+        if (na) {  // the norm's sums: dy per channel first, then S0 += dy, S1 += dy·(z − μ)
+          T* __restrict__ dy = dyv.data();
+          T* __restrict__ y = yv.data();
+          const T* __restrict__ a0 = na + c0;
+          const T* __restrict__ h0 = nb + c0;
+          const T* __restrict__ m0 = mu + c0;
+          const int64_t bp = b * P + p;
+          if (sp.on) {
+            const T s = sw[bp], t = sa[bp];
+#pragma omp simd
+            for (int64_t c = 0; c < n; ++c) dy[c] = q[c] * s + t;
+            const int64_t ct = static_cast<int64_t>(one[bp]) - c0;  // the tied channel, if here
+            if (ct >= 0 && ct < n) dy[ct] += se[bp];
+          } else if (op) {
+            const T* __restrict__ o = op + bp * C + c0;
+            T* __restrict__ z = zp + bp * C + c0;
+#pragma omp simd
+            for (int64_t c = 0; c < n; ++c) {
+              const T gv = q[c];
+              dy[c] = o[c] > T(0) ? gv : T(0);
+              z[c] = dy[c];
+            }
+          } else {
+            std::copy(q, q + n, dy);
+          }
+#pragma omp simd
+          for (int64_t c = 0; c < n; ++c) {
+            a[c] += dy[c];
+            a1[c] += dy[c] * (r[c] - m0[c]);
+            y[c] = norm_of(r[c], a0[c], h0[c]);
+          }
+          r = y;  // for the ties below
+        } else if (sp.on && sp.sparse) {
           const int64_t bp = b * P + p;
           const T s = sw[bp], t = sa[bp];
 #pragma omp simd
@@ -1192,7 +1231,10 @@ void gate_grad_channel_kernel(const Tensor& g, const Tensor& x, const T* cw, con
           }
         }
       }
-      for (int64_t c = 0; c < n; ++c) dp[b * C + c0 + c] = static_cast<T>(a[c]);
+      if (na)
+        for (int64_t c = 0; c < n; ++c) S0[b * C + c0 + c] = a[c], S1[b * C + c0 + c] = a1[c];
+      else
+        for (int64_t c = 0; c < n; ++c) dp[b * C + c0 + c] = static_cast<T>(a[c]);
       if (kp)
         for (int64_t c = 0; c < n; ++c) kp[b * C + c0 + c] = k[c];
       if (kp && ip)
@@ -1460,7 +1502,7 @@ void channel_tie_terms(const Tensor& x, const T* cmx, const T* ce, const T* cnt,
 
 // ---------------------------------------------------------------------------------------------
 // A training-mode BatchNorm2d before the gate, run in the gate's own passes (gate_forward and
-// gate_backward_impl with a TrainNorm; CBAM's training call; NCHW): the passes read the norm's
+// gate_backward_impl with a TrainNorm; CBAM's training call): the passes read the norm's
 // input z and apply y = norm_of(z, α[c], β'[c]) on the fly (α = γ·invstd, β' = β − μ·α: ATen's
 // form); y is never written. The forward's first pass, which the gate's channel pools need
 // anyway, gives the batch statistics and the pools: avg_p y = α·mean_p z + β', and max_p y is
@@ -1645,6 +1687,29 @@ void norm_grad_input_kernel(const Tensor& g, const Tensor& z, const T* cw, const
   const T* se = static_cast<const T*>(sp.se);
   const T* one = static_cast<const T*>(sp.one);
   T* __restrict__ dp = dz.data_ptr<T>();
+  if (channels_last(z)) {
+    at::parallel_for(0, B * P, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t bp = begin; bp < end; ++bp) {
+        const int64_t b = bp / P;
+        const T* __restrict__ r = xp + bp * C;
+        const T* __restrict__ q = gp + bp * C;
+        T* __restrict__ d = dp + bp * C;
+        const T* __restrict__ w = cw + b * C;
+        const T* __restrict__ a = ca + b * C;
+        const T s = sp.on ? sw[bp] : T(1), t = sp.on ? sa[bp] : T(0);
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c)
+          d[c] = na[c] * ((q[c] * s + t) * w[c] + a[c]) + K[c] + Bz[c] * (r[c] - mu[c]);
+        const int64_t ct = sp.on ? static_cast<int64_t>(one[bp]) : -1;  // the spatial max's
+        if (ct >= 0) d[ct] += na[ct] * se[bp] * w[ct];                  // one tied channel
+        if (!cone) continue;
+        const T pf = T(bp - b * P);
+        for (int64_t c = 0; c < C; ++c)  // the channel max's one tied position, if it is this
+          if (cone[b * C + c] == pf) d[c] += na[c] * ce[b * C + c];
+      }
+    });
+    return;
+  }
   at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bc = begin; bc < end; ++bc) {
       const int64_t b = bc / C, c = bc - b * C;
@@ -1677,6 +1742,8 @@ void norm_spatial_tie_terms(const Tensor& z, const T* na, const T* nb, const T* 
                             const T* smx, const T* se, const T* cnt, double* S0, double* S1,
                             T* dz) {
   const int64_t B = z.size(0), C = z.size(1), P = z.size(2) * z.size(3);
+  const bool last = channels_last(z);
+  const int64_t sc = last ? 1 : P, sq = last ? C : 1;  // strides of c and p within a sample
   const T* zp = z.data_ptr<T>();
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
@@ -1686,7 +1753,7 @@ void norm_spatial_tie_terms(const Tensor& z, const T* na, const T* nb, const T* 
         if (!(cnt[bp] > T(1))) continue;
         const T e = se[bp], m = smx[bp];
         for (int64_t c = 0; c < C; ++c) {
-          const int64_t o = (b * C + c) * P + p;
+          const int64_t o = b * C * P + c * sc + p * sq;
           if (norm_of(zp[o], na[c], nb[c]) * w[c] != m) continue;
           if (S0) S0[b * C + c] += double(e), S1[b * C + c] += double(e) * (zp[o] - mu[c]);
           if (dz) dz[o] += e * w[c] * na[c];
@@ -1702,20 +1769,22 @@ template <typename T>
 void norm_channel_ties(const Tensor& z, const T* na, const T* nb, const T* mu, const T* cmx,
                        const T* ce, const T* cnt, const T* idx, double* tz, T* dz) {
   const int64_t B = z.size(0), C = z.size(1), P = z.size(2) * z.size(3);
+  const bool last = channels_last(z);
+  const int64_t sc = last ? 1 : P, sq = last ? C : 1;  // strides of c and p within a sample
   const T* zp = z.data_ptr<T>();
   at::parallel_for(0, B * C, 16, [&](int64_t begin, int64_t end) {
     for (int64_t bc = begin; bc < end; ++bc) {
-      const int64_t c = bc % C;
-      const T* r = zp + bc * P;
+      const int64_t b = bc / C, c = bc - b * C, base = b * C * P + c * sc;
+      const T* r = zp + base;  // the row: r[p * sq]
       if (tz) tz[bc] = 0;
       if (cnt[bc] == T(1)) {
-        if (tz) tz[bc] = double(r[static_cast<int64_t>(idx[bc])] - mu[c]);
+        if (tz) tz[bc] = double(r[static_cast<int64_t>(idx[bc]) * sq] - mu[c]);
       } else if (cnt[bc] > T(1)) {
         const T m = cmx[bc], a = na[c], h = nb[c];
         for (int64_t p = 0; p < P; ++p) {
-          if (norm_of(r[p], a, h) != m) continue;
-          if (tz) tz[bc] += double(r[p] - mu[c]);
-          if (dz) dz[bc * P + p] += ce[bc] * a;
+          if (norm_of(r[p * sq], a, h) != m) continue;
+          if (tz) tz[bc] += double(r[p * sq] - mu[c]);
+          if (dz) dz[base + p * sq] += ce[bc] * a;
         }
       }
     }
@@ -2012,8 +2081,7 @@ std::vector<Tensor> gate_forward(const Tensor& x_in, at::TensorList ch_, int64_t
   // pools too (train_norm_stats), the passes after it normalise what they read.
   Tensor nmean, ninvstd, nzsum;
   if (tn) {
-    TORCH_CHECK(norm.empty() && !channels_last(x_in),
-                "attnlab_fast: the training norm takes NCHW tensors and no eval-mode norm");
+    TORCH_CHECK(norm.empty(), "attnlab_fast: the training norm takes no eval-mode norm too");
     TORCH_CHECK(x_in.size(0) * x_in.size(2) * x_in.size(3) > 1,
                 "attnlab_fast: a BatchNorm in training needs more than one value per channel "
                 "(got input size ",
@@ -2132,8 +2200,7 @@ std::vector<Tensor> gate_backward_impl(const Tensor& grad_in, const Tensor& x, a
   const char* dense_env = std::getenv("ATTNLAB_DENSE_TIES");
   const bool sparse = !(dense_env && dense_env[0] == '1') &&
                       (x.scalar_type() == at::kDouble || std::max(C, P) < (int64_t(1) << 24));
-  TORCH_CHECK(!tn || (sparse && !channels_last(x)),
-              "attnlab_fast: the training norm takes NCHW tensors and the sparse ties");
+  TORCH_CHECK(!tn || sparse, "attnlab_fast: the training norm needs the sparse ties");
   const Tensor none_t;
   const Tensor& na = tn ? saved[12] : none_t;
   const Tensor& nb = tn ? saved[13] : none_t;
@@ -2846,7 +2913,8 @@ struct GateNormFn : public torch::autograd::Function<GateNormFn> {
     // and bias where given, norm_mean, norm_var
     const bool need_dz = ctx->needs_input_grad(0);
     const bool need_dres = ctx->needs_input_grad(3 + nch + nsp);
-    Tensor grad = grad_outputs[0].contiguous();
+    Tensor grad = grad_outputs[0].contiguous(channels_last(z) ? at::MemoryFormat::ChannelsLast
+                                                              : at::MemoryFormat::Contiguous);
     std::vector<Tensor> got;
     Tensor gz;
     {
