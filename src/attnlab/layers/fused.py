@@ -886,8 +886,8 @@ def residual_relu(
     each of the gate's passes reads x and normalises it on the fly, so the norm costs neither a
     pass nor the write of its output (the plain block's norm reads x and writes that). In
     training (autograd recording, the norm an ``nn.BatchNorm2d`` in training mode without hooks,
-    x NCHW) the gate's call runs the norm too, forward and backward, and never writes its
-    output: SE's and ECA's (``attnlab_fast::gate_bn_train``) in two passes each way, its
+    x NCHW or channels-last) the gate's call runs the norm too, forward and backward, and never
+    writes its output: SE's and ECA's (``attnlab_fast::gate_bn_train``) in two passes each way, its
     statistics' pass also pooling for the gate and the backward's two passes also giving the
     norm's gradient (instead of the gate's two and the norm's two); CBAM's
     (``attnlab_fast::gate_norm_train``) in the gate's own passes, which normalise what they
@@ -933,7 +933,8 @@ def residual_relu(
 
 def _training_norm(norm: nn.Module, x: torch.Tensor, global_hooks: bool) -> bool:
     """Whether ``norm`` is a BatchNorm2d in training mode that the gate's training call can run
-    (batch statistics; NCHW x with more than one value per channel; tensors of x's dtype)."""
+    (batch statistics; x NCHW or channels-last with more than one value per channel; tensors
+    of x's dtype)."""
     if (
         type(norm) is not nn.BatchNorm2d
         or not norm.training
