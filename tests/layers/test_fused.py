@@ -1113,6 +1113,29 @@ def test_residual_relu_cbams_training_norm_where_it_does_not_apply(layout, norm_
 
 
 @needs_kernels
+def test_gate_norm_train_checks_its_arguments():
+    ops = torch.ops.attnlab_fast
+    z, r = torch.randn(2, 8, 3, 3), torch.randn(2, 8, 3, 3)
+    none = torch.empty(0)
+    mlp = [torch.randn(2, 8), torch.randn(2), torch.randn(8, 2), torch.randn(8)]
+    spatial = [torch.randn(1, 2, 3, 3), torch.randn(1), none, none]
+
+    def call(x=z, res=r, weight=None, mean=none, var=none):
+        return ops.gate_norm_train(x, mlp, 1, True, True, spatial, False, 0, none, none, 0.0,
+                                   1e-5, res, weight, None, mean, var, 0.1, 1e-5)  # fmt: skip
+
+    with pytest.raises(RuntimeError, match="weight must be a contiguous CPU vector of 8"):
+        call(weight=torch.ones(7))
+    with pytest.raises(RuntimeError, match="running_var must be a contiguous CPU vector of 8"):
+        call(mean=torch.zeros(8), var=torch.ones(8, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="more than one value per channel"):
+        call(x=torch.randn(1, 8, 1, 1), res=torch.randn(1, 8, 1, 1))
+    with pytest.raises(RuntimeError, match="residual must match x"):
+        call(res=r[:1])
+    assert call().shape == z.shape
+
+
+@needs_kernels
 def test_residual_relu_training_norm_where_it_does_not_apply(norm_calls):
     # hooks on the norm, an input neither NCHW nor channels-last: the norm runs as a module,
     # once (steps counted once)

@@ -158,8 +158,8 @@ void channel_pool_kernel(const Tensor& x, Tensor& avg, Tensor& mx, Tensor& cnt, 
     at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
       if (!na) return pool_rows(xp + begin * P, begin, end - begin);
       const int64_t step = P < 256 ? 8 : 1;
-      std::vector<T> scratch(step * P);
-      T* __restrict__ o = scratch.data();
+      std::vector<T> normed(step * P);  // the norm's output of up to step rows
+      T* __restrict__ o = normed.data();
       for (int64_t i0 = begin; i0 < end; i0 += step) {
         const int64_t i1 = std::min(end, i0 + step);
         for (int64_t i = i0; i < i1; ++i) {
@@ -1003,6 +1003,13 @@ struct Spatial {
   const void* one = nullptr;
 };
 
+// sp's terms as T: sw, sa, se, smx, one.
+template <typename T>
+std::tuple<const T*, const T*, const T*, const T*, const T*> spatial_ptrs(const Spatial& sp) {
+  return {static_cast<const T*>(sp.sw), static_cast<const T*>(sp.sa), static_cast<const T*>(sp.se),
+          static_cast<const T*>(sp.smx), static_cast<const T*>(sp.one)};
+}
+
 // With cmx: kp gets the count of positions reaching the channel max and ip (when given) the last
 // such position (as a T).
 // With op (a ReLU's output; without the spatial stage only): g is masked first and the masked
@@ -1018,11 +1025,7 @@ void gate_grad_channel_kernel(const Tensor& g, const Tensor& x, const T* cw, con
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   const T* __restrict__ gp = g.data_ptr<T>();
   const T* __restrict__ xp = x.data_ptr<T>();
-  const T* sw = static_cast<const T*>(sp.sw);
-  const T* sa = static_cast<const T*>(sp.sa);
-  const T* se = static_cast<const T*>(sp.se);
-  const T* smx = static_cast<const T*>(sp.smx);
-  const T* one = static_cast<const T*>(sp.one);
+  const auto [sw, sa, se, smx, one] = spatial_ptrs<T>(sp);
   T* dp = na ? nullptr : dcw.data_ptr<T>();
   TORCH_CHECK(!na || !sp.on || sp.sparse, "attnlab_fast: the training norm needs the sparse ties");
   if (!channels_last(x)) {
@@ -1251,11 +1254,7 @@ void gate_grad_input_kernel(const Tensor& g, const Tensor& x, const T* cw, const
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   const T* __restrict__ gp = g.data_ptr<T>();
   const T* __restrict__ xp = x.data_ptr<T>();
-  const T* sw = static_cast<const T*>(sp.sw);
-  const T* sa = static_cast<const T*>(sp.sa);
-  const T* se = static_cast<const T*>(sp.se);
-  const T* smx = static_cast<const T*>(sp.smx);
-  const T* one = static_cast<const T*>(sp.one);
+  const auto [sw, sa, se, smx, one] = spatial_ptrs<T>(sp);
   T* __restrict__ dp = dx.data_ptr<T>();
   if (!channels_last(x)) {
     at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
@@ -1682,10 +1681,7 @@ void norm_grad_input_kernel(const Tensor& g, const Tensor& z, const T* cw, const
   const int64_t B = z.size(0), C = z.size(1), P = z.size(2) * z.size(3);
   const T* __restrict__ gp = g.data_ptr<T>();
   const T* __restrict__ xp = z.data_ptr<T>();
-  const T* sw = static_cast<const T*>(sp.sw);
-  const T* sa = static_cast<const T*>(sp.sa);
-  const T* se = static_cast<const T*>(sp.se);
-  const T* one = static_cast<const T*>(sp.one);
+  [[maybe_unused]] const auto [sw, sa, se, smx, one] = spatial_ptrs<T>(sp);
   T* __restrict__ dp = dz.data_ptr<T>();
   if (channels_last(z)) {
     at::parallel_for(0, B * P, 16, [&](int64_t begin, int64_t end) {
