@@ -9,8 +9,8 @@ call alone:
 - ``in network``: median per call while the network runs (the data and the gate's own code
   and weights come cold: the convolutions between two gates stream tens of megabytes);
 - ``Python only``: the same, with the operator replaced by a stub that returns its input (the
-  eligibility and kept-plan checks, the argument lists, the call) — what moving them into C++
-  could save at most;
+  eligibility and kept-plan checks, the argument lists, the call: since the 2026-11-22 fifth
+  session mostly in C, ``csrc/entry.h``, with ``--no-entry`` all in Python as before);
 - ``alone, warm`` / ``alone, flushed``: the call on the stage's shape, 20 back-to-back calls,
   or each after a 64 MB write has flushed the caches;
 - ``bn+add+relu``: the plain block's own bn3 and tail, ``relu(bn3(out) + shortcut)``, alone,
@@ -22,7 +22,7 @@ inference passes (after two warm-up passes). Nothing is cached between calls. As
 gate_overhead.py, glibc is told to keep freed memory (--malloc steady), so that neither the
 gate nor the plain tail pays page faults for memory it re-touches.
 
-    python benchmarks/gate_in_network.py [--attn cbam] [--runs 20] [--channels-last]
+    python benchmarks/gate_in_network.py [--attn cbam] [--runs 20] [--channels-last] [--no-entry]
 """
 
 from __future__ import annotations
@@ -58,25 +58,36 @@ def timed_calls(record: dict, *, stub: bool):
         return out
 
     resnet.fused.residual_relu = wrapper
+    entry = fused._state["module"]  # the C entry (csrc/entry.h), where it was built
     if stub:
         ops.gate_forward = lambda x, *args: (x,)
+        if entry is not None:
+            entry.set_dry_run(True)  # its checks, then x returned instead of the operator's call
     try:
         yield
     finally:
         resnet.fused.residual_relu = inner
         if stub:
             ops.gate_forward = op
+            if entry is not None:
+                entry.set_dry_run(False)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--attn", default="cbam")
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument(
+        "--no-entry", action="store_true", help="the Python path only (no C entry: csrc/entry.h)"
+    )
     add_network_options(parser)
     args = parser.parse_args()
     malloc, fmt = prepare_network_run(args)
     torch.manual_seed(0)
     model = attnlab.create_model("resnet50", attn=args.attn).eval().to(memory_format=fmt)
+    fused._load()
+    if args.no_entry:
+        fused._state["entry"] = None
     x = torch.randn(8, 3, 160, 160).contiguous(memory_format=fmt)
 
     results = {}
@@ -103,7 +114,8 @@ def main() -> None:
         if isinstance(m, resnet.Bottleneck)
     }
     print(f"# ResNet-50 + {args.attn}, batch 8, 160×160, {args.threads} threads, inference, "
-          f"{'channels-last' if args.channels_last else 'NCHW'}, malloc {malloc}; µs per call "
+          f"{'channels-last' if args.channels_last else 'NCHW'}, malloc {malloc}, "
+          f"{'C entry' if fused._state['entry'] is not None else 'Python path'}; µs per call "
           "(medians)\n")  # fmt: skip
     print("| stage shape | calls / pass | in network | Python only | alone, warm | "
           "alone, flushed | bn+add+relu warm / flushed |")  # fmt: skip

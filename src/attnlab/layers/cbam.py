@@ -232,6 +232,7 @@ class SpatialGate(nn.Module):
     year=2018,
     kind="hybrid",
 )
+@fused.entry_gate(ordered=True)
 class CBAM(nn.Module):
     """Channel gate then spatial gate (or another arrangement), as in the CBAM paper.
 

@@ -45,6 +45,7 @@ def eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> int:
     year=2020,
     kind="channel",
 )
+@fused.entry_gate()
 class ECA(nn.Module):
     """Efficient Channel Attention: a k-wide 1-D convolution across pooled channels.
 

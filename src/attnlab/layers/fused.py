@@ -103,12 +103,12 @@ from .maps import MapTap
 
 BACKENDS = ("auto", "fast", "reference")
 _CSRC = Path(__file__).with_name("csrc")
-_SOURCES = ("gates.cpp", "coord.h", "gate_layers.h", "pool.h", "rows.h")
+_SOURCES = ("gates.cpp", "coord.h", "entry.h", "gate_layers.h", "pool.h", "rows.h")
 # -fno-trapping-math / -fno-math-errno let the compiler vectorise the branch-free selects and
 # the float comparisons; results are unchanged for finite inputs.
 _CFLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
 
-_state = {"backend": None, "ops": None, "error": None}
+_state = {"backend": None, "ops": None, "error": None, "entry": None, "module": None}
 _lock = threading.Lock()
 
 
@@ -211,16 +211,23 @@ def _build():
         if not any(build_dir.glob("*.so")):
             print("attnlab: compiling the fused CPU kernels (once; cached in "
                   f"{build_dir})", file=sys.stderr)  # fmt: skip
-        cpp_extension.load(
+        module = cpp_extension.load(
             name=name,
             sources=[str(_CSRC / "gates.cpp")],
             extra_include_paths=[str(_CSRC)],
             extra_cflags=_CFLAGS,
             extra_ldflags=["-fopenmp"],
-            is_python_module=False,
+            is_python_module=True,
             verbose=False,
         )
         _register_fakes()
+        # residual_relu's inference call in C (entry.h), for the gates registered below
+        env = type(_ENV_DATA) is dict and type(_ENV_KEY) is bytes  # (POSIX; else getenv)
+        module.register_entry(
+            _state, _ENTRY_GATES, nn.BatchNorm2d, vars(_torch_module),
+            _ENV_DATA if env else None, _ENV_KEY if env else None,
+        )  # fmt: skip
+        _state["module"], _state["entry"] = module, module.residual_call
     return torch.ops.attnlab_fast
 
 
@@ -550,7 +557,7 @@ class _Plan:
     __slots__ = (
         "dicts", "lens", "values", "attr_dicts", "attr_keys", "attr_values", "dtype", "ok",
         "kind", "params", "use_avg", "use_max", "max_first", "norm", "running", "taps",
-        "stat_check", "spatial", "tracked", "own_attrs", "tap_dicts",
+        "stat_check", "spatial", "tracked", "own_attrs", "tap_dicts", "fast",
     )  # fmt: skip
 
     def __reduce__(self):
@@ -597,7 +604,7 @@ def _make_plan(x, owner, *, mlp=None, eca=None, pools=("avg",), spatial=None, ta
     plan = _Plan()
     plan.dtype, plan.ok, plan.taps = x.dtype, False, tuple(taps)
     plan.dicts, plan.attr_dicts, plan.attr_keys, plan.attr_values = [], [], [], []
-    plan.stat_check = None
+    plan.stat_check = plan.fast = None
     plan.own_attrs = ()
     for m in owner.modules():
         # The dicts that can change what the operator computes: those holding submodules, and
@@ -689,6 +696,14 @@ def _make_plan(x, owner, *, mlp=None, eca=None, pools=("avg",), spatial=None, ta
     plan.use_avg, plan.use_max = "avg" in pools, "max" in pools
     plan.max_first = spatial is not None and tuple(spatial.pool_order) == ("max", "mean")
     plan.ok = True
+    if plan.tap_dicts is not None and x.dtype in _FAST_DTYPES:
+        # what the C entry (entry.h's residual_call) reads of the plan, in its order
+        plan.fast = (
+            x.dtype is torch.float64, tuple(plan.dicts), tuple(plan.lens), plan.values,
+            tuple(plan.attr_dicts), tuple(plan.attr_keys), tuple(plan.attr_values),
+            plan.own_attrs, tuple(params), (kind, plan.use_avg, plan.use_max, plan.max_first),
+            norm, tuple(running), plan.stat_check is not None, tuple(plan.tap_dicts),
+        )  # fmt: skip
     return plan
 
 
@@ -866,6 +881,24 @@ def _global_hooks() -> bool:
 _torch_module = sys.modules[nn.Module.__module__]
 
 
+# The gate classes whose inference call the C entry runs (entry.h's residual_call, in front of
+# residual_relu's Python), each with whether it must be in channel-spatial order (CBAM). That
+# function makes the Python path's checks itself, _fused_residual's included (check_input's
+# channel count and non-empty sizes, the order), and then runs layer_gate's plan: so a class
+# registers (with entry_gate) only if its _fused_residual is those checks and layer_gate.
+_ENTRY_GATES: list[tuple[type, bool]] = []
+
+
+def entry_gate(*, ordered: bool = False) -> Callable[[type], type]:
+    """Class decorator: registers a gate class with the C entry (see ``_ENTRY_GATES``)."""
+
+    def register(cls: type) -> type:
+        _ENTRY_GATES.append((cls, ordered))
+        return cls
+
+    return register
+
+
 def residual_relu(
     attn: nn.Module,
     x: torch.Tensor,
@@ -903,7 +936,18 @@ def residual_relu(
     module hooks (a hook must see ``attn``'s own output), a shortcut that differs from x in
     shape, dtype or device — having run nothing (not the norm either), and the caller computes
     ``relu(attn(norm(x)) + shortcut)`` itself.
+
+    At inference the common case — a registered gate (SE, ECA, CBAM) with its plan kept, the
+    norm in eval mode, nothing hooked or observed — is checked and run by one C function
+    (``csrc/entry.h``), which declines, having run nothing, wherever anything differs; this
+    Python then decides. (In a network this function's Python runs cold, at about ten times its
+    warm cost: the C checks save most of it.)
     """
+    entry = _state["entry"]
+    if entry is not None and not _compiling():
+        out = entry(attn, x, shortcut, norm)
+        if out is not None:
+            return out
     fn = type(attn).__dict__.get("_fused_residual")
     if (
         fn is None

@@ -37,6 +37,7 @@ from .maps import MapTap
     year=2018,
     kind="channel",
 )
+@fused.entry_gate()
 class SE(nn.Module):
     """Squeeze-and-Excitation channel gate.
 

@@ -3099,3 +3099,5 @@ TORCH_LIBRARY_IMPL(attnlab_fast, Autograd, m) {
   m.impl("gate_bn_train", &gate_bn_train_autograd);
   m.impl("gate_norm_train", &gate_norm_train_autograd);
 }
+
+#include "entry.h"  // the Python entry for the blocks' inference call (a Python module)
