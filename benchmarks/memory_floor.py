@@ -6,7 +6,20 @@ back-to-back calls, the strictest baseline); inside a network the tensor is rare
 This prints, for each ResNet-50 stage shape (batch 8, 160×160) and a 256 MB array: a copy and
 a sum (one read) from cache and after other memory has flushed the cache, as medians of
 several runs, and the memory bandwidth they imply. With ``--gates`` it also times a CBAM
-forward (eval) after the same flush, for the same comparison.
+forward (eval) after the same flush, for the same comparison, and bounds CBAM's training
+forward+backward at the first stage (the issue's module target, ≤ 10× a cached copy) from
+these figures:
+
+- ``fixed``: forward+backward on an 8×256×2×2 map (everything but the passes' memory: Python,
+  autograd, the small layers at the batch's size);
+- ``strict floor``: fixed + x and g each read once from memory and y and dx written once (two
+  flushed copies), as if every other pass found its data in cache;
+- ``two re-reads``: fixed + the re-reads that the computation's order forces from memory when
+  the data are not kept in cache, the spatial BatchNorm's batch statistics (forward) and the
+  gates' gradients (backward) each needing the whole batch before the output or the input
+  gradient can be written: x read twice and y written (forward), (g, x) read and then g read
+  and dx written (backward) — three flushed sums and two flushed copies;
+- ``measured``: the module as gate_overhead.py's module part times it (back-to-back calls).
 
     python benchmarks/memory_floor.py [--threads 2] [--runs 15] [--gates]
 """
@@ -84,6 +97,43 @@ def main() -> None:
         print("\n| shape | CBAM forward (eval), flushed | ÷ copy, flushed |\n|---|---|---|")
         for shape, g, c in gates:
             print(f"| {'×'.join(map(str, shape))} | {1e3 * g:.3f} ms | {g / c:.2f}× |")
+        module_floor(args.runs, flush)
+
+
+def module_floor(runs: int, flush) -> None:
+    """CBAM's training forward+backward at 8×256×40×40 against the floors in the module doc."""
+    import attnlab
+
+    cbam = attnlab.create_attention("cbam", 256)
+
+    def fwd_bwd(shape):
+        x = torch.randn(shape, requires_grad=True)
+        g = torch.randn(shape)
+
+        def run():
+            x.grad = None
+            cbam(x).backward(g)
+
+        return run
+
+    x = torch.randn(8, 256, 40, 40)
+    out = torch.empty_like(x)
+    copy_cached = timed(lambda: out.copy_(x), runs=runs)
+    copy_flushed = timed(lambda: out.copy_(x), flush, runs=runs)
+    sum_flushed = timed(x.sum, flush, runs=runs)
+    fixed = timed(fwd_bwd((8, 256, 2, 2)), runs=runs)
+    measured = timed(fwd_bwd(tuple(x.shape)), runs=runs)
+    rows = {
+        "fixed (8×256×2×2)": fixed,
+        "strict floor": fixed + 2 * copy_flushed,
+        "two re-reads": fixed + 3 * sum_flushed + 2 * copy_flushed,
+        "measured": measured,
+    }
+    print(f"\nCBAM forward+backward (training) at 8×256×40×40 against a cached copy "
+          f"({1e3 * copy_cached:.3f} ms; target ≤ 10×):\n")  # fmt: skip
+    print("| | ms | ÷ copy, cached |\n|---|---|---|")
+    for name, s in rows.items():
+        print(f"| {name} | {1e3 * s:.3f} | {s / copy_cached:.1f}× |")
 
 
 if __name__ == "__main__":
