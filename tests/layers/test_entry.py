@@ -126,6 +126,10 @@ def test_entry_runs_inside_a_resnet_at_inference(entry):
         y = model(x)
         y_python = _python_path(lambda: model(x))
     assert entry == ["ran"] * 16 and torch.equal(y, y_python)
+    entry.clear()
+    with torch.inference_mode():  # grad mode off too: the same call
+        y_inference = model(x)
+    assert entry == ["ran"] * 16 and torch.equal(y_inference, y)
 
 
 # Each case: (setup(module, z, s, norm) -> (z, s, norm, cleanup)), where the C entry must
