@@ -96,28 +96,30 @@ PyObject* dict_of(PyObject* obj) {
 // A borrowed dict entry or null (absent; no error set).
 PyObject* item(PyObject* d, PyObject* key) { return d ? PyDict_GetItemWithError(d, key) : nullptr; }
 
-// Whether an entry is present and true (a non-empty hook dict); an error counts as true.
-bool truthy(PyObject* d, PyObject* key) {
+// Whether a hook dict is there and empty, by one lookup: missing (not an nn.Module as expected,
+// or a torch without that global), non-empty, or an error all count as hooks.
+bool hooks_at(PyObject* d, PyObject* key) {
   PyObject* v = item(d, key);
-  if (!v) return PyErr_Occurred() ? (PyErr_Clear(), true) : false;
+  if (!v) {
+    PyErr_Clear();
+    return true;
+  }
   const int t = PyObject_IsTrue(v);
   if (t < 0) PyErr_Clear();
   return t != 0;
 }
 
-// _hooked(module) without the global hooks: any of the module's own hook dicts non-empty (or
-// missing: not an nn.Module as expected).
+// _hooked(module) without the global hooks: any of the module's own hook dicts non-empty.
 bool own_hooks(PyObject* d) {
   const Keys& k = keys();
   for (PyObject* key : {k.fwd, k.fwd_pre, k.bwd, k.bwd_pre})
-    if (!item(d, key) || truthy(d, key)) return true;
+    if (hooks_at(d, key)) return true;
   return false;
 }
 
 bool global_hooks() {
-  PyObject* g = entry_state.module_globals;
   for (PyObject* key : keys().global_hooks)
-    if (!item(g, key) || truthy(g, key)) return true;  // a name gone: assume hooks
+    if (hooks_at(entry_state.module_globals, key)) return true;
   return false;
 }
 
