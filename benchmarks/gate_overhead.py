@@ -32,6 +32,7 @@ Usage:
     python benchmarks/gate_overhead.py --part network --modes infer  # inference only
     python benchmarks/gate_overhead.py --channels-last      # both sides in channels-last
     python benchmarks/gate_overhead.py --malloc default     # glibc's default (page faults)
+    python benchmarks/gate_overhead.py --device cuda        # on a GPU: the Triton kernels
 """
 
 from __future__ import annotations
@@ -55,7 +56,12 @@ from attnlab.layers import fused
 
 
 def interleaved(
-    fns: dict[str, Callable[[], object]], rounds: int, number: int, *, block: bool = False
+    fns: dict[str, Callable[[], object]],
+    rounds: int,
+    number: int,
+    *,
+    block: bool = False,
+    sync: Callable[[], object] = lambda: None,
 ) -> dict:
     """Times the candidates in turns: ``rounds × number`` turns of one call each (A B A B …),
     or with ``block`` ``rounds`` turns of ``number`` back-to-back calls each (their median).
@@ -66,6 +72,8 @@ def interleaved(
     the quartiles of those turn ratios, tell how far one turn's ratio strays. ``block`` is for
     sub-millisecond calls: back-to-back calls find their data in cache as a loop over a layer
     does, and the ``x.clone()`` reference is then at its fastest (a strict baseline).
+    ``sync`` waits for the device (``torch.cuda.synchronize`` on CUDA) before a call's time is
+    taken and before the next starts.
     """
     for fn in fns.values():  # warm-up
         for _ in range(2):
@@ -75,8 +83,10 @@ def interleaved(
         for name, fn in fns.items():
             calls = []
             for _ in range(number if block else 1):
+                sync()
                 start = time.perf_counter()
                 fn()
+                sync()
                 calls.append(time.perf_counter() - start)
             times[name].append(statistics.median(calls))
     first = next(iter(fns))
@@ -160,15 +170,18 @@ def own_tail(on: bool):
         fused.residual_relu = saved
 
 
-def network(attns, *, batch, size, rounds, number, channels_last, paths=PATHS, modes=MODES):
+def network(
+    attns, *, batch, size, rounds, number, channels_last, paths=PATHS, modes=MODES, device="cpu"
+):
     torch.manual_seed(0)
-    x = torch.randn(batch, 3, size, size)
-    y = torch.randint(0, 1000, (batch,))
+    x = torch.randn(batch, 3, size, size).to(device)
+    y = torch.randint(0, 1000, (batch,)).to(device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    sync = _sync(device)
 
     def model(attn):
-        m = attnlab.create_model("resnet50", attn=attn)
+        m = attnlab.create_model("resnet50", attn=attn).to(device)
         return m.to(memory_format=torch.channels_last) if channels_last else m
 
     def train_step(m, opt, phases):
@@ -209,13 +222,15 @@ def network(attns, *, batch, size, rounds, number, channels_last, paths=PATHS, m
                             "base": train_step(base, opts[0], phases["base"]),
                             "attn": train_step(m, opts[1], phases["attn"]),
                         },
-                        rounds, number,
+                        rounds, number, sync=sync,
                     )  # fmt: skip
                     split = phase_split(phases["base"], phases["attn"])
                 m.eval(), base.eval()
                 inf = skipped
                 if "infer" in modes:
-                    inf = interleaved({"base": infer(base), "attn": infer(m)}, rounds, number)
+                    inf = interleaved(
+                        {"base": infer(base), "attn": infer(m)}, rounds, number, sync=sync
+                    )
             row = {
                 "attn": attn, "path": path,
                 "train_base_s": train["base"], "train_attn_s": train["attn"],
@@ -289,17 +304,17 @@ def _cell(row: dict, mode: str) -> str:
     )
 
 
-def module(names, *, shape, rounds, number, channels_last):
+def module(names, *, shape, rounds, number, channels_last, device="cpu"):
     """Forward in training mode (no grad: batch statistics, running-statistics update) and in
     eval mode (inference), and forward+backward in training mode, each against x.clone()."""
     torch.manual_seed(0)
-    x = torch.randn(shape)
+    x = torch.randn(shape).to(device)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     g = torch.randn_like(x)
     rows = []
     for name in names:
-        m = attnlab.create_attention(name, shape[1])
+        m = attnlab.create_attention(name, shape[1]).to(device)
         m_eval = copy.deepcopy(m).eval()
         xr = x.clone().requires_grad_()
 
@@ -320,7 +335,7 @@ def module(names, *, shape, rounds, number, channels_last):
                 t = interleaved(
                     {"clone": lambda: x.clone(), "fwd": fwd, "fwd-eval": fwd_eval,
                      "fwd+bwd": fwd_bwd},
-                    rounds, number, block=True,
+                    rounds, number, block=True, sync=_sync(device),
                 )  # fmt: skip
             row = {
                 "module": name, "path": path, "clone_s": t["clone"], "fwd_s": t["fwd"],
@@ -336,6 +351,10 @@ def module(names, *, shape, rounds, number, channels_last):
                 flush=True,
             )
     return rows
+
+
+def _sync(device: str) -> Callable[[], object]:
+    return torch.cuda.synchronize if device == "cuda" else lambda: None
 
 
 def main() -> None:
@@ -356,16 +375,31 @@ def main() -> None:
         "--modes", nargs="+", choices=MODES, default=list(MODES), help="network modes to time"
     )
     add_malloc_option(parser)
+    parser.add_argument(
+        "--device", choices=["cpu", "cuda"], default="cpu",
+        help="cuda: the fast path is the Triton kernels (attnlab.layers.triton_gates)",
+    )  # fmt: skip
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     malloc = apply_malloc(args.malloc)
     torch.set_num_threads(args.threads)
-    if not fused.available():
-        print(f"note: fused kernels unavailable ({fused.build_error()}); fast = reference")
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device here")
+        probe = torch.zeros(1, 1, 1, 1, device="cuda")
+        if not fused.use_fast(probe):
+            print(f"note: Triton kernels unavailable ({fused._triton_error()}); fast = reference")
+        machine = torch.cuda.get_device_name()
+        args.paths = [p for p in args.paths if p != OWN_TAIL]  # (no fused tail on CUDA)
+    else:
+        if not fused.available():
+            print(f"note: fused kernels unavailable ({fused.build_error()}); fast = reference")
+        machine = f"{platform.processor() or platform.machine()}, {args.threads} threads"
     layout = "channels-last" if args.channels_last else "NCHW"
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{args.threads} threads, {layout}, malloc {malloc}, medians over turns of "
-          f"{args.rounds}×20 (module), {args.rounds}×{args.number} (network)\n")  # fmt: skip
+    print(
+        f"# {machine}, torch {torch.__version__}, {layout}, malloc {malloc}, medians over "
+        f"turns of {args.rounds}×20 (module), {args.rounds}×{args.number} (network)\n"
+    )
     out = {}
     if args.part in ("all", "module"):
         shape = (args.batch, 256, args.size // 4, args.size // 4)
@@ -377,7 +411,7 @@ def main() -> None:
         )
         out["module"] = module(
             args.modules, shape=shape, rounds=args.rounds, number=20,
-            channels_last=args.channels_last,
+            channels_last=args.channels_last, device=args.device,
         )  # fmt: skip
         print()
     if args.part in ("all", "network"):
@@ -392,7 +426,7 @@ def main() -> None:
         out["network"] = network(
             args.attn, batch=args.batch, size=args.size, rounds=args.rounds,
             number=args.number, channels_last=args.channels_last, paths=args.paths,
-            modes=args.modes,
+            modes=args.modes, device=args.device,
         )  # fmt: skip
     if args.json:
         with open(args.json, "w") as handle:

@@ -51,3 +51,16 @@ def test_phase_split_rejects_unpaired_calls(script):
         script.phase_split([(1, 1, 1)] * 4, [(1, 1, 1)] * 3)
     with pytest.raises(ValueError, match="0 base"):
         script.phase_split([(1, 1, 1)] * 2, [(1, 1, 1)] * 2)
+
+
+def test_interleaved_waits_for_the_device_around_each_call(script):
+    # --device cuda passes torch.cuda.synchronize: a call's time must include the work it
+    # queued, so the wait comes before the clock starts and before it stops, every call.
+    events = []
+    fns = {"a": lambda: events.append("a"), "b": lambda: events.append("b")}
+    out = script.interleaved(fns, rounds=2, number=3, block=True, sync=lambda: events.append("|"))
+    calls = 2 * (2 + 2 * 3)  # warm-up (2 calls each, no wait needed) + the timed calls
+    assert events.count("a") + events.count("b") == calls
+    timed = "".join(events[4:])  # after the warm-up
+    assert timed == "|a|" * 3 + "|b|" * 3 + "|a|" * 3 + "|b|" * 3
+    assert set(out) >= {"a", "b", "a/", "b/", "a/iqr", "b/iqr"}

@@ -47,15 +47,22 @@ The kernels are registered as PyTorch operators (``torch.ops.attnlab_fast.*``, w
 implementations so tracing sees their shapes) and combined by autograd functions whose
 backward recomputes instead of saving.
 
+On CUDA the full-size kernels are Triton's (:mod:`attnlab.layers.triton_gates`, imported on
+the first CUDA call; :func:`_ops_for` picks the kernels by device): the same operations with
+the same signatures, combined by the same autograd functions (``_GateProduct``,
+``_CoordProduct``) around the module's own small layers. The one-call module
+(:func:`layer_gate`) and the fused block tail (:func:`residual_relu`) are CPU-only.
+
 Selection (automatic, overridable):
 
-- ``ATTNLAB_BACKEND=auto`` (default): the fast path when the extension is available and the
-  input is a 4-D float32/float64 CPU tensor outside autocast, ``torch.compile`` tracing and
-  TorchScript; otherwise the reference path. Under ``torch.compile`` the reference path is
-  traced on purpose: inductor fuses it itself.
+- ``ATTNLAB_BACKEND=auto`` (default): the fast path when the input is a 4-D float32/float64
+  tensor outside autocast, ``torch.compile`` tracing and TorchScript, on the CPU with the
+  extension available or on CUDA with Triton importable; otherwise the reference path. Under
+  ``torch.compile`` the reference path is traced on purpose: inductor fuses it itself.
 - ``ATTNLAB_BACKEND=reference``: always the pure-PyTorch reference path (the modules' own
   equations, as documented in each module).
-- ``ATTNLAB_BACKEND=fast``: like auto, but a failed build raises instead of falling back.
+- ``ATTNLAB_BACKEND=fast``: like auto, but a failed build (or, on CUDA, a missing Triton)
+  raises instead of falling back.
 - In Python: :func:`set_backend` (``"auto"``, ``"fast"``, ``"reference"``), or the
   :func:`backend` context manager.
 
@@ -378,17 +385,50 @@ def use_fast(x: torch.Tensor, *, channel_only: bool = False) -> bool:
         return False
     if (
         x.dim() != 4
-        or not x.is_cpu
         or x.dtype not in _FAST_DTYPES
-        or _autocast("cpu")
         or _compiling()  # (first: under torch.compile the C check below is not traced)
         or _tracing()
     ):
+        return False
+    if not x.is_cpu:
+        if not x.is_cuda or _autocast("cuda"):
+            return False
+        ops = _triton_ops()
+        if ops is None and name == "fast":
+            raise RuntimeError(
+                f"ATTNLAB_BACKEND=fast but the Triton kernels are unavailable: {_triton_error()}"
+            )
+        return ops is not None
+    if _autocast("cpu"):
         return False
     ops = _load()
     if ops is None and name == "fast":
         raise RuntimeError(f"ATTNLAB_BACKEND=fast but the fused kernels failed: {build_error()}")
     return ops is not None
+
+
+def _triton_ops():
+    """The Triton kernels (:mod:`attnlab.layers.triton_gates`) or None where Triton is missing
+    or fails to import; imported on the first CUDA call."""
+    if "triton" not in _state:
+        with _lock:
+            if "triton" not in _state:
+                try:
+                    from . import triton_gates
+                except Exception as err:  # no triton, or one that does not import
+                    _state["triton_error"] = f"{type(err).__name__}: {err}".splitlines()[0]
+                    triton_gates = None
+                _state["triton"] = triton_gates
+    return _state["triton"]
+
+
+def _triton_error() -> str | None:
+    return _state.get("triton_error")
+
+
+def _ops_for(x: torch.Tensor):
+    """The full-size kernels for x's device: the C++ operators (CPU) or the Triton ones."""
+    return torch.ops.attnlab_fast if x.is_cpu else _triton_ops()
 
 
 def _layout(x: torch.Tensor) -> torch.Tensor:
@@ -436,7 +476,7 @@ def gate_product(
         avg = x.mean((2, 3))
         weights = channel_fn(avg, x.amax((2, 3)) if channel_max else None)
         return x * weights.to(x.dtype)[:, :, None, None]
-    ops = torch.ops.attnlab_fast
+    ops = _ops_for(x)
     sw = None
     if channel_fn is not None:
         avg, mx, _ = ops.channel_pool(x, channel_max)
@@ -469,7 +509,7 @@ class _GateProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, fns, *params):
         channel_fn, channel_max, spatial_fn = fns
-        ops = torch.ops.attnlab_fast
+        ops = _ops_for(x)
         b, c, h, w = x.shape
         ctx.fns, ctx.shape = fns, (b, c, h, w)
         cw = x.new_ones(b, c)
@@ -500,7 +540,7 @@ class _GateProduct(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, cw, sw, cmx, ccnt, smx, scnt = ctx.saved_tensors
-        ops = torch.ops.attnlab_fast
+        ops = _ops_for(x)
         b, c, h, w = ctx.shape
         grad = grad.contiguous(memory_format=_format(x))
         params, param_grads = ctx.params, [None] * len(ctx.params)
@@ -746,6 +786,8 @@ def layer_gate(
             normalises what it reads; the norm's output is never written (see
             :func:`residual_relu`).
     """
+    if not x.is_cpu:  # (CUDA: the module's own layers between the Triton kernels)
+        return None
     plan = owner.__dict__.get("_attnlab_plan")
     if plan is None or not plan.valid(x, owner):
         plan = _make_plan(x, owner, **layers())
@@ -1034,9 +1076,10 @@ def coord_product(x: torch.Tensor, params: Sequence[torch.Tensor], gates_fn: Coo
     if _needs_grad(x, params):
         return _CoordProduct.apply(x, gates_fn, *params)
     last = _is_channels_last(x)
-    ph, pw = torch.ops.attnlab_fast.coord_pool(x)
+    ops = _ops_for(x)
+    ph, pw = ops.coord_pool(x)
     ah, aw = gates_fn(*(_to_bch(t, last) for t in (ph, pw)))
-    return torch.ops.attnlab_fast.coord_apply(x, _from_bch(ah, last, x), _from_bch(aw, last, x))
+    return ops.coord_apply(x, _from_bch(ah, last, x), _from_bch(aw, last, x))
 
 
 def _to_bch(t: torch.Tensor, last: bool) -> torch.Tensor:
@@ -1051,7 +1094,7 @@ def _from_bch(t: torch.Tensor, last: bool, x: torch.Tensor) -> torch.Tensor:
 class _CoordProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, gates_fn, *params):
-        ops = torch.ops.attnlab_fast
+        ops = _ops_for(x)
         last = _is_channels_last(x)
         ph, pw = ops.coord_pool(x)
         leaves = (_leaf(_to_bch(ph, last)), _leaf(_to_bch(pw, last)))
@@ -1066,7 +1109,7 @@ class _CoordProduct(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, ah, aw = ctx.saved_tensors
-        ops = torch.ops.attnlab_fast
+        ops = _ops_for(x)
         h, w = x.shape[2:]
         grad = grad.contiguous(memory_format=_format(x))
         dah, daw = ops.coord_grad_gates(grad, x, ah, aw)
