@@ -41,10 +41,19 @@ tg = _kernels()
 
 @pytest.fixture
 def triton_path(monkeypatch):
-    """Routes the modules' fast path to the Triton kernels (on CUDA it is routed there)."""
+    """Routes the modules' fast path to the Triton kernels (on CUDA it is routed there) and
+    returns the list of calls that asked for them."""
+    calls = []
+    ops_for = fused._ops_for
+
+    def triton_ops(x):
+        calls.append(x.shape)
+        return tg if not CUDA else ops_for(x)
+
+    monkeypatch.setattr(fused, "_ops_for", triton_ops)
     if not CUDA:
-        monkeypatch.setattr(fused, "_ops_for", lambda x: tg)
         monkeypatch.setattr(fused, "layer_gate", lambda *args, **kwargs: None)
+    return calls
 
 
 def _rand(shape, dtype, layout="contiguous", seed=0, ties=False):
@@ -240,6 +249,7 @@ def test_inference_matches_reference(key, triton_path):
             ref = module(x)
         with fused.backend("fast"):
             out = module(x)
+    assert triton_path, "the kernels were not called"
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
 
 

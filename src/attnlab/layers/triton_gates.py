@@ -264,7 +264,7 @@ def gate_apply(x: torch.Tensor, cw: torch.Tensor, sw: torch.Tensor | None) -> to
     x, sb, sc, sp = _plane(x)
     b, c, h, w = x.shape
     out = torch.empty_like(x)
-    _, ob, oc, op = _plane(out)
+    ob, oc, op = out.stride(0), out.stride(1), out.stride(3)  # (empty_like: x's strides)
     cw_, sw_ = _small(cw, x), _small(sw, x)
     bc, bp = _tiles(c, h * w, sc, sp)
     _pointwise_kernel[_grid3(b, c, h * w, bc, bp)](
@@ -319,7 +319,7 @@ def gate_grad_input(g, x, cw, sw, sa, se, smx, ca, ce, cmx) -> torch.Tensor:
     g, gb, gc, gp = _plane(g)
     b, c, h, w = x.shape
     out = torch.empty_like(x)
-    _, ob, oc, op = _plane(out)
+    ob, oc, op = out.stride(0), out.stride(1), out.stride(3)  # (empty_like: x's strides)
     terms = [_small(t, x) for t in (cw, sw, sa, se, smx, ca, ce, cmx)]
     bc, bp = _tiles(c, h * w, sc, sp)
     _pointwise_kernel[_grid3(b, c, h * w, bc, bp)](
