@@ -390,7 +390,9 @@ def main() -> None:
         if not fused.use_fast(probe):
             print(f"note: Triton kernels unavailable ({fused._triton_error()}); fast = reference")
         machine = torch.cuda.get_device_name()
-        args.paths = [p for p in args.paths if p != OWN_TAIL]  # (no fused tail on CUDA)
+        if OWN_TAIL in args.paths:  # (no fused tail on CUDA: it would time the fast path again)
+            print(f"note: no fused block tail on CUDA; path {OWN_TAIL!r} left out")
+            args.paths = [p for p in args.paths if p != OWN_TAIL]
     else:
         if not fused.available():
             print(f"note: fused kernels unavailable ({fused.build_error()}); fast = reference")
