@@ -17,8 +17,9 @@ from .cost import (
 )
 from .flops import count_flops
 from .memory import peak_memory
+from .papers import paper_macs_table
 from .report import write_report
-from .runner import bench_models, bench_modules, paper_macs_table
+from .runner import bench_models, bench_modules
 
 __all__ = [
     "bench_models",

@@ -99,7 +99,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..bench import report, runner
+    from ..bench import papers, report, runner
     from ..cli import UsageError
     from ..registry import list_attention
 
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         results["models"] = runner.bench_models(args.model, attns, **common)
     if args.what in ("papers", "all"):
         log("papers' figures …")
-        results["papers"] = runner.paper_macs_table()
+        results["papers"] = papers.paper_macs_table()
     # Recorded last: the gate backend's kernels are built on first use, during the runs.
     timed = args.what != "papers"
     results = {"environment": runner.environment(device, probe_kernels=timed), **results}
