@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import attnlab
-import attnlab.detect.train as train_module
-from attnlab.detect.config import DetectConfig
-from attnlab.detect.train import load_detector, main
+import attnlab.engine.trainer as train_module
 from attnlab.engine.checkpoint import load_checkpoint
+from attnlab.engine.tasks.detect import load_detector, main
+from attnlab.engine.tasks.detect_config import DetectConfig
 
 
 def _config(out, **overrides) -> DetectConfig:

@@ -9,6 +9,7 @@ import torch
 from _tiny_data import make_data  # tests/engine is on sys.path (rootdir-relative import)
 
 import attnlab.engine.train as train_module
+import attnlab.engine.trainer as trainer
 from attnlab.engine.checkpoint import load_checkpoint
 from attnlab.engine.config import TrainConfig
 
@@ -23,7 +24,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
     data = make_data(augment=True)
     full = train_module.main(_config(tmp_path / "full"), datasets=data)
 
-    real = train_module.train_one_epoch
+    real = trainer.train_one_epoch
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -32,11 +33,11 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch):
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C in epoch 2
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "train_one_epoch", interrupted)
+    monkeypatch.setattr(trainer, "train_one_epoch", interrupted)
     part = _config(tmp_path / "part")
     with pytest.raises(KeyboardInterrupt):
         train_module.main(part, datasets=data)
-    monkeypatch.setattr(train_module, "train_one_epoch", real)
+    monkeypatch.setattr(trainer, "train_one_epoch", real)
     assert load_checkpoint(tmp_path / "part" / "last.pt")["epoch"] == 1
 
     resumed = dataclasses.replace(part, resume=str(tmp_path / "part" / "last.pt"))

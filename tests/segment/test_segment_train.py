@@ -10,14 +10,14 @@ import torch
 
 import attnlab
 from attnlab.engine.checkpoint import load_checkpoint, save_checkpoint
-from attnlab.segment.config import SegmentConfig
-from attnlab.segment.train import (
+from attnlab.engine.tasks.segment import (
     build_optimizer,
     evaluate_checkpoint,
     load_segmenter,
     main,
     poly_scheduler,
 )
+from attnlab.engine.tasks.segment_config import SegmentConfig
 
 TINY = {"model": "fcn_resnet20", "image_size": 32, "crop_size": 32, "train_size": 16,
         "val_size": 8, "batch_size": 8, "progress": False, "device": "cpu"}  # fmt: skip
@@ -101,7 +101,7 @@ def test_resume_trains_on(tiny_run, tmp_path):
 
 def test_resume_after_an_interruption_matches(tiny_run, tmp_path, monkeypatch):
     """Two epochs in one go, or epoch 1, a crash, and a resume: the same weights."""
-    import attnlab.segment.train as train
+    import attnlab.engine.trainer as train
 
     straight, _ = tiny_run
     original = train.save_checkpoint

@@ -61,5 +61,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ValueError, OSError) as err:
         # Bad input (names, values, files, folders, downloads) gets one line and exit code 2;
         # a bug elsewhere still shows its traceback.
-        print(f"attnlab: error: {err}", file=sys.stderr)
+        print(f"attnlab: error: {one_line(err)}", file=sys.stderr)
         return 2
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line. An error re-raised from a DataLoader worker carries
+    the worker's whole traceback; its last line is the original message."""
+    text = str(err).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    if lines[0].startswith("Caught ") and "Original Traceback" in text:
+        last = lines[-1]
+        kind, _, message = last.partition(": ")
+        return message if message and kind.replace(".", "").isidentifier() else last
+    return lines[0] if len(lines) == 1 else " ".join(lines)

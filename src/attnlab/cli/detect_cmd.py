@@ -24,33 +24,26 @@ Typical use::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
-import typing
 
-from ..detect.config import DetectConfig
+import numpy as np
+import torch
+
+from ..data.folder import load_image
+from ..engine.files import atomic_write_text
+from ..engine.metrics_log import json_ready
+from ..engine.tasks.detect import (
+    DetectConfig,
+    build_dataset,
+    evaluate,
+    load_detector,
+    main,
+    predict,
+)
+from ..metrics.detection import ap_table
 from . import UsageError
-from .train_cmd import _metavar
-
-
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per DetectConfig field; only flags given reach the config (YAML survives)."""
-    parser.add_argument(
-        "--config", metavar="YAML", default=argparse.SUPPRESS, help="recipe file of config fields"
-    )
-    hints = typing.get_type_hints(DetectConfig)
-    for field in dataclasses.fields(DetectConfig):
-        default = field.default_factory() if callable(field.default_factory) else field.default
-        shown = "none" if default is None else default
-        help_text = f"{field.metadata['help']} (default: {shown})".replace("%", "%%")
-        flag, hint = "--" + field.name.replace("_", "-"), hints[field.name]
-        if hint is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=help_text)  # fmt: skip
-        else:
-            parser.add_argument(flag, metavar=_metavar(field.name, hint),
-                                default=argparse.SUPPRESS, help=help_text)  # fmt: skip
+from .config_flags import add_config_flags
 
 
 def _add_inference_flags(parser: argparse.ArgumentParser, conf: float, nms: float) -> None:
@@ -91,7 +84,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         "YAML are overridden by flags given here. Outputs in --out: config.yaml, metrics.jsonl "
         "(per epoch: losses, mAP@0.5, mAP@[.5:.95], time), last.pt, best.pt (best mAP@0.5).",
     )
-    _add_config_flags(train)
+    add_config_flags(train, DetectConfig)
     evaluate = actions.add_parser(
         "eval",
         help="mAP of a checkpoint, with a per-class AP table",
@@ -131,8 +124,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..detect.train import main
-
     summary = main(DetectConfig.from_args(args))
     print(
         f"mAP@0.5 {summary['map50']:.4f}  mAP@[.5:.95] {summary['map']:.4f}  best mAP@0.5 "
@@ -144,10 +135,6 @@ def _train(args: argparse.Namespace) -> int:
 
 def _load(args: argparse.Namespace):
     """(model, checkpoint, input size) after checking the inference options."""
-    import torch
-
-    from ..detect.train import load_detector
-
     for name in ("conf_threshold", "nms_threshold"):
         if not 0 <= getattr(args, name) <= 1:
             raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1]")
@@ -165,9 +152,6 @@ def _load(args: argparse.Namespace):
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ..detect.train import build_dataset, evaluate
-    from ..metrics.detection import ap_table
-
     model, checkpoint, size = _load(args)
     saved = dict(checkpoint.get("config") or {})
     given = {"data": args.data, "data_dir": args.data_dir, "class_names": args.class_names}
@@ -185,18 +169,12 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"{args.checkpoint} on {config.data} {split} ({len(dataset)} images, input {size})")
     print(ap_table(result, classes))
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"checkpoint": args.checkpoint, "split": split, **result}, handle, indent=2)
+        record = {"checkpoint": args.checkpoint, "split": split, **result}
+        atomic_write_text(args.json, json.dumps(json_ready(record), indent=2))
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from ..detect.train import predict
-
     model, checkpoint, size = _load(args)
     if args.max_det < 1:
         raise UsageError(f"--max-det must be >= 1, got {args.max_det}")
@@ -207,8 +185,7 @@ def _predict(args: argparse.Namespace) -> int:
         paths = args.images[start : start + args.batch_size]
         pictures = []
         for path in paths:
-            with Image.open(path) as img:  # OSError (exit 2) if missing or unreadable
-                pictures.append(img.convert("RGB"))
+            pictures.append(load_image(path, "RGB"))  # ValueError/OSError naming the file: exit 2
         tensors = [torch.from_numpy(np.asarray(p, dtype=np.float32) / 255).permute(2, 0, 1)
                    for p in pictures]  # fmt: skip
         dets = predict(model, tensors, size, conf_threshold=args.conf_threshold,
@@ -227,8 +204,7 @@ def _predict(args: argparse.Namespace) -> int:
             draw_detections(picture, rows).save(target)
             records.append({"image": path, "output": target, "detections": rows})
             print(f"{path}: {len(rows)} detections → {target}")
-    with open(os.path.join(args.out, "detections.json"), "w") as handle:
-        json.dump(records, handle, indent=2)
+    atomic_write_text(os.path.join(args.out, "detections.json"), json.dumps(records, indent=2))
     return 0
 
 

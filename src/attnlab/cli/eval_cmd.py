@@ -15,6 +15,13 @@ import argparse
 import json
 import sys
 
+from torch.utils.data import DataLoader
+
+from ..data import build_datasets
+from ..engine.checkpoint import load_model
+from ..engine.distributed import resolve_device
+from ..engine.train import evaluate
+
 _DATA_OPTIONS = ("data", "data_dir", "image_size", "val_size", "difficulty", "data_seed")
 
 
@@ -46,13 +53,6 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 def evaluate_checkpoint(args: argparse.Namespace) -> dict:
     """Loss, accuracy and image count of the checkpoint on the validation split."""
-    from torch.utils.data import DataLoader
-
-    from ..data import build_datasets
-    from ..engine.checkpoint import load_model
-    from ..engine.distributed import resolve_device
-    from ..engine.train import evaluate
-
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = resolve_device(args.device)

@@ -15,6 +15,14 @@ import argparse
 import json
 import sys
 
+import torch
+
+from ..data.folder import load_image
+from ..data.transforms import CenterCrop, Compose, Normalize, Resize, pil_to_tensor
+from ..engine.checkpoint import load_model
+from ..engine.distributed import resolve_device
+from . import UsageError
+
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     parser = sub.add_parser(
@@ -34,14 +42,6 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 def predict(args: argparse.Namespace) -> list[dict]:
     """[{"image", "top": [{"class", "index", "prob"}, …]}, …] for ``args.images``."""
-    import torch
-
-    from ..data.folder import load_image
-    from ..data.transforms import CenterCrop, Compose, Normalize, Resize, pil_to_tensor
-    from ..engine.checkpoint import load_model
-    from ..engine.distributed import resolve_device
-    from . import UsageError
-
     if args.topk < 1:
         raise UsageError(f"--topk must be >= 1, got {args.topk}")
     device = resolve_device(args.device)

@@ -24,13 +24,22 @@ Typical use::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
-import typing
 from typing import Any
 
-from ..segment.config import SegmentConfig
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.folder import load_image
+from ..data.transforms import pil_to_tensor
+from ..engine.distributed import resolve_device
+from ..engine.tasks.segment import evaluate_checkpoint, load_segmenter, main
+from ..engine.tasks.segment_config import MULTI_SCALES, SegmentConfig
+from ..segment.infer import predict_probs
+from . import UsageError
+from .config_flags import add_config_flags
 
 ACTIONS = ("train", "eval", "predict")
 
@@ -96,29 +105,7 @@ def _add_train(actions: argparse._SubParsersAction) -> None:
         "from --config YAML are overridden by flags given here. Outputs in --out: config.yaml, "
         "metrics.jsonl, last.pt, best.pt.",
     )
-    parser.add_argument(
-        "--config", metavar="YAML", default=argparse.SUPPRESS, help="recipe file of config fields"
-    )
-    hints = typing.get_type_hints(SegmentConfig)
-    for field in dataclasses.fields(SegmentConfig):
-        flag = "--" + field.name.replace("_", "-")
-        default = field.default_factory() if callable(field.default_factory) else field.default
-        shown = "none" if default is None else default
-        help_text = f"{field.metadata['help']} (default: {shown})".replace("%", "%%")
-        # SUPPRESS: only the flags the user gives reach SegmentConfig, so YAML values survive.
-        options: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text}
-        hint = hints[field.name]
-        if hint is bool:
-            options["action"] = argparse.BooleanOptionalAction
-        elif hint is list:
-            options.update(nargs="+", metavar="X")
-        else:
-            base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
-            metavar = {int: "N", float: "X", dict: "YAML"}.get(base, "NAME")
-            options["metavar"] = {"out": "DIR", "data_dir": "DIR", "resume": "PATH"}.get(
-                field.name, metavar
-            )
-        parser.add_argument(flag, **options)
+    add_config_flags(parser, SegmentConfig)
 
 
 def _add_inference_options(parser: argparse.ArgumentParser) -> None:
@@ -139,8 +126,6 @@ def _overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict[str, An
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import UsageError
-
     action = getattr(args, "segment_action", None)
     if action is None:
         raise UsageError("segment: choose an action: train, eval or predict (see --help)")
@@ -148,8 +133,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..segment.train import main
-
     summary = main(SegmentConfig.from_args(args))
     print(
         f"miou {summary['miou']:.4f}  pixel_acc {summary['pixel_accuracy']:.4f}  "
@@ -160,8 +143,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from ..segment.train import evaluate_checkpoint
-
     names = ("data_dir", "val_split", "val_size", "batch_size", "scales", "crop_size")
     # Single scale unless asked here, whatever the training run evaluated with.
     options = {"multi_scale": args.multi_scale, "flip": args.flip, "sliding": args.sliding}
@@ -192,18 +173,6 @@ def _predict(args: argparse.Namespace) -> int:
 def predict_images(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Writes each image's mask and overlay PNGs; returns [{"image", "mask", "overlay",
     "size": [width, height], "classes": {class: share of pixels}}, …]."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from ..data.folder import load_image
-    from ..data.transforms import pil_to_tensor
-    from ..engine.distributed import resolve_device
-    from ..segment.config import MULTI_SCALES
-    from ..segment.infer import predict_probs
-    from ..segment.train import load_segmenter
-    from . import UsageError
-
     if not 0 <= args.alpha <= 1:
         raise UsageError(f"--alpha must be in [0, 1], got {args.alpha}")
     stems = [os.path.splitext(os.path.basename(p))[0] for p in args.images]

@@ -72,7 +72,7 @@ def _load_image(path: str) -> Tensor:
     try:
         with Image.open(path) as img:
             array = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from None
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()  # H×W×3 → 3×H×W
 
@@ -108,6 +108,10 @@ class SyntheticDetection(Dataset):
         return self.transform(image, targets) if self.transform else (image, targets)
 
 
+def _annotation_file(record: dict[str, Any]) -> str:
+    return f" {record['annotation']}" if record.get("annotation") else ""
+
+
 class _FileDetection(Dataset):
     """Shared item logic: ``self.records`` of dicts with ``image``, ``boxes``, ``labels``."""
 
@@ -126,7 +130,14 @@ class _FileDetection(Dataset):
         return torch.cat([rec["labels"][:, None].float(), rec["boxes"]], 1)
 
     def __getitem__(self, index: int) -> Pair:
-        image, targets = _load_image(self.records[index]["image"]), self.targets(index)
+        record = self.records[index]
+        image, targets = _load_image(record["image"]), self.targets(index)
+        if "size" in record and tuple(image.shape[-2:]) != tuple(record["size"]):
+            height, width = record["size"]
+            raise ValueError(
+                f"{record['image']}: the image is {image.shape[-1]}×{image.shape[-2]} but its "
+                f"annotation{_annotation_file(record)} says {width}×{height}"
+            )
         return self.transform(image, targets) if self.transform else (image, targets)
 
 
@@ -212,7 +223,9 @@ class VOCDetection(_FileDetection):
             image = os.path.join(root, "JPEGImages", f"{image_id}.jpg")
             if not os.path.isfile(image):
                 raise ValueError(f"{image}: image listed in {list_path} is missing")
-            self.records.append({"id": image_id, "image": image, **record})
+            annotation = os.path.join(root, "Annotations", f"{image_id}.xml")
+            self.records.append({"id": image_id, "image": image, "annotation": annotation,
+                                 **record})  # fmt: skip
 
     def targets(self, index: int) -> Tensor:
         targets = super().targets(index)
@@ -284,7 +297,7 @@ class YOLODetection(_FileDetection):
             try:
                 with Image.open(image) as img:
                     width, height = img.size
-            except OSError as err:
+            except (OSError, SyntaxError, Image.DecompressionBombError) as err:
                 raise ValueError(f"cannot read image {image}: {err}") from None
             label = os.path.join(label_dir, f"{stem}.txt")
             if os.path.isfile(label):

@@ -1,4 +1,4 @@
-"""Training engine: config, train/evaluate loops, checkpoints, distributed training.
+"""Training engine: one trainer for every task, task objects, configs, checkpoints, DDP.
 
 Example:
     >>> from attnlab.engine import TrainConfig
@@ -8,11 +8,15 @@ Example:
 
 from .checkpoint import load_checkpoint, load_model, save_checkpoint
 from .config import TrainConfig
-from .train import evaluate, main, train_one_epoch
+from .runconfig import RunConfig
+from .train import evaluate, main
+from .trainer import fit, train_one_epoch
 
 __all__ = [
+    "RunConfig",
     "TrainConfig",
     "evaluate",
+    "fit",
     "load_checkpoint",
     "load_model",
     "main",

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
+import re
 from typing import Any
 
 import numpy as np
@@ -30,24 +30,14 @@ import torch
 from torch import nn
 
 from .._plain import plain  # noqa: F401  (the engine imports it from here)
+from .files import atomic_write
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Writes ``state`` to ``path`` atomically: a temporary file in the same folder, then
-    ``os.replace`` — a crash mid-write leaves the previous checkpoint intact."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            torch.save(state, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    ``os.replace`` — a crash mid-write leaves the previous checkpoint intact. The file gets the
+    permissions of an ordinary write (0666 minus the umask)."""
+    atomic_write(path, lambda handle: torch.save(state, handle))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
@@ -63,12 +53,86 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        # torch's unpickling errors run to a dozen lines of advice; the CLI shows one line.
-        lines = str(err).strip().splitlines()
-        raise ValueError(f"cannot read checkpoint {path}: {lines[0] if lines else err!r}") from err
+        raise ValueError(f"cannot read checkpoint {path}: {_load_error(err)}") from err
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {path} holds a {type(state).__name__}, not a dict")
     return state
+
+
+def _load_error(err: Exception) -> str:
+    """One line for torch's multi-line loading errors; for a refused pickled object, the
+    global it names (safe loading is not something to switch off for a checkpoint)."""
+    text = str(err)
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return (
+            f"it holds a pickled Python object ({found.group(1)}) that safe loading refuses; "
+            "attnlab checkpoints hold state dicts and plain values only"
+        )
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+COMMANDS = {
+    "classification": "attnlab eval / attnlab predict",
+    "detection": "attnlab detect eval / detect predict",
+    "segmentation": "attnlab segment eval / segment predict",
+}
+
+
+def checkpoint_task(checkpoint: dict[str, Any]) -> str | None:
+    """The task a checkpoint was trained for: ``classification``, ``detection`` or
+    ``segmentation`` (stored by the trainer; older files: the model's registered task)."""
+    from ..registry import MODELS
+
+    if checkpoint.get("task"):
+        return str(checkpoint["task"])
+    name = (checkpoint.get("model_config") or {}).get("name")
+    if name is None or name not in MODELS:
+        return None
+    return MODELS.get(name).metadata.get("task", "classification")
+
+
+def require_task(checkpoint: dict[str, Any], task: str, path: str | os.PathLike) -> None:
+    """A ValueError naming the file and the command for its task if it holds another task."""
+    found = checkpoint_task(checkpoint)
+    if found is not None and found != task:
+        command = COMMANDS.get(found, found)
+        raise ValueError(
+            f"{os.fspath(path)} is not a {task} checkpoint: it holds a {found} model "
+            f"(use {command})"
+        )
+
+
+def load_weights(model: nn.Module, state: dict[str, Any], path: str | os.PathLike) -> None:
+    """``model.load_state_dict(state)`` with a one-line ValueError naming ``path`` when the
+    weights do not fit the model (e.g. a stored config that does not match its weights)."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = "; ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else "")
+        raise ValueError(
+            f"checkpoint {os.fspath(path)}: its weights do not fit its model config ({detail})"
+        ) from err
+
+
+def build_model_from(checkpoint: dict[str, Any], path: str | os.PathLike) -> nn.Module:
+    """The model a checkpoint's ``model_config`` describes, with its weights, in eval mode."""
+    from ..registry import create_model
+
+    for key in ("model", "model_config"):
+        if key not in checkpoint:
+            raise ValueError(f"checkpoint {os.fspath(path)} has no {key!r} entry")
+    try:
+        model = create_model(**checkpoint["model_config"])
+    except (TypeError, ValueError, KeyError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(
+            f"checkpoint {os.fspath(path)}: its model config cannot be built ({first})"
+        ) from err
+    load_weights(model, checkpoint["model"], path)
+    return model.eval()
 
 
 def config_differences(expected: dict[str, Any], found: dict[str, Any]) -> list[str]:
@@ -99,22 +163,22 @@ def check_model_config(model: nn.Module, checkpoint: dict[str, Any], where: str)
 
 
 def load_model(
-    path: str | os.PathLike, map_location: Any = "cpu"
+    path: str | os.PathLike, map_location: Any = "cpu", *, task: str | None = "classification"
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuilds the model saved in a checkpoint and loads its weights.
+
+    Args:
+        path: the checkpoint.
+        map_location: where tensors are loaded.
+        task: refuse (ValueError) a checkpoint of another task; None: any task.
 
     Returns:
         (model in eval mode, the checkpoint dict).
     """
-    from ..registry import create_model
-
     checkpoint = load_checkpoint(path, map_location)
-    for key in ("model", "model_config"):
-        if key not in checkpoint:
-            raise ValueError(f"checkpoint {os.fspath(path)} has no {key!r} entry")
-    model = create_model(**checkpoint["model_config"])
-    model.load_state_dict(checkpoint["model"])
-    return model.eval(), checkpoint
+    if task is not None:
+        require_task(checkpoint, task, path)
+    return build_model_from(checkpoint, path), checkpoint
 
 
 # RNG states -----------------------------------------------------------------------------------

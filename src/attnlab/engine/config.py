@@ -1,9 +1,11 @@
-"""The training configuration: one dataclass that CLI flags and YAML files fill.
+"""The classification training configuration: one dataclass that CLI flags and YAML files fill.
 
-``TrainConfig`` is the single source of truth for a run. Every field has a help text (used for
-``attnlab train --help``); values are checked when the config is built, and a bad value or an
-unknown key is a ValueError naming the field. The resolved config is written to
-``<out>/config.yaml`` next to the run's outputs, and ``TrainConfig.from_yaml`` reads it back.
+``TrainConfig`` is the single source of truth for an ``attnlab train`` run. It extends
+:class:`~attnlab.engine.runconfig.RunConfig` (the run options every task shares and the one
+value parser): every field has a help text (used for ``attnlab train --help``); values are
+checked when the config is built, and a bad value, a NaN or infinite number, or an unknown key
+is a ValueError naming the field. The resolved config is written to ``<out>/config.yaml`` next
+to the run's outputs, and ``TrainConfig.from_yaml`` reads it back.
 
 Example:
     >>> from attnlab.engine.config import TrainConfig
@@ -19,14 +21,12 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any
 
-import yaml
+from ..registry import list_attention, list_classifiers
+from .runconfig import RunConfig, option
+
+__all__ = ["CHOICES", "RunConfig", "TrainConfig"]
 
 CHOICES = {
     "data": ("synthetic", "cifar10", "cifar100", "folder"),
@@ -38,67 +38,6 @@ CHOICES = {
 
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
-
-
-class RunConfig:
-    """What every run config shares (TrainConfig, DetectConfig, SegmentConfig): building from a
-    dict, a YAML file or parsed arguments, and writing the run's ``config.yaml``. Subclasses are
-    dataclasses."""
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], *, source: str | None = None) -> Any:
-        """A config from a mapping; unknown keys are a ValueError naming them and ``source``."""
-        source = source or cls.__name__
-        if not isinstance(values, dict):
-            raise ValueError(f"{source}: expected a mapping of config fields, got {values!r}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names, key=str)
-        if unknown:
-            raise ValueError(
-                f"{source}: unknown config key(s) {', '.join(map(str, unknown))}; "
-                f"valid keys: {', '.join(sorted(names))}"
-            )
-        return cls(**values)
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike, **overrides: Any) -> Any:
-        """Reads a YAML mapping of fields (e.g. a run's ``config.yaml``); ``overrides`` win."""
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"config file not found: {path}")
-        with open(path) as handle:
-            try:
-                values = yaml.safe_load(handle) or {}
-            except yaml.YAMLError as err:
-                raise ValueError(f"{path}: not valid YAML: {err}") from err
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of config fields")
-        return cls.from_dict({**values, **overrides}, source=path)
-
-    @classmethod
-    def from_args(cls, args: Any) -> Any:
-        """A config from parsed arguments (``attnlab train``, ``detect train``, ``segment train``).
-
-        ``args`` is an ``argparse.Namespace`` (or a dict) holding only the options the user gave,
-        plus an optional ``config`` (a YAML path) whose values the given options override.
-        """
-        given = dict(vars(args) if not isinstance(args, dict) else args)
-        given.pop("command", None)
-        yaml_path = given.pop("config", None)
-        names = {f.name for f in dataclasses.fields(cls)}
-        given = {k: v for k, v in given.items() if k in names}
-        if yaml_path:
-            return cls.from_yaml(yaml_path, **given)
-        return cls.from_dict(given, source="command line")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as plain Python values (YAML/JSON-ready)."""
-        return dataclasses.asdict(self)
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Writes the config as YAML (the run's ``config.yaml``)."""
-        with open(path, "w") as handle:
-            yaml.safe_dump(self.to_dict(), handle, sort_keys=False)
 
 
 @dataclass
@@ -161,7 +100,7 @@ class TrainConfig(RunConfig):
         default=1.0,
         metadata=_help("linear warm-up length in epochs (per iteration; may be fractional)"),
     )
-    milestones: list = field(
+    milestones: list[int] = field(
         default_factory=list,
         metadata=_help("step schedule: epochs at which lr *= gamma, e.g. 30,60 (empty: 50%, 75%)"),
     )
@@ -173,6 +112,13 @@ class TrainConfig(RunConfig):
         default="none", metadata=_help("mixed precision: none, bf16 (CPU or CUDA) or fp16 (CUDA)")
     )
     grad_clip: float | None = field(default=None, metadata=_help("clip the gradient norm to this"))
+    precise_bn_images: int = field(
+        default=512,
+        metadata=_help(
+            "before each evaluation, recompute BatchNorm running statistics over this many "
+            "training images (precise BN); 0: off, keep the moving averages"
+        ),
+    )
     channels_last: bool = field(
         default=True,
         metadata=_help(
@@ -180,45 +126,14 @@ class TrainConfig(RunConfig):
             "same results up to float rounding)"
         ),
     )
-    # Run
-    seed: int = field(
-        default=0, metadata=_help("random seed (initialisation, augmentation, order)")
-    )
-    deterministic: bool = field(
-        default=False, metadata=_help("deterministic algorithms only (bitwise-reproducible runs)")
-    )
-    workers: int = field(default=0, metadata=_help("DataLoader worker processes"))
-    out: str = field(default="runs/train", metadata=_help("output folder"))
-    resume: str | None = field(
-        default=None,
-        metadata=_help("last.pt to continue from (same model; a larger --epochs trains longer)"),
-    )
-    device: str = field(default="auto", metadata=_help("auto, cpu, cuda, cuda:N or mps"))
-    save_every: int = field(
-        default=1,
-        metadata=_help("write last.pt every N epochs (and at the end); 0: only at the end"),
-    )
-    progress: bool = field(default=True, metadata=_help("progress bars and per-epoch lines"))
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
 
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), _hints()[f.name]))
-        self._validate()
-
-    # Checks ---------------------------------------------------------------------------------
-
-    def _validate(self) -> None:
-        from ..registry import list_attention, list_classifiers
-
-        def fail(name: str, message: str) -> None:
-            raise ValueError(f"TrainConfig.{name}: {message}")
-
+    def validate(self) -> None:
         for name, choices in CHOICES.items():
-            if getattr(self, name) not in choices:
-                fail(name, f"must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+            self.check_in(name, choices)
         models = list_classifiers()  # the engine trains classifiers
         if self.model not in models:
-            fail(
+            self.fail(
                 "model", f"unknown classification model {self.model!r}; valid: {', '.join(models)}"
             )
         for name in ("attn", "stage_attn"):
@@ -226,102 +141,35 @@ class TrainConfig(RunConfig):
             if value in ("none", ""):
                 setattr(self, name, None)
             elif value is not None and value not in list_attention():
-                fail(
+                self.fail(
                     name, f"unknown attention {value!r}; valid: none, {', '.join(list_attention())}"
                 )
-        for name, low in (("epochs", 1), ("batch_size", 1), ("workers", 0), ("save_every", 0)):
-            if getattr(self, name) < low:
-                fail(name, f"must be >= {low}, got {getattr(self, name)}")
+        self.check_at_least({"epochs": 1, "batch_size": 1, "precise_bn_images": 0})
         for name in ("image_size", "train_size", "val_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                fail(name, f"must be a positive integer or none, got {getattr(self, name)}")
+                self.fail(name, f"must be a positive integer or none, got {getattr(self, name)}")
         if self.lr <= 0:
-            fail("lr", f"must be > 0, got {self.lr}")
+            self.fail("lr", f"must be > 0, got {self.lr}")
         for name, low, high in (("momentum", 0, 1), ("label_smoothing", 0, 1)):
             if not low <= getattr(self, name) < high:
-                fail(name, f"must be in [{low}, {high}), got {getattr(self, name)}")
+                self.fail(name, f"must be in [{low}, {high}), got {getattr(self, name)}")
         for name in ("weight_decay", "warmup_epochs"):
             if getattr(self, name) < 0:
-                fail(name, f"must be >= 0, got {getattr(self, name)}")
+                self.fail(name, f"must be >= 0, got {getattr(self, name)}")
         if not 0 < self.gamma <= 1:
-            fail("gamma", f"must be in (0, 1], got {self.gamma}")
+            self.fail("gamma", f"must be in (0, 1], got {self.gamma}")
         if self.grad_clip is not None and self.grad_clip <= 0:
-            fail("grad_clip", f"must be > 0 or none, got {self.grad_clip}")
+            self.fail("grad_clip", f"must be > 0 or none, got {self.grad_clip}")
         if any(m < 1 for m in self.milestones) or self.milestones != sorted(self.milestones):
-            fail("milestones", f"must be increasing epochs >= 1, got {self.milestones}")
-        device = self.device
-        if not (device in ("auto", "cpu", "cuda", "mps") or _is_cuda_index(device)):
-            fail("device", f"must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+            self.fail("milestones", f"must be increasing epochs >= 1, got {self.milestones}")
+        check_device(self)
         if self.data in ("cifar10", "cifar100", "folder") and not self.data_dir:
-            fail("data_dir", f"data {self.data!r} needs a data directory (--data-dir)")
+            self.fail("data_dir", f"data {self.data!r} needs a data directory (--data-dir)")
 
 
-def _is_cuda_index(device: str) -> bool:
+def check_device(config: RunConfig) -> None:
+    """``config.device`` is auto, cpu, cuda, cuda:N or mps."""
+    device = config.device
     prefix, _, index = device.partition(":")
-    return prefix == "cuda" and index.isdigit()
-
-
-@typing.no_type_check
-def _hints() -> dict[str, Any]:
-    # Resolved once: the annotations are strings under `from __future__ import annotations`.
-    if not hasattr(_hints, "cache"):
-        _hints.cache = typing.get_type_hints(TrainConfig)
-    return _hints.cache
-
-
-_NONE_WORDS = ("none", "null", "~", "")
-
-
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """``value`` converted to the field's type; strings (from the command line) are parsed."""
-    args = typing.get_args(hint)
-    optional = (typing.get_origin(hint) in (typing.Union, types.UnionType)) and type(None) in args
-    base = next(a for a in args if a is not type(None)) if optional else hint
-    if value is None or (optional and isinstance(value, str) and value.lower() in _NONE_WORDS):
-        if optional:
-            return None
-        if base in (dict, list):
-            return base()
-        raise ValueError(f"TrainConfig.{name}: a value is required, got none")
-    try:
-        if base is bool:
-            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false",
-                                                            "no", "off"):  # fmt: skip
-                return value.lower() in ("1", "true", "yes", "on")
-            if isinstance(value, bool):
-                return value
-        elif base is int:
-            if isinstance(value, bool):
-                raise TypeError
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            if isinstance(value, (int, str)):
-                return int(value)
-        elif base is float:
-            if isinstance(value, bool):
-                raise TypeError
-            if isinstance(value, (int, float, str)):
-                return float(value)
-        elif base is str:
-            if isinstance(value, str):
-                return value
-        elif base is dict:
-            parsed = yaml.safe_load(value) if isinstance(value, str) else value
-            if isinstance(parsed, dict):
-                return dict(parsed)
-            if parsed is None:
-                return {}
-        elif base is list:
-            if isinstance(value, (str, int)):
-                value = [value]
-            if isinstance(value, (list, tuple)):
-                # "30,60", ["30", "60"] and ["30,60"] (command line) all mean [30, 60].
-                value = [p for v in value for p in (v.replace(",", " ").split()
-                                                    if isinstance(v, str) else [v])]  # fmt: skip
-                return [_coerce(name, v, int) for v in value]
-    except (TypeError, ValueError, yaml.YAMLError):
-        pass
-    kind = {dict: "a mapping", list: "a list of integers"}.get(
-        base, getattr(base, "__name__", base)
-    )
-    raise ValueError(f"TrainConfig.{name}: expected {kind}, got {value!r}")
+    if not (device in ("auto", "cpu", "cuda", "mps") or (prefix == "cuda" and index.isdigit())):
+        config.fail("device", f"must be auto, cpu, cuda, cuda:N or mps, got {device!r}")

@@ -1,13 +1,14 @@
 """The detection training configuration: one dataclass that CLI flags and YAML files fill.
 
 ``DetectConfig`` is to ``attnlab detect train`` what :class:`attnlab.engine.config.TrainConfig`
-is to ``attnlab train``: every field has a help text (the CLI's flags are generated from it),
-values from the command line or YAML are parsed and checked when the config is built, and a bad
-value or an unknown key is a ValueError naming the field. The resolved config is written to
+is to ``attnlab train``; both extend :class:`~attnlab.engine.runconfig.RunConfig`. Every field
+has a help text (the CLI's flags are generated from it), values from the command line or YAML
+are parsed and checked when the config is built, and a bad value (NaN and infinities included)
+or an unknown key is a ValueError naming the field. The resolved config is written to
 ``<out>/config.yaml`` and stored in every checkpoint.
 
 Example:
-    >>> from attnlab.detect.config import DetectConfig
+    >>> from attnlab.engine.tasks.detect_config import DetectConfig
     >>> config = DetectConfig.from_dict({"phi": "2", "input_size": "128", "grad_clip": "none"})
     >>> config.phi, config.input_size, config.grad_clip, config.optimizer
     (2, 128, None, 'adamw')
@@ -18,22 +19,13 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import typing
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-# _coerce: the classification config's parser of command-line / YAML values, shared.
-from ..engine.config import RunConfig, _coerce
-from ..registry import list_attention
+from ...registry import list_attention, list_models
+from ..runconfig import RunConfig
+from ..runconfig import option as _f
 
 DATA_CHOICES = ("synthetic", "voc", "yolo")
-
-
-def _f(default: Any, text: str) -> Any:
-    if isinstance(default, (dict, list)):
-        return field(default_factory=type(default), metadata={"help": text})
-    return field(default=default, metadata={"help": text})
 
 
 @dataclass
@@ -41,6 +33,7 @@ class DetectConfig(RunConfig):
     """Everything that defines a detection run (see ``attnlab detect train --help``)."""
 
     # Model
+    model: str = _f("yolov4_tiny", "registered detection model (attnlab list)")
     phi: int = _f(0, "attention in the neck: 0 none, 1 SE, 2 CBAM, 3 ECA, 4 CA")
     attn: str | None = _f(None, "any registered attention by name (overrides --phi)")
     attn_kwargs: dict = _f({}, 'attention options as YAML/JSON, e.g. "{rd_ratio: 0.125}"')
@@ -76,31 +69,18 @@ class DetectConfig(RunConfig):
     conf_threshold: float = _f(0.01, "evaluation: keep detections scoring at least this")
     nms_threshold: float = _f(0.5, "evaluation: class-aware NMS IoU threshold")
     # Run
-    seed: int = _f(0, "random seed (initialisation, augmentation, order)")
     threads: int | None = _f(None, "torch CPU threads (none: torch's default)")
-    workers: int = _f(0, "DataLoader worker processes")
     device: str = _f("cpu", "cpu, cuda or cuda:N")
-    out: str = _f("runs/detect", "output folder")
-    resume: str | None = _f(None, "last.pt to continue from (same model; larger --epochs)")
-    save_every: int = _f(1, "write last.pt every N epochs (and at the end); 0: only at the end")
-    progress: bool = _f(True, "progress bar and per-epoch lines")
+    out: str = _f("runs/detect", "output folder (must be empty or new; see --overwrite)")
 
-    def __post_init__(self) -> None:
-        hints = typing.get_type_hints(DetectConfig)
-        for f in dataclasses.fields(self):
-            try:
-                setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
-            except ValueError as err:  # the shared parser names TrainConfig
-                raise ValueError(str(err).replace("TrainConfig.", "DetectConfig.", 1)) from None
-        self._validate()
-
-    def _validate(self) -> None:
-        def fail(name: str, message: str) -> None:
-            raise ValueError(f"DetectConfig.{name}: {message}")
-
+    def validate(self) -> None:
+        fail = self.fail
         for name, choices in (("data", DATA_CHOICES), ("optimizer", ("adamw", "sgd"))):
             if getattr(self, name) not in choices:
                 fail(name, f"must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
+        models = list_models(task="detection")
+        if self.model not in models:
+            fail("model", f"unknown detection model {self.model!r}; valid: {', '.join(models)}")
         if self.attn in ("none", ""):
             self.attn = None
         if self.attn is not None and self.attn not in list_attention():
@@ -113,7 +93,7 @@ class DetectConfig(RunConfig):
         if self.input_size < 32 or self.input_size % 32:
             fail("input_size", f"must be a positive multiple of 32, got {self.input_size}")
         for name, low in (("epochs", 1), ("batch_size", 1), ("train_size", 1), ("val_size", 1),
-                          ("num_targets", 1), ("workers", 0), ("save_every", 0)):  # fmt: skip
+                          ("num_targets", 1)):  # fmt: skip
             if getattr(self, name) < low:
                 fail(name, f"must be >= {low}, got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:

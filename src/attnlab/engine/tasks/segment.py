@@ -1,13 +1,12 @@
-"""Training and evaluation of DANet-style segmenters (Fu et al., CVPR 2019, arXiv 1809.02983):
-a short loop a reader can hold in their head (after nanoGPT).
+"""DANet-style segmentation (Fu et al., CVPR 2019, arXiv 1809.02983) as a trainer task.
 
-``main(config)`` builds the data, the model and the optimiser from a :class:`SegmentConfig`,
-trains for ``config.epochs`` epochs, evaluates on the validation set after each, and writes to
+``main(config)`` trains a :class:`SegmentConfig` through the shared trainer
+(``engine/trainer.py``), evaluates on the validation set after each epoch, and writes to
 ``config.out``: ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one row per epoch:
 epoch, train_loss and its terms, val_miou, val_pixel_acc, val_iou per class, lr, time),
 ``last.pt`` (everything needed to resume) and ``best.pt`` (the epoch with the best mIoU).
 
-Recipe (the paper's, see ``segment/config.py``):
+Recipe (the paper's, see ``segment_config.py``):
 
 - loss: Σ_k w_k·CE over the outputs ``out`` (fused), ``pam`` and ``cam`` (single-branch and FCN
   heads have ``out`` only), pixels labelled ``ignore_index`` left out;
@@ -20,11 +19,12 @@ Recipe (the paper's, see ``segment/config.py``):
   default, or multi-scale / flip / sliding windows through ``predict_probs``.
 
 Checkpoints carry the model config and the run config; resuming into a model of another
-configuration fails with a message listing the differing keys.
+configuration fails with a message listing the differing keys. Under torchrun, every process
+trains on its shard of each batch and rank 0 evaluates.
 
 Example:
     >>> import tempfile
-    >>> from attnlab.segment.train import SegmentConfig, main
+    >>> from attnlab.engine.tasks.segment import SegmentConfig, main
     >>> config = SegmentConfig(model="fcn_resnet20", image_size=32, crop_size=32, train_size=8,
     ...                        val_size=4, epochs=1, batch_size=4, progress=False,
     ...                        device="cpu", out=tempfile.mkdtemp())
@@ -35,41 +35,33 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.segmentation import Normalize, VOCSegmentation, synthetic_segmentation, train_transform
-from ..engine.checkpoint import (
-    check_model_config,
-    load_checkpoint,
-    plain,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
-from ..engine.distributed import resolve_device
-from ..engine.train import _autocast, isolated_global_state
-from ..metrics.segmentation import ConfusionMatrix
-from ..registry import create_model, list_models
-from .config import SegmentConfig
-from .infer import predict_probs
-from .loss import segmentation_loss
+from ...data.segmentation import Normalize, VOCSegmentation, synthetic_segmentation, train_transform
+from ...metrics.segmentation import ConfusionMatrix
+from ...registry import create_model
+from ...segment.infer import predict_probs
+from ...segment.loss import segmentation_loss
+from .. import distributed
+from ..checkpoint import build_model_from, load_checkpoint, require_task
+from ..distributed import resolve_device
+from ..trainer import autocast, fit
+from .segment_config import SegmentConfig
 
 __all__ = [
     "SegmentConfig",
+    "SegmentTask",
     "build_data",
     "evaluate",
     "evaluate_checkpoint",
     "load_segmenter",
     "main",
-    "train_one_epoch",
 ]
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)  # synthetic scenes and VOC alike, from scratch
@@ -130,56 +122,6 @@ def poly_scheduler(
     )
 
 
-def train_one_epoch(
-    model: nn.Module,
-    loader: DataLoader,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any = None,
-    *,
-    weights: Mapping[str, float] | None = None,
-    ignore_index: int = 255,
-    device: torch.device | str = "cpu",
-    amp: str = "none",
-    progress: bool = False,
-    desc: str = "train",
-) -> dict[str, float]:
-    """One pass over ``loader``; ``scheduler`` (if any) steps after every optimiser step.
-
-    Returns:
-        {"loss": mean weighted loss per batch, "loss_<name>": mean of each unweighted term,
-        "lr": the backbone rate of the epoch's last step}.
-    """
-    from tqdm import tqdm
-
-    device = torch.device(device)
-    model.train()
-    sums: dict[str, float] = {}
-    lr, batches = optimizer.param_groups[0]["lr"], 0
-    bar = tqdm(
-        loader, desc=desc, leave=False, dynamic_ncols=True, disable=None if progress else True
-    )
-    for images, masks in bar:
-        images, masks = images.to(device), masks.to(device)
-        with _autocast(device, amp):
-            outputs = model(images, aux=True)
-        outputs = {name: logits.float() for name, logits in outputs.items()}
-        loss, terms = segmentation_loss(
-            outputs, masks, weights=weights, ignore_index=ignore_index, return_terms=True
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        lr = optimizer.param_groups[0]["lr"]  # the rate this step used
-        if scheduler is not None:
-            scheduler.step()
-        for name, value in {"loss": loss.detach(), **terms}.items():
-            key = name if name == "loss" else f"loss_{name}"
-            sums[key] = sums.get(key, 0.0) + float(value)
-        batches += 1
-        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-    return {**{k: v / max(batches, 1) for k, v in sums.items()}, "lr": lr}
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -212,7 +154,7 @@ def evaluate(
     device = torch.device(device)
     matrix, count = ConfusionMatrix(num_classes, ignore_index), 0
     for images, masks in loader:
-        with _autocast(device, amp):
+        with autocast(device, amp):
             probs = predict_probs(
                 model, images.to(device), scales=scales, flip=flip, crop_size=crop_size
             )
@@ -233,29 +175,18 @@ def build_model(config: SegmentConfig, num_classes: int) -> nn.Module:
         ) from err
 
 
-def _read_checkpoint(path: str | os.PathLike, map_location: Any) -> dict[str, Any]:
-    try:
-        return load_checkpoint(path, map_location)
-    except ValueError as err:  # torch's unpickling errors span many lines: keep the first
-        raise ValueError(str(err).strip().splitlines()[0]) from err
-
-
 def load_segmenter(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[nn.Module, dict]:
     """(model in eval mode, checkpoint) of a segmentation checkpoint; a ValueError if the file
-    holds another kind of model."""
-    checkpoint = _read_checkpoint(path, map_location)
-    model_config = checkpoint.get("model_config") or {}
-    if (
-        model_config.get("name") not in list_models(task="segmentation")
-        or "model" not in checkpoint
-    ):
+    holds another kind of model or its weights do not fit its model config."""
+    checkpoint = load_checkpoint(path, map_location)
+    require_task(checkpoint, "segmentation", path)
+    name = (checkpoint.get("model_config") or {}).get("name")
+    if "model" not in checkpoint or name is None:
         raise ValueError(
-            f"{os.fspath(path)} is not a segmentation checkpoint (model "
-            f"{model_config.get('name')!r}); train one with attnlab segment train"
+            f"{os.fspath(path)} is not a segmentation checkpoint (model {name!r}); train one "
+            "with attnlab segment train"
         )
-    model = create_model(**model_config)
-    model.load_state_dict(checkpoint["model"])
-    return model.eval(), checkpoint
+    return build_model_from(checkpoint, path), checkpoint
 
 
 def evaluate_checkpoint(
@@ -296,112 +227,102 @@ def evaluate_checkpoint(
             "options": options}  # fmt: skip
 
 
+class SegmentTask:
+    """What segmentation adds to the trainer (see ``engine/trainer.py`` for the protocol)."""
+
+    name, score, best_key, csv_columns = "segmentation", "val_miou", "best_miou", None
+    collate = None
+
+    def __init__(self, config: SegmentConfig) -> None:
+        self.config = config
+
+    def build_data(self, info: distributed.DistInfo) -> tuple[Dataset, Dataset]:
+        c = self.config
+        self.train_set, self.val_set, self.info = build_data(c)
+        self.device = info.device
+        # Synthetic scenes share one size; VOC images differ, so they are evaluated one by one.
+        val_batch = c.batch_size if c.data == "synthetic" else 1
+        self.val_loader = DataLoader(self.val_set, val_batch, num_workers=c.workers)
+        return self.train_set, self.val_set
+
+    def build_model(self) -> nn.Module:
+        return build_model(self.config, self.info["num_classes"])
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(model, self.config)
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer, steps: int) -> Any:
+        return poly_scheduler(optimizer, self.config.epochs * steps, self.config.poly_power)
+
+    def drop_last(self, items: int, batch: int) -> bool:
+        return True
+
+    def loss(self, model: nn.Module, batch: Any) -> tuple[torch.Tensor, dict, int]:
+        images, masks = batch
+        images, masks = images.to(self.device), masks.to(self.device)
+        with autocast(self.device, self.config.amp):
+            outputs = model(images, aux=True)
+        outputs = {name: logits.float() for name, logits in outputs.items()}
+        loss, terms = segmentation_loss(
+            outputs, masks, weights=self.config.loss_weights(),
+            ignore_index=self.config.ignore_index, return_terms=True,
+        )  # fmt: skip
+        return loss, {f"loss_{k}": v for k, v in terms.items()}, len(images)
+
+    def evaluate(self, model: nn.Module, info: distributed.DistInfo) -> dict[str, Any]:
+        result = None
+        if info.is_main:
+            c = self.config
+            result = evaluate(
+                model, self.val_loader, self.info["num_classes"], device=self.device, amp=c.amp,
+                ignore_index=c.ignore_index, classes=self.info["classes"], **c.eval_options(),
+            )  # fmt: skip
+        return distributed.broadcast_object(result, info)
+
+    def row(self, epoch: int, train: dict, val: dict, seconds: float) -> dict[str, Any]:
+        train = dict(train)
+        return {"epoch": epoch, "train_loss": train.pop("loss"), "lr": train.pop("lr"),
+                **{f"train_{k}": v for k, v in train.items()}, "val_miou": val["miou"],
+                "val_pixel_acc": val["pixel_accuracy"], "val_iou": val["iou"],
+                "time": seconds}  # fmt: skip
+
+    def line(self, row: dict[str, Any], epochs: int) -> str:
+        return (
+            f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  "
+            f"val_miou {row['val_miou']:.4f}  pixel_acc {row['val_pixel_acc']:.4f}  "
+            f"lr {row['lr']:.3g}  {row['time']:.1f}s"
+        )
+
+    def extras(self) -> dict[str, Any]:
+        return {"data_info": dict(self.info)}
+
+    def summary(
+        self, model: nn.Module, val: dict, history: list, best: float, last: str, info: Any
+    ) -> dict[str, Any]:
+        return {
+            "miou": val["miou"],
+            "pixel_accuracy": val["pixel_accuracy"],
+            "iou": val["iou"],
+            "best_miou": max(best, val["miou"]),
+            "first_miou": history[0]["val_miou"] if history else float("nan"),
+            "train_loss": history[-1]["train_loss"] if history else float("nan"),
+            "epochs": len(history),
+            "epoch_time": sum(r["time"] for r in history) / len(history) if history else 0.0,
+            "params": sum(p.numel() for p in model.parameters()),
+            "out": self.config.out,
+            "checkpoint": last,
+            "model_config": model.config,
+            "device": str(info.device),
+            "world_size": info.world_size,
+        }
+
+
 def main(config: SegmentConfig) -> dict[str, Any]:
     """Trains and evaluates as ``config`` says; see the module docstring for what is written.
 
     Returns:
         Summary: miou, pixel_accuracy, iou (last epoch), best_miou, first_miou, train_loss,
         epochs (completed), epoch_time (mean seconds per training epoch), params, out,
-        checkpoint (path of last.pt), model_config, device.
+        checkpoint (path of last.pt), model_config, device, world_size.
     """
-    if config.resume and not os.path.isfile(config.resume):
-        raise FileNotFoundError(f"checkpoint to resume from not found: {config.resume}")
-    with isolated_global_state(deterministic=False):
-        return _run(config)
-
-
-def _run(config: SegmentConfig) -> dict[str, Any]:
-    say = print if config.progress else lambda *a: None
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    train_set, val_set, info = build_data(config)
-    model = build_model(config, info["num_classes"]).to(device)
-    optimizer = build_optimizer(model, config)
-    generator = torch.Generator().manual_seed(config.seed)
-    train_loader = DataLoader(train_set, config.batch_size, shuffle=True, drop_last=True,
-                              num_workers=config.workers, generator=generator)  # fmt: skip
-    if len(train_loader) == 0:
-        raise ValueError(
-            f"SegmentConfig.batch_size: {config.batch_size} is larger than the training set "
-            f"({len(train_set)} images)"
-        )
-    # Synthetic scenes share one size; VOC images differ, so they are evaluated one by one.
-    val_batch = config.batch_size if config.data == "synthetic" else 1
-    val_loader = DataLoader(val_set, val_batch, num_workers=config.workers)
-    scheduler = poly_scheduler(optimizer, config.epochs * len(train_loader), config.poly_power)
-
-    start, history, best = 0, [], -1.0
-    if config.resume:
-        checkpoint = _read_checkpoint(config.resume, device)
-        check_model_config(model, checkpoint, config.resume)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        start, history = checkpoint["epoch"], list(checkpoint["history"])
-        best = checkpoint.get("best_miou", -1.0)
-        set_rng_state(checkpoint["rng"], generator)
-        say(f"resumed from {config.resume} after epoch {start}")
-
-    os.makedirs(config.out, exist_ok=True)
-    config.save(os.path.join(config.out, "config.yaml"))
-    last_path, val = os.path.join(config.out, "last.pt"), None
-    evaluate_options = {"device": device, "amp": config.amp, "ignore_index": config.ignore_index,
-                        "classes": info["classes"], **config.eval_options()}  # fmt: skip
-    for epoch in range(start + 1, config.epochs + 1):
-        started = time.perf_counter()
-        train = train_one_epoch(
-            model, train_loader, optimizer, scheduler, weights=config.loss_weights(),
-            ignore_index=config.ignore_index, device=device, amp=config.amp,
-            progress=config.progress, desc=f"epoch {epoch}/{config.epochs}",
-        )  # fmt: skip
-        seconds = time.perf_counter() - started
-        val = evaluate(model, val_loader, info["num_classes"], **evaluate_options)
-        row = {"epoch": epoch, "train_loss": train.pop("loss"), "lr": train.pop("lr"),
-               **{f"train_{k}": v for k, v in train.items()}, "val_miou": val["miou"],
-               "val_pixel_acc": val["pixel_accuracy"], "val_iou": val["iou"],
-               "time": seconds}  # fmt: skip
-        history.append(row)
-        say(
-            f"epoch {epoch}/{config.epochs}  train_loss {row['train_loss']:.4f}  "
-            f"val_miou {val['miou']:.4f}  pixel_acc {val['pixel_accuracy']:.4f}  "
-            f"lr {row['lr']:.3g}  {seconds:.1f}s"
-        )
-        _write_metrics(config.out, history)
-        improved = val["miou"] > best
-        best = max(best, val["miou"])
-        due = epoch == config.epochs or (config.save_every and epoch % config.save_every == 0)
-        if not (due or improved):
-            continue
-        checkpoint = {
-            "model": model.state_dict(), "model_config": model.config,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": rng_state(generator), "epoch": epoch, "config": config.to_dict(),
-            "data_info": plain(info), "history": history, "best_miou": best,
-        }  # fmt: skip
-        if due:
-            save_checkpoint(last_path, checkpoint)
-        if improved:
-            save_checkpoint(os.path.join(config.out, "best.pt"), checkpoint)
-    if val is None:  # resumed at the end: report the weights as they are
-        val = evaluate(model, val_loader, info["num_classes"], **evaluate_options)
-    return {
-        "miou": val["miou"],
-        "pixel_accuracy": val["pixel_accuracy"],
-        "iou": val["iou"],
-        "best_miou": max(best, val["miou"]),
-        "first_miou": history[0]["val_miou"] if history else float("nan"),
-        "train_loss": history[-1]["train_loss"] if history else float("nan"),
-        "epochs": len(history),
-        "epoch_time": sum(r["time"] for r in history) / len(history) if history else 0.0,
-        "params": sum(p.numel() for p in model.parameters()),
-        "out": config.out,
-        "checkpoint": last_path,
-        "model_config": model.config,
-        "device": str(device),
-    }
-
-
-def _write_metrics(out: str, history: list[dict[str, Any]]) -> None:
-    """Rewrites metrics.jsonl from the whole history (resume-safe)."""
-    with open(os.path.join(out, "metrics.jsonl"), "w") as handle:
-        handle.writelines(json.dumps(row) + "\n" for row in history)
+    return fit(SegmentTask(config), config)

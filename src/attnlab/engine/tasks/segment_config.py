@@ -3,7 +3,9 @@
 ``SegmentConfig`` is the single source of truth of an ``attnlab segment train`` run: CLI flags
 and an optional YAML file fill it, every field has a help text (the CLI's ``--help``), values
 are checked when it is built (a ValueError naming the field), and the resolved config is
-written to ``<out>/config.yaml`` and stored in every checkpoint.
+written to ``<out>/config.yaml`` and stored in every checkpoint. It extends
+:class:`~attnlab.engine.runconfig.RunConfig` (shared run options, one value parser; NaN and
+infinities are refused).
 
 Recipe defaults follow the paper where they make sense at CPU scale: SGD with momentum 0.9,
 poly learning rate (power 0.9), head learning rate 10× the backbone's, weight decay 1e-4, the
@@ -12,7 +14,7 @@ flip + jitter. The model, data size and learning rate are CPU-sized (``danet_res
 64×64 synthetic scenes, lr 0.01).
 
 Example:
-    >>> from attnlab.segment.config import SegmentConfig
+    >>> from attnlab.engine.tasks.segment_config import SegmentConfig
     >>> config = SegmentConfig(model="fcn_resnet18", epochs="3", scales="0.75,1.0")
     >>> config.epochs, config.scales, config.loss_weights()
     (3, [0.75, 1.0], {'out': 1.0, 'pam': 1.0, 'cam': 1.0})
@@ -23,15 +25,12 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
-from ..engine.config import RunConfig
+from ...registry import list_models
+from ..config import check_device
+from ..runconfig import RunConfig
 
 CHOICES = {"data": ("synthetic", "voc"), "amp": ("none", "bf16")}
 MULTI_SCALES = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]  # DANet's multi-scale test
@@ -70,7 +69,7 @@ class SegmentConfig(RunConfig):
     num_targets: int = field(default=2, metadata=_help("class glyphs per synthetic scene"))
     data_seed: int = field(default=0, metadata=_help("synthetic scene seed (same for any --seed)"))
     crop_size: int = field(default=48, metadata=_help("training crop (also the --sliding window)"))
-    scale: list = field(
+    scale: list[float] = field(
         default_factory=lambda: [0.5, 2.0],
         metadata=_help("random scale range of the training augmentation, e.g. 0.5,2.0"),
     )
@@ -92,7 +91,7 @@ class SegmentConfig(RunConfig):
     amp: str = field(default="none", metadata=_help("mixed precision: none or bf16"))
     # Evaluation (after every epoch)
     multi_scale: bool = field(default=False, metadata=_help("evaluate at --scales"))
-    scales: list = field(
+    scales: list[float] = field(
         default_factory=lambda: list(MULTI_SCALES),
         metadata=_help("scales of --multi-scale (paper: 0.5,0.75,1.0,1.25,1.5,1.75)"),
     )
@@ -101,23 +100,11 @@ class SegmentConfig(RunConfig):
         default=False, metadata=_help("evaluate by sliding --crop-size windows (large images)")
     )
     # Run
-    seed: int = field(default=0, metadata=_help("random seed (initialisation, augmentation)"))
-    workers: int = field(default=0, metadata=_help("DataLoader worker processes"))
     device: str = field(default="auto", metadata=_help("auto, cpu, cuda, cuda:N or mps"))
-    out: str = field(default="runs/segment", metadata=_help("output folder"))
-    resume: str | None = field(
-        default=None, metadata=_help("last.pt to continue from (same model and data)")
+    out: str = field(
+        default="runs/segment",
+        metadata=_help("output folder (must be empty or new; see --overwrite)"),
     )
-    save_every: int = field(
-        default=1, metadata=_help("write last.pt every N epochs (and at the end); 0: at the end")
-    )
-    progress: bool = field(default=True, metadata=_help("progress bar and per-epoch lines"))
-
-    def __post_init__(self) -> None:
-        hints = typing.get_type_hints(SegmentConfig)
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
-        self._validate()
 
     def loss_weights(self) -> dict[str, float]:
         """Weights of the loss terms by output name."""
@@ -131,12 +118,8 @@ class SegmentConfig(RunConfig):
             "crop_size": self.crop_size if self.sliding else None,
         }
 
-    def _validate(self) -> None:
-        from ..registry import list_models
-
-        def fail(name: str, message: str) -> None:
-            raise ValueError(f"SegmentConfig.{name}: {message}")
-
+    def validate(self) -> None:
+        fail = self.fail
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 fail(name, f"must be one of {', '.join(choices)}, got {getattr(self, name)!r}")
@@ -144,8 +127,7 @@ class SegmentConfig(RunConfig):
         if self.model not in models:
             fail("model", f"unknown segmentation model {self.model!r}; valid: {', '.join(models)}")
         for name, low in (("epochs", 1), ("batch_size", 1), ("image_size", 16), ("crop_size", 1),
-                          ("train_size", 1), ("val_size", 1), ("num_targets", 1), ("workers", 0),
-                          ("save_every", 0)):  # fmt: skip
+                          ("train_size", 1), ("val_size", 1), ("num_targets", 1)):  # fmt: skip
             if getattr(self, name) < low:
                 fail(name, f"must be >= {low}, got {getattr(self, name)}")
         if self.num_classes is not None and self.num_classes < (
@@ -164,46 +146,6 @@ class SegmentConfig(RunConfig):
             fail("scale", f"must be two numbers 0 < low <= high, got {self.scale}")
         if not self.scales or any(s <= 0 for s in self.scales):
             fail("scales", f"must be positive numbers, got {self.scales}")
+        check_device(self)
         if self.data == "voc" and not self.data_dir:
             fail("data_dir", "data 'voc' needs a data directory (--data-dir)")
-
-
-_NONE_WORDS = ("none", "null", "~", "")
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
-
-
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """``value`` converted to the field's type; strings (from the command line) are parsed."""
-    args = typing.get_args(hint)
-    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
-    base = next(a for a in args if a is not type(None)) if optional else hint
-    if value is None or (optional and isinstance(value, str) and value.lower() in _NONE_WORDS):
-        if optional or base in (dict, list):
-            return None if optional else base()
-        raise ValueError(f"SegmentConfig.{name}: a value is required, got none")
-    try:
-        if base is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
-                return value.lower() in _TRUE
-        elif base in (int, float) and not isinstance(value, bool):
-            if base is int and isinstance(value, float) and value.is_integer():
-                return int(value)
-            if isinstance(value, (int, str)) or (base is float and isinstance(value, float)):
-                return base(value)
-        elif base is str and isinstance(value, str):
-            return value
-        elif base is dict:
-            parsed = yaml.safe_load(value) if isinstance(value, str) else value
-            if isinstance(parsed, dict) or parsed is None:
-                return dict(parsed or {})
-        elif base is list:  # numbers: "0.5,2", ["0.5", "2"] and [0.5, 2.0] all mean [0.5, 2.0]
-            items = value if isinstance(value, (list, tuple)) else [value]
-            parts = [p for v in items for p in (v.replace(",", " ").split()
-                                                 if isinstance(v, str) else [v])]  # fmt: skip
-            return [_coerce(name, p, float) for p in parts]
-    except (TypeError, ValueError, yaml.YAMLError):
-        pass
-    kind = {dict: "a mapping", list: "a list of numbers"}.get(base, getattr(base, "__name__", base))
-    raise ValueError(f"SegmentConfig.{name}: expected {kind}, got {value!r}")
