@@ -55,8 +55,11 @@ DEFAULT_OPSET = 17
 POOLING_OPS = ("GlobalAveragePool", "GlobalMaxPool", "AveragePool", "MaxPool")
 
 
-class ExportError(RuntimeError):
-    """A model or module that the ONNX exporter cannot convert (the message says which)."""
+class ExportError(ValueError):
+    """A model or module that the ONNX exporter cannot convert (the message says which).
+
+    A ValueError: the model given is one the exporter does not take, like any other bad input.
+    """
 
 
 def make_input(example: Tensor | Sequence[int]) -> Tensor:
