@@ -12,10 +12,8 @@ Attention (``attn=``) sits inside every residual block after its last BN and bef
 shortcut addition (SE, CBAM, ECA, CA papers); ``stage_attn=`` adds a module after stages
 (BAM: after stages 1-3, not after the last). Per-stage options go in ``attn_stage_kwargs``,
 e.g. the ECA authors' ResNet-50 kernels: ``[{"k_size": 3}, {"k_size": 5}, {"k_size": 5},
-{"k_size": 7}]``. On the fast path the block's tail, relu(attn(out) + shortcut), runs inside
-SE's, ECA's and CBAM's own operator call (:func:`attnlab.layers.fused.residual_relu`: the same
-result with two fewer full-size passes), and at inference the block's last BatchNorm too (its
-pass pools the normalised tensor for the gate: one full-size read fewer).
+{"k_size": 7}]``. :func:`attnlab.kernels.fuse` can rewire these blocks so that the tail,
+relu(attn(out) + shortcut), runs in the attention's kernel pass (same state-dict keys).
 
 Example:
     >>> import torch, attnlab
@@ -38,12 +36,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._plain import plain
-from ..layers import fused
 from ..registry import create_attention, register_model
 
 
-def conv3x3(in_ch: int, out_ch: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_ch, out_ch, 3, stride, padding=dilation, dilation=dilation, bias=False)
+def conv3x3(
+    in_ch: int, out_ch: int, stride: int = 1, dilation: int = 1, groups: int = 1
+) -> nn.Conv2d:
+    return nn.Conv2d(
+        in_ch, out_ch, 3, stride, padding=dilation, dilation=dilation, groups=groups, bias=False
+    )
 
 
 def conv1x1(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
@@ -63,7 +64,11 @@ class PadShortcut(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """Two 3×3 convs; attention after bn2, before the addition."""
+    """Two 3×3 convs; attention after bn2, before the addition.
+
+    ``conv_layer`` (e.g. a Selective Kernel unit, with its own norm and activation) replaces
+    the first, strided 3×3 conv and its bn1.
+    """
 
     expansion = 1
 
@@ -77,10 +82,22 @@ class BasicBlock(nn.Module):
         dilation: int = 1,
         first_dilation: int | None = None,
         attn_layer: Any = None,
+        groups: int = 1,
+        base_width: int = 64,
+        conv_layer: Any = None,
     ) -> None:
         super().__init__()
-        self.conv1 = conv3x3(inplanes, planes, stride, first_dilation or dilation)
-        self.bn1 = nn.BatchNorm2d(planes)
+        if groups != 1 or base_width != 64:
+            raise ValueError(
+                f"BasicBlock: groups and width_per_group must be 1 and 64 (bottleneck "
+                f"options), got {groups} and {base_width}"
+            )
+        if conv_layer is not None:
+            self.conv1 = conv_layer(inplanes, planes, stride, first_dilation or dilation)
+            self.bn1 = nn.Identity()
+        else:
+            self.conv1 = conv3x3(inplanes, planes, stride, first_dilation or dilation)
+            self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(planes, planes, 1, dilation)
         self.bn2 = nn.BatchNorm2d(planes)
@@ -95,16 +112,17 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.conv2(out)
-        # bn2 (at inference) and the tail in the gate's call
-        fast = fused.residual_relu(self.attn, out, shortcut, self.bn2)
-        if fast is not None:
-            return fast
-        return self.relu(self.attn(self.bn2(out)) + shortcut)
+        out = self.bn2(self.conv2(out))
+        return self.relu(self.attn(out) + shortcut)
 
 
 class Bottleneck(nn.Module):
-    """1×1 reduce, 3×3 (stride here: v1.5), 1×1 expand ×4; attention after bn3."""
+    """1×1 reduce, 3×3 (stride here: v1.5), 1×1 expand ×4; attention after bn3.
+
+    Inner width ``int(planes · base_width / 64) · groups`` with a ``groups``-grouped 3×3 conv
+    (torchvision's ResNeXt rule); ``conv_layer`` (e.g. a Selective Kernel unit, with its own
+    norm and activation) replaces the 3×3 conv and its bn2.
+    """
 
     expansion = 4
 
@@ -118,14 +136,22 @@ class Bottleneck(nn.Module):
         dilation: int = 1,
         first_dilation: int | None = None,
         attn_layer: Any = None,
+        groups: int = 1,
+        base_width: int = 64,
+        conv_layer: Any = None,
     ) -> None:
         super().__init__()
         width = planes * self.expansion
-        self.conv1 = conv1x1(inplanes, planes)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = conv3x3(planes, planes, stride, first_dilation or dilation)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = conv1x1(planes, width)
+        inner = int(planes * (base_width / 64.0)) * groups
+        self.conv1 = conv1x1(inplanes, inner)
+        self.bn1 = nn.BatchNorm2d(inner)
+        if conv_layer is not None:
+            self.conv2 = conv_layer(inner, inner, stride, first_dilation or dilation)
+            self.bn2 = nn.Identity()
+        else:
+            self.conv2 = conv3x3(inner, inner, stride, first_dilation or dilation, groups)
+            self.bn2 = nn.BatchNorm2d(inner)
+        self.conv3 = conv1x1(inner, width)
         self.bn3 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.attn = (attn_layer(width) if attn_layer else None) or nn.Identity()
@@ -140,12 +166,8 @@ class Bottleneck(nn.Module):
         shortcut = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.conv3(out)
-        # bn3 (at inference) and the tail in the gate's call
-        fast = fused.residual_relu(self.attn, out, shortcut, self.bn3)
-        if fast is not None:
-            return fast
-        return self.relu(self.attn(self.bn3(out)) + shortcut)
+        out = self.bn3(self.conv3(out))
+        return self.relu(self.attn(out) + shortcut)
 
 
 class ResNet(nn.Module):
@@ -161,15 +183,25 @@ class ResNet(nn.Module):
         attn: attention in every block (a registered name, a class, or None).
         attn_kwargs: options for every block's attention.
         attn_stage_kwargs: one dict per stage, merged over ``attn_kwargs``.
+        attn_stages: 1-based stages whose blocks get ``attn`` (None: all). GCNet's best
+            setting puts its block in stages c3–c5 only: ``attn_stages=(2, 3, 4)``.
         stage_attn: attention after stages (e.g. ``"bam"``), or None.
         stage_attn_kwargs: options for the stage attention.
         stage_attn_stages: 1-based stages followed by ``stage_attn`` (default: all but last).
         output_stride: 8 or 16 replaces the strides of the last stages by dilation (dense
             prediction); None keeps the classification strides.
-        zero_init_last: zero the last BN of each block so blocks start as identities.
+        zero_init_last: zero the last BN of each block so blocks start as identities. Off by
+            default, as in torchvision: it helps long large-batch ImageNet schedules (Goyal et
+            al., arXiv 1706.02677) but slows short runs badly (benchmarks/short_run_defaults.py).
         shortcut: ``"B"`` (1×1 conv + BN where shapes change) or ``"A"`` (subsample + zero
             channels, no parameters; CIFAR paper).
         drop_rate: dropout before the classifier.
+        groups: groups of the bottleneck's 3×3 conv (ResNeXt; 1 = ResNet).
+        width_per_group: bottleneck width per group (64 = ResNet; ResNeXt-50 32×4d: 4).
+        block_conv: ``"sk"`` replaces each block's 3×3 conv (the bottleneck's, or the basic
+            block's first) by a Selective Kernel unit with G = ``groups`` (SKNet-50:
+            ``block_conv="sk", groups=32, width_per_group=4``), or None.
+        block_conv_kwargs: options of that unit (e.g. ``{"branches": 3}``).
     """
 
     def __init__(
@@ -184,16 +216,27 @@ class ResNet(nn.Module):
         attn: Any = None,
         attn_kwargs: dict | None = None,
         attn_stage_kwargs: Sequence[dict] | None = None,
+        attn_stages: Sequence[int] | None = None,
         stage_attn: Any = None,
         stage_attn_kwargs: dict | None = None,
         stage_attn_stages: Sequence[int] | None = None,
         output_stride: int | None = None,
-        zero_init_last: bool = True,
+        zero_init_last: bool = False,
         shortcut: str = "B",
         drop_rate: float = 0.0,
+        groups: int = 1,
+        width_per_group: int = 64,
+        block_conv: str | None = None,
+        block_conv_kwargs: dict | None = None,
     ) -> None:
         super().__init__()
         num_stages = len(layers)
+        if block_conv not in (None, "sk"):
+            raise ValueError(f"ResNet: block_conv must be None or 'sk', got {block_conv!r}")
+        self._block_options = {"groups": groups, "base_width": width_per_group}
+        if block_conv == "sk":
+            sk_options = {"groups": groups, **(block_conv_kwargs or {})}
+            self._block_options["conv_layer"] = partial(_sk_conv, sk_options)
         if len(widths) != num_stages:
             raise ValueError(f"ResNet: {num_stages} stages but {len(widths)} widths {widths}")
         if stem not in ("imagenet", "cifar"):
@@ -204,6 +247,13 @@ class ResNet(nn.Module):
             raise ValueError(
                 f"ResNet: attn_stage_kwargs needs one dict per stage ({num_stages}), "
                 f"got {len(attn_stage_kwargs)}"
+            )
+        if attn_stages is not None and not all(
+            isinstance(s, int) and 1 <= s <= num_stages for s in attn_stages
+        ):
+            raise ValueError(
+                f"ResNet: attn_stages must hold stage numbers in 1…{num_stages}, "
+                f"got {attn_stages!r}"
             )
         stem_stride = 4 if stem == "imagenet" else 1
         if output_stride is not None and (stem != "imagenet" or output_stride not in (8, 16, 32)):
@@ -230,7 +280,8 @@ class ResNet(nn.Module):
                 dilation, stride = dilation * stride, 1
             net_stride *= stride
             kwargs = {**(attn_kwargs or {}), **(attn_stage_kwargs[i] if attn_stage_kwargs else {})}
-            attn_layer = partial(create_attention, attn, **kwargs) if attn else None
+            in_stage = attn_stages is None or i + 1 in attn_stages
+            attn_layer = partial(create_attention, attn, **kwargs) if attn and in_stage else None
             layer = self._make_layer(
                 block, planes, depth, stride, dilation, previous_dilation, attn_layer, shortcut
             )
@@ -274,11 +325,20 @@ class ResNet(nn.Module):
                 dilation=dilation,
                 first_dilation=previous_dilation,
                 attn_layer=attn_layer,
+                **self._block_options,
             )
         ]
         self.inplanes = out_channels
         for _ in range(1, depth):
-            blocks.append(block(out_channels, planes, dilation=dilation, attn_layer=attn_layer))
+            blocks.append(
+                block(
+                    out_channels,
+                    planes,
+                    dilation=dilation,
+                    attn_layer=attn_layer,
+                    **self._block_options,
+                )
+            )
         return nn.Sequential(*blocks)
 
     def _init_weights(self, zero_init_last: bool) -> None:
@@ -328,6 +388,13 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def _sk_conv(options: dict, in_ch: int, out_ch: int, stride: int, dilation: int) -> nn.Module:
+    """A Selective Kernel unit in place of a block's 3×3 conv."""
+    return create_attention(
+        "sk", in_ch, out_channels=out_ch, stride=stride, dilation=dilation, **options
+    )
 
 
 def _build(name: str, block, layers, defaults: dict, kwargs: dict) -> ResNet:
