@@ -231,3 +231,17 @@ def test_train_transform_pipeline():
     out, t = train_transform(64)(image, targets)
     assert out.shape == (3, 64, 64) and t.shape[1] == 5 and len(t) <= 1
     assert isinstance(train_transform(64, hsv=False), Compose)
+
+
+def test_voc_size_must_match_the_image(tmp_path):
+    make_voc(tmp_path, {"a": voc_xml([("cat", (1, 1, 10, 20), False)], width=50, height=30)})
+    ds = VOCDetection(str(tmp_path), "train", classes=CLASSES)
+    with pytest.raises(ValueError, match=r"a\.jpg: the image is 40×30 but its annotation .*a\.xml"):
+        ds[0]
+
+
+def test_decompression_bombs_are_data_errors_naming_the_file(tmp_path, monkeypatch):
+    make_yolo(tmp_path, {"a": "0 0.5 0.5 0.5 0.5\n"})
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 40×20 = 800 > 2 × 100: a "bomb"
+    with pytest.raises(ValueError, match=r"cannot read image .*a\.png"):
+        YOLODetection(str(tmp_path), CLASSES)

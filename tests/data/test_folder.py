@@ -59,3 +59,12 @@ def test_missing_or_empty(tmp_path):
         ImageFolder(tmp_path)
     with pytest.raises(ValueError, match="on_error"):
         ImageFolder(tmp_path, on_error="ignore")
+
+
+def test_an_empty_class_folder_is_refused(tmp_path):
+    for name in ("cat", "dog"):
+        os.makedirs(tmp_path / name)
+        Image.new("RGB", (8, 8)).save(tmp_path / name / "0.png")
+    os.makedirs(tmp_path / "zebra")  # no images: not a class the model could learn
+    with pytest.raises(ValueError, match=r"without readable images: .*zebra"):
+        ImageFolder(str(tmp_path))

@@ -120,6 +120,15 @@ class ImageFolder(Dataset):
             raise ValueError(
                 f"ImageFolder: no readable {'/'.join(IMAGE_EXTENSIONS)} images under {root}"
             )
+        # A class without images would be a class the model can never learn (torchvision's
+        # ImageFolder refuses it too).
+        found = {label for _, label in self.samples}
+        empty = [name for label, name in enumerate(self.classes) if label not in found]
+        if empty:
+            raise ValueError(
+                f"ImageFolder: class folder(s) without readable images: "
+                f"{', '.join(os.path.join(root, name) for name in empty)}"
+            )
         self.num_classes = len(self.classes)
         self.transform = transform
         self.image_size = image_size

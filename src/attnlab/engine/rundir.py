@@ -30,6 +30,7 @@ from .files import TEMP_MARK, remove_temporaries
 
 LOCK = "run.lock"
 RUN_FILES = ("config.yaml", "metrics.jsonl", "metrics.csv", "last.pt", "best.pt")
+_HELD: set[str] = set()  # locks this process holds (its own pid in a lock is live only if here)
 
 
 def _alive(pid: int) -> bool:
@@ -82,6 +83,7 @@ class RunFolder:
     def release(self) -> None:
         if self.held:
             self.held = False
+            _HELD.discard(os.path.abspath(self.lock))
             if os.path.exists(self.lock):
                 os.remove(self.lock)
 
@@ -102,6 +104,7 @@ class RunFolder:
             with os.fdopen(descriptor, "w") as handle:
                 handle.write(record)
             self.held = True
+            _HELD.add(os.path.abspath(self.lock))
             return
         raise ValueError(f"--out {self.out}: cannot take the lock {self.lock}")
 
@@ -115,7 +118,9 @@ class RunFolder:
             return None  # unreadable or half-written by a killed process: stale
         if host != socket.gethostname():
             return pid  # another machine's process: cannot be checked, so it is respected
-        return pid if pid != os.getpid() and _alive(pid) else None
+        if pid == os.getpid():
+            return pid if os.path.abspath(self.lock) in _HELD else None
+        return pid if _alive(pid) else None
 
     def _check_contents(self) -> None:
         present = [name for name in RUN_FILES if os.path.exists(os.path.join(self.out, name))]
