@@ -1,4 +1,5 @@
-"""Box ops: formats, IoU, CIoU by hand, NMS against brute force, letterbox round trip."""
+"""Box ops: formats, IoU, CIoU by hand and against torchvision, NMS (torchvision's) against
+brute force, letterbox round trip."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import math
 
 import pytest
 import torch
+from torchvision.ops import complete_box_iou_loss
 
 from attnlab.detect.boxes import (
     batched_nms,
@@ -61,6 +63,24 @@ def test_ciou_is_differentiable_and_disjoint_negative():
     (1 - value).sum().backward()
     assert pred.grad is not None and pred.grad.abs().sum() > 0
     assert pred.grad[0, 0] > 0  # moving x1 right increases the loss (further from gt)
+
+
+def random_boxes(n: int, g: torch.Generator, dtype=torch.float32) -> torch.Tensor:
+    xy = torch.rand(n, 2, generator=g, dtype=dtype) * 100
+    return torch.cat([xy, xy + torch.rand(n, 2, generator=g, dtype=dtype) * 40 + 1], 1)
+
+
+def test_ciou_matches_torchvision_loss_and_gradient():
+    """1 − CIoU is torchvision's complete_box_iou_loss (α held constant in both)."""
+    g = torch.Generator().manual_seed(0)
+    pred = random_boxes(64, g, torch.float64).requires_grad_()
+    gt = random_boxes(64, g, torch.float64)
+    ours = 1 - ciou(pred, gt)
+    theirs = complete_box_iou_loss(pred, gt, reduction="none")
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+    (grad_ours,) = torch.autograd.grad(ours.sum(), pred)
+    (grad_theirs,) = torch.autograd.grad(theirs.sum(), pred)
+    torch.testing.assert_close(grad_ours, grad_theirs, rtol=1e-10, atol=1e-12)
 
 
 def brute_force_nms(boxes, scores, classes, threshold):

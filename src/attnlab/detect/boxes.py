@@ -1,10 +1,17 @@
-"""Box operations in torch (no torchvision): formats, IoU, CIoU, batched NMS, letterbox.
+"""Box operations: formats, IoU, CIoU, batched NMS, letterbox.
 
 Boxes are ``xyxy`` (x1, y1, x2, y2; x2 > x1, y2 > y1) in pixels unless a name says ``xywh``
-(centre x, centre y, width, height). CIoU is from Zheng et al., "Distance-IoU Loss: Faster and
-Better Learning for Bounding Box Regression", AAAI 2020, arXiv 1911.08287:
-CIoU = IoU − ρ²(b, b_gt)/c² − αv with v = 4/π² (atan(w_gt/h_gt) − atan(w/h))² and
-α = v / (1 − IoU + v).
+(centre x, centre y, width, height). Format conversion, pairwise IoU and (batched) greedy NMS
+are torchvision's (:func:`torchvision.ops.box_convert`, :func:`~torchvision.ops.box_iou`,
+:func:`~torchvision.ops.nms`, :func:`~torchvision.ops.batched_nms`: compiled kernels, the same
+greedy rule: a box is dropped when its IoU with a kept, higher-scoring box of its class is
+> the threshold; equal scores keep the lower index first). CIoU is from Zheng et al.,
+"Distance-IoU Loss: Faster and Better Learning for Bounding Box Regression", AAAI 2020, arXiv
+1911.08287: CIoU = IoU − ρ²(b, b_gt)/c² − αv with v = 4/π² (atan(w_gt/h_gt) − atan(w/h))² and
+α = v / (1 − IoU + v). It stays here although 1 − :func:`ciou` equals torchvision's
+``complete_box_iou_loss`` (tested): that one finds the intersections by boolean-mask indexing, a
+data-dependent scatter (a host synchronisation on CUDA, a graph break under ``torch.compile``)
+in the training loss's inner loop, where this one is elementwise.
 
 Example:
     >>> import torch
@@ -23,33 +30,29 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import batched_nms, box_convert, box_iou, nms
+
+__all__ = [
+    "batched_nms",
+    "box_iou",
+    "ciou",
+    "letterbox",
+    "nms",
+    "scale_boxes",
+    "wh_iou",
+    "xywh_to_xyxy",
+    "xyxy_to_xywh",
+]
 
 
 def xywh_to_xyxy(boxes: Tensor) -> Tensor:
     """(cx, cy, w, h) → (x1, y1, x2, y2), any leading dims."""
-    cxy, wh = boxes[..., :2], boxes[..., 2:4]
-    return torch.cat([cxy - wh / 2, cxy + wh / 2], -1)
+    return box_convert(boxes, "cxcywh", "xyxy")
 
 
 def xyxy_to_xywh(boxes: Tensor) -> Tensor:
     """(x1, y1, x2, y2) → (cx, cy, w, h), any leading dims."""
-    xy1, xy2 = boxes[..., :2], boxes[..., 2:4]
-    return torch.cat([(xy1 + xy2) / 2, xy2 - xy1], -1)
-
-
-def box_area(boxes: Tensor) -> Tensor:
-    """Areas of xyxy boxes (0 for degenerate ones), shape ``boxes.shape[:-1]``."""
-    wh = (boxes[..., 2:4] - boxes[..., :2]).clamp(min=0)
-    return wh[..., 0] * wh[..., 1]
-
-
-def box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-9) -> Tensor:
-    """Pairwise IoU of N and M xyxy boxes, N×M."""
-    lt = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])  # N×M×2
-    rb = torch.minimum(boxes1[:, None, 2:4], boxes2[None, :, 2:4])  # N×M×2
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    union = box_area(boxes1)[:, None] + box_area(boxes2)[None] - inter
-    return inter / (union + eps)
+    return box_convert(boxes, "xyxy", "cxcywh")
 
 
 def wh_iou(wh1: Tensor, wh2: Tensor, eps: float = 1e-9) -> Tensor:
@@ -84,38 +87,6 @@ def ciou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:
     with torch.no_grad():
         alpha = v / (1 - iou + v + eps)
     return iou - rho2 / c2 - alpha * v
-
-
-def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
-    """Greedy non-maximum suppression: indices of kept boxes, highest score first.
-
-    A box is dropped when its IoU with a kept, higher-scoring box is > ``iou_threshold``.
-    Ties in score keep the lower index first (stable sort).
-    """
-    if boxes.numel() == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    order = torch.sort(scores, descending=True, stable=True).indices
-    iou = box_iou(boxes[order], boxes[order])  # N×N in score order
-    n = order.numel()
-    keep = torch.ones(n, dtype=torch.bool, device=boxes.device)
-    # Only suppress by earlier (higher-scoring) boxes: the upper triangle of the IoU matrix.
-    overlaps = (iou > iou_threshold).triu(diagonal=1)
-    for i in range(n):
-        if keep[i]:
-            keep &= ~overlaps[i]
-    return order[keep]
-
-
-def batched_nms(boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float) -> Tensor:
-    """Class-aware NMS: boxes of different classes never suppress each other.
-
-    Shifts each class's boxes by its own offset (class × (max coordinate + 1)) so that boxes of
-    different classes cannot overlap, then runs one :func:`nms`.
-    """
-    if boxes.numel() == 0:
-        return torch.zeros(0, dtype=torch.long, device=boxes.device)
-    offset = classes.to(boxes.dtype)[:, None] * (boxes.max() - boxes.min() + 1)
-    return nms(boxes + offset, scores, iou_threshold)
 
 
 def letterbox(
