@@ -100,7 +100,7 @@ def test_masks_boxes_and_labels_agree(difficulty, num_targets, num_distractors):
             bx0, by0, bx1, by1 = s.target_box.tolist()
             on = s.mask > 0
             assert bool(((xs >= bx0) & (xs < bx1) & (ys >= by0) & (ys < by1))[on].all())
-            # The box is tight around the target's pixels (it is never occluded).
+            # The box is tight around the target's visible pixels.
             assert xs[on].min() == bx0 and xs[on].max() + 1 == bx1
             assert ys[on].min() == by0 and ys[on].max() + 1 == by1
 
@@ -195,6 +195,35 @@ def test_dataloader():
         SyntheticScenes(length=8, task="detection"), batch_size=4, collate_fn=lambda b: b
     )
     assert len(next(iter(det))) == 4
+
+
+def test_occluders_only_hide_part_of_the_target():
+    """An occluder is drawn last, from the last random numbers: the same scene without it is
+    identical except where it hides the target, and it hides less than the whole target."""
+    import dataclasses
+
+    plain = dataclasses.replace(DIFFICULTIES["cluttered"], occluders=(0, 0))
+    hidden = dataclasses.replace(DIFFICULTIES["cluttered"], occluders=(2, 2))
+    changed = 0
+    for i in range(20):
+        a = SyntheticScenes(split="val", length=20, difficulty=plain).scene(i)
+        b = SyntheticScenes(split="val", length=20, difficulty=hidden).scene(i)
+        assert a.label == b.label
+        target_a, target_b = a.mask == a.label + 1, b.mask == b.label + 1
+        assert bool((target_b <= target_a).all()) and int(target_b.sum()) > 0
+        visible = target_b  # target pixels no occluder covers: the same image there
+        assert torch.equal(a.image[:, visible], b.image[:, visible])
+        changed += int(target_a.sum() - target_b.sum()) > 0
+    assert changed >= 10  # the occluders do cover the target, most of the time
+
+
+@pytest.mark.parametrize("name", ["cluttered", "cluttered-hard"])
+def test_compare_presets_draw_more_clutter_than_default(name):
+    # More objects per scene than "default" (its range is 1-3 objects).
+    d = DIFFICULTIES[name]
+    assert d.distractors[0] >= 2 and d.scale[1] < DIFFICULTIES["default"].scale[1]
+    s = SyntheticScenes(split="test", length=4, difficulty=name, task="detection").scene(0)
+    assert s.boxes.shape == (1, 4) and s.image.shape == (3, 32, 32)
 
 
 @pytest.mark.slow

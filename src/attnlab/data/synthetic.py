@@ -16,8 +16,10 @@ features pooled over the whole image without regard to *where* they come from ar
 Segmentation masks and detection boxes cover class glyphs only; ``num_targets > 1`` puts several
 class glyphs in a scene (for segmentation and detection), and the classification label is then
 the class of the largest one (most pixels). Class glyphs are drawn after (on top of) the
-distractors, so they are never occluded; objects are placed apart where they fit (up to 16 tries
-each). Every class glyph is mirror-symmetric, so horizontal flips keep labels.
+distractors; only a difficulty's *occluders* (flat squares, at most a quarter of the target's
+square each) are drawn over a class glyph, and the pixels they hide leave its mask and box.
+Objects are placed apart where they fit (up to 16 tries each). Every class glyph is
+mirror-symmetric, so horizontal flips keep labels.
 
 Every scene comes from its own ``torch.Generator`` seeded by a stable 64-bit mix of
 (``seed``, ``split``, ``index``) (splitmix64, not Python's salted ``hash``), so ``scene(i)`` is
@@ -36,7 +38,13 @@ Difficulties (:data:`DIFFICULTIES`, or pass a :class:`Difficulty`):
   accuracy (K = 6, chance 17 %) in tuning, and 88 % at 8 epochs × 5000: well above chance,
   not saturated at the default budget;
 - ``"hard"``: 2-4 distractors, smaller glyphs, stronger texture and noise; under 50 % at that
-  budget (for longer runs).
+  budget (for longer runs);
+- ``"cluttered"``: the ``attnlab compare`` task: 2-5 distractors, targets 26-38 % of the image
+  wide, a textured background, and sometimes one occluder over the target. With a
+  data-limited training set (``attnlab compare``'s recipe) a plain ResNet-20 levels off well
+  below 100 %, leaving room to see a module help or hurt;
+- ``"cluttered-hard"``: the robustness split for ``"cluttered"``: 5-8 distractors placed
+  closer, slightly smaller targets, stronger clutter and noise, one or two occluders.
 
 Example:
     >>> from attnlab.data.synthetic import SyntheticScenes
@@ -63,12 +71,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-# fmt: off
-CLASS_GLYPHS = ("circle", "square", "triangle", "cross", "ring", "star", "diamond", "bar",
-                "crescent", "tee")
-DISTRACTOR_GLYPHS = ("half_disk", "square_frame", "triangle_frame", "broken_ring", "ellipse",
-                     "tripod", "star4", "ell")
-# fmt: on
+from .glyphs import CLASS_GLYPHS, DISTRACTOR_GLYPHS, templates
+
 SPLITS = ("train", "val", "test")
 TASKS = ("classification", "segmentation", "detection")
 DEFAULT_LENGTHS = {"train": 5000, "val": 1000, "test": 1000}
@@ -93,6 +97,11 @@ class Difficulty:
         rotation: objects turn by a uniform angle in [-rotation, rotation] degrees.
         object_colours: range of each colour channel of an object.
         background_colours: range of each channel of the background's base colour.
+        occluders: inclusive range of the number of occluders: flat squares of a random
+            colour painted over the target (centred at a random point of its box), the only
+            things drawn on top of a class glyph.
+        occluder_size: range of an occluder's side as a fraction of the target's diameter
+            (at most 0.5, so an occluder hides at most a quarter of the target's square).
     """
 
     distractors: tuple[int, int]
@@ -104,6 +113,8 @@ class Difficulty:
     rotation: float = 180.0
     object_colours: tuple[float, float] = (0.0, 1.0)
     background_colours: tuple[float, float] = (0.0, 1.0)
+    occluders: tuple[int, int] = (0, 0)
+    occluder_size: tuple[float, float] = (0.3, 0.5)
 
 
 # Objects are lighter than the background: with random polarity (any object on any ground) a
@@ -115,6 +126,14 @@ DIFFICULTIES = {
         (0, 2), (0.34, 0.5), 0.15, 0.04, 0.15, 0.9, 180.0, (0.7, 1.0), (0.0, 0.3)
     ),
     "hard": Difficulty((2, 4), (0.26, 0.4), 0.35, 0.06, 0.2, 0.8, 180.0, (0.5, 1.0), (0.0, 0.5)),
+    # The ``attnlab compare`` task: small targets among many look-alikes, textured clutter and
+    # an occasional occluder; and its harder held-out variant for the robustness column.
+    "cluttered": Difficulty(
+        (2, 5), (0.26, 0.38), 0.25, 0.05, 0.15, 0.8, 180.0, (0.6, 1.0), (0.0, 0.35), (0, 1)
+    ),
+    "cluttered-hard": Difficulty(
+        (5, 8), (0.24, 0.34), 0.4, 0.08, 0.12, 0.7, 180.0, (0.5, 1.0), (0.0, 0.45), (1, 2)
+    ),
 }
 
 
@@ -138,98 +157,6 @@ class Scene:
     boxes: Tensor
     labels: Tensor
     target_box: Tensor
-
-
-# ---------------------------------------------------------------------------------------------
-# Glyphs: boolean masks on local coordinates u, v in [-1, 1], each inside the unit disk so that
-# any rotation stays inside the object's square.
-
-
-def _polygon(u: Tensor, v: Tensor, pts: list[tuple[float, float]]) -> Tensor:
-    """Even-odd point-in-polygon test over the grid."""
-    inside = torch.zeros_like(u, dtype=torch.bool)
-    for (x1, y1), (x2, y2) in zip(pts, pts[1:] + pts[:1], strict=True):
-        crosses = (y1 > v) != (y2 > v)
-        x_at = x1 + (x2 - x1) * (v - y1) / (y2 - y1 if y2 != y1 else 1e-12)
-        inside ^= crosses & (u < x_at)
-    return inside
-
-
-def _regular(n: int, radius: float, inner: float | None = None, turn: float = -90.0) -> list:
-    """Vertices of a regular n-gon (or an n-point star with ``inner`` radius)."""
-    pts = []
-    for k in range(n * (2 if inner else 1)):
-        r = inner if inner and k % 2 else radius
-        a = math.radians(turn) + k * math.pi / (n if inner else n / 2)
-        pts.append((r * math.cos(a), r * math.sin(a)))
-    return pts
-
-
-def _box(u: Tensor, v: Tensor, x0: float, x1: float, y0: float, y1: float) -> Tensor:
-    return (u >= x0) & (u <= x1) & (v >= y0) & (v <= y1)
-
-
-def _glyph(name: str, u: Tensor, v: Tensor) -> Tensor:
-    r = torch.sqrt(u * u + v * v)
-    square = u.abs().maximum(v.abs())
-    if name == "circle":
-        return r <= 0.9
-    if name == "square":
-        return square <= 0.66
-    if name == "triangle":
-        return _polygon(u, v, _regular(3, 0.95, turn=-90.0))
-    if name == "cross":
-        return _box(u, v, -0.27, 0.27, -0.9, 0.9) | _box(u, v, -0.9, 0.9, -0.27, 0.27)
-    if name == "ring":
-        return (r <= 0.9) & (r >= 0.52)
-    if name == "star":
-        return _polygon(u, v, _regular(5, 0.97, inner=0.42))
-    if name == "diamond":
-        return u.abs() / 0.95 + v.abs() / 0.55 <= 1
-    if name == "bar":
-        return _box(u, v, -0.9, 0.9, -0.3, 0.3)
-    if name == "crescent":
-        return (r <= 0.9) & ((u - 0.45) ** 2 + v * v >= 0.72**2)
-    if name == "tee":
-        return _box(u, v, -0.66, 0.66, -0.75, -0.3) | _box(u, v, -0.22, 0.22, -0.3, 0.85)
-    if name == "half_disk":
-        return (r <= 0.9) & (v >= -0.2)
-    if name == "square_frame":
-        return (square <= 0.66) & (square >= 0.36)
-    if name == "triangle_frame":
-        return _polygon(u, v, _regular(3, 0.95)) & ~_polygon(u, v, _regular(3, 0.45))
-    if name == "broken_ring":
-        return (r <= 0.9) & (r >= 0.52) & ~((u > 0) & (v.abs() < 0.3))
-    if name == "ellipse":
-        return (u / 0.92) ** 2 + (v / 0.5) ** 2 <= 1
-    if name == "tripod":
-        arms = torch.zeros_like(r, dtype=torch.bool)
-        for a in (-90.0, 30.0, 150.0):
-            c, s = math.cos(math.radians(a)), math.sin(math.radians(a))
-            along, across = u * c + v * s, -u * s + v * c
-            arms |= (along >= 0) & (along <= 0.9) & (across.abs() <= 0.22)
-        return arms | (r <= 0.3)
-    if name == "star4":
-        return _polygon(u, v, _regular(4, 0.95, inner=0.3, turn=0.0))
-    if name == "ell":
-        return _box(u, v, -0.6, -0.15, -0.75, 0.6) | _box(u, v, -0.6, 0.6, 0.15, 0.6)
-    raise KeyError(name)
-
-
-@lru_cache(maxsize=8)
-def _templates(resolution: int) -> Tensor:
-    """Coverage (alpha) of every glyph on a resolution² grid over [-1, 1]², as G×1×R×R.
-
-    Supersampled 4× then averaged, so edges are anti-aliased; texel centres match
-    ``grid_sample(align_corners=False)``.
-    """
-    ss = 4
-    n = resolution * ss
-    t = (torch.arange(n, dtype=torch.float64) * 2 + 1) / n - 1
-    v, u = torch.meshgrid(t, t, indexing="ij")  # rows are v (down), columns u (right)
-    glyphs = [_glyph(name, u, v) for name in CLASS_GLYPHS + DISTRACTOR_GLYPHS]
-    fine = torch.stack(glyphs).unsqueeze(1).float()  # G×1×(R·ss)×(R·ss)
-    return F.avg_pool2d(fine, ss)  # G×1×R×R
 
 
 @lru_cache(maxsize=8)
@@ -336,8 +263,8 @@ def render_scene(
     dx, dy = (x - centres[:, 0:1, None]) / r, (y - centres[:, 1:2, None]) / r
     grid = torch.stack([cos * dx + sin * dy, cos * dy - sin * dx], -1)  # n×S×S×2 (u, v)
     resolution = max(8, 4 * math.ceil(float(diam.max()) / 4))
-    templates = _templates(resolution)[glyph]  # n×1×R×R
-    alpha = F.grid_sample(templates, grid, mode="bilinear", align_corners=False)[:, 0]  # n×S×S
+    shapes = templates(resolution)[glyph]  # n×1×R×R
+    alpha = F.grid_sample(shapes, grid, mode="bilinear", align_corners=False)[:, 0]  # n×S×S
 
     image = _background(g, size, d.background, d.background_colours)
     lo_c, hi_c = d.object_colours
@@ -347,11 +274,14 @@ def render_scene(
     colours = torch.where(close.unsqueeze(1), (colours + 0.5) % 1.0, colours)
     for i in range(n):  # painter's order
         image = torch.lerp(image, colours[i].view(3, 1, 1), alpha[i : i + 1])
-    image = image + d.noise * torch.randn(3, size, size, generator=g, dtype=torch.float32)
-    image = image.clamp_(0, 1)
+    noise = d.noise * torch.randn(3, size, size, generator=g, dtype=torch.float32)
+    if d.occluders[1] > 0:  # only then: the other difficulties keep their random stream
+        image, alpha = _occlude(g, image, alpha, n_d, diam, d)
+    image = (image + noise).clamp_(0, 1)
 
     # An object's pixels: coverage ≥ 0.5, or its best-covered pixel if none reaches 0.5.
-    hits = alpha >= alpha.amax((1, 2), keepdim=True).clamp(max=0.5)  # n×S×S
+    # An object hidden everywhere (by occluders) has no pixels.
+    hits = (alpha >= alpha.amax((1, 2), keepdim=True).clamp(max=0.5)) & (alpha > 0)  # n×S×S
     top = (hits * torch.arange(1, n + 1).view(n, 1, 1)).amax(0)  # 1 + topmost object, 0 none
     value = torch.cat([torch.zeros(1 + n_d, dtype=torch.long), glyph[n_d:] + 1])
     mask = value[top]  # S×S
@@ -371,6 +301,35 @@ def render_scene(
     labels = glyph[n_d:].clone()
     t = int(own.sum((1, 2)).argmax())
     return Scene(image, int(labels[t]), mask, boxes, labels, boxes[t].clone())
+
+
+def _occlude(
+    g: torch.Generator, image: Tensor, alpha: Tensor, n_d: int, diam: Tensor, d: Difficulty
+) -> tuple[Tensor, Tensor]:
+    """Paints ``d.occluders`` flat squares over the first class glyph (the target when there
+    is one); covered pixels leave every object's coverage (``alpha``: n×S×S)."""
+    lo, hi = d.occluders
+    count = int(torch.randint(lo, hi + 1, (1,), generator=g)) if hi > lo else lo
+    if count == 0:
+        return image, alpha
+    size = image.shape[-1]
+    p = torch.rand(count, 6, generator=g, dtype=torch.float32)  # side, centre (2), colour (3)
+    x, y = _pixel_grid(size)
+    own = alpha[n_d] >= 0.5  # the target's pixels (S×S)
+    if not own.any():
+        return image, alpha
+    rows, cols = own.any(1).nonzero()[:, 0], own.any(0).nonzero()[:, 0]
+    box = torch.stack([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]).float()
+    lo_s, hi_s = d.occluder_size
+    alpha = alpha.clone()
+    for k in range(count):
+        half = float(diam[n_d]) * (lo_s + (hi_s - lo_s) * p[k, 0]) / 2
+        cx = box[0] + (box[2] - box[0]) * p[k, 1]
+        cy = box[1] + (box[3] - box[1]) * p[k, 2]
+        cover = ((x - cx).abs() <= half) & ((y - cy).abs() <= half)  # S×S
+        image = torch.where(cover, p[k, 3:6].view(3, 1, 1), image)
+        alpha[:, cover] = 0.0
+    return image, alpha
 
 
 def _choice(owner: str, name: str, value: Any, allowed: tuple) -> None:
