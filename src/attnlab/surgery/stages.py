@@ -3,7 +3,7 @@ paths matched by glob patterns.
 
 Stages come from the model's ``feature_info`` where it has one (timm's models: ``module`` and
 ``num_chs``; attnlab's: ``name`` and ``channels``), leading entries without two convolutions
-(a stem's activation) left out. Otherwise one probe forward pass (eval mode, no gradients,
+(a stem's activation) left out where later ones have them. Otherwise one probe forward pass (eval mode, no gradients,
 1×C×64×64) finds them. It records the outputs of the modules reached from the root through
 plain containers only (never a block's insides) and cuts them into runs of equal feature-map
 size; a run's stage output is the last module to finish at that size, the outermost non-leaf
@@ -54,7 +54,7 @@ def _num_convs(module: nn.Module) -> int:
     return sum(1 for m in module.modules() if isinstance(m, nn.Conv2d))
 
 
-def _from_feature_info(model: nn.Module, info: Any) -> list[tuple[str, int]] | None:
+def _from_feature_info(model: nn.Module, info: Any) -> list[tuple[str, int, int]] | None:
     modules = dict(model.named_modules())
     stages = []
     for entry in info:
@@ -62,11 +62,13 @@ def _from_feature_info(model: nn.Module, info: Any) -> list[tuple[str, int]] | N
             return None
         path = entry.get("module", entry.get("name"))
         channels = entry.get("num_chs", entry.get("channels"))
+        stride = entry.get("reduction", entry.get("stride"))
         if path not in modules or not isinstance(channels, int):
             return None
-        stages.append((path, channels))
-    while stages and _num_convs(modules[stages[0][0]]) < 2:
-        stages.pop(0)  # the stem
+        stages.append((path, channels, stride))
+    if any(_num_convs(modules[path]) >= 2 for path, _, _ in stages):
+        while _num_convs(modules[stages[0][0]]) < 2:
+            stages.pop(0)  # the stem
     return stages
 
 
@@ -126,7 +128,7 @@ def _probe(model: nn.Module) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
     return finished
 
 
-def _from_probe(model: nn.Module) -> list[tuple[str, int]]:
+def _from_probe(model: nn.Module) -> list[tuple[str, int, int]]:
     runs: list[list[tuple[str, nn.Module, tuple[int, ...]]]] = []
     for entry in _probe(model):
         size = entry[2][2:]
@@ -146,18 +148,23 @@ def _from_probe(model: nn.Module) -> list[tuple[str, int]]:
 
     first = next((i for i, r in enumerate(runs) if any(is_block(m) for _, m, _ in r)), 0)
     stages = []
-    for run in runs[first:-1]:
+    for run in runs[first:]:
         outer = [(n, s) for n, m, s in run if list(m.children())]
         name, shape = outer[-1] if outer else (run[-1][0], run[-1][2])
-        stages.append((name, shape[1]))
+        stages.append((name, shape[1], PROBE_SIZE // shape[2]))
     return stages
 
 
-def find_stages(model: nn.Module) -> list[tuple[str, int]]:
-    """(path, channels) of every stage output but the last's."""
+def stage_outputs(model: nn.Module) -> list[tuple[str, int, int | None]]:
+    """(path, channels, stride) of every stage output, the last one included."""
     info = getattr(model, "feature_info", None)
     if info is not None:
         stages = _from_feature_info(model, info)
         if stages is not None:
-            return stages[:-1]
+            return stages
     return _from_probe(model)
+
+
+def find_stages(model: nn.Module) -> list[tuple[str, int]]:
+    """(path, channels) of every stage output but the last's: where BAM goes."""
+    return [(path, channels) for path, channels, _ in stage_outputs(model)[:-1]]
