@@ -83,6 +83,7 @@ class Registry:
 
 ATTENTION = Registry("attention")
 MODELS = Registry("model")
+MODEL_SOURCES = Registry("model source")  # "tv", "timm": names "<source>:<model>"
 
 
 def register_attention(
@@ -175,15 +176,41 @@ def list_classifiers() -> list[str]:
     )
 
 
+def register_model_source(prefix: str, *, check: Callable[[str], None]) -> Callable:
+    """Registers a factory ``factory(name, *, attn=None, **kw)`` for ``"<prefix>:<name>"``
+    model names; ``check(name)`` raises a ValueError for names the source does not have."""
+    return MODEL_SOURCES.register(prefix, check=check)
+
+
+def check_model_name(name: str) -> None:
+    """Raises a ValueError (ImportError for a missing optional library) unless ``name`` is a
+    registered model or ``"<source>:<model>"`` with a model the source has."""
+    prefix, colon, rest = name.partition(":")
+    if not colon:
+        MODELS.get(name)
+        return
+    if prefix not in MODEL_SOURCES:
+        raise ValueError(
+            f"unknown model source {prefix!r} in {name!r}; "
+            f"valid: {', '.join(MODEL_SOURCES.names())}"
+        )
+    MODEL_SOURCES.get(prefix).metadata["check"](rest)
+
+
 def create_model(name: str, *, attn: Any = None, **kwargs: Any) -> nn.Module:
-    """Builds a registered model.
+    """Builds a registered model, or a torchvision / timm one with attention inserted.
 
     Args:
-        name: registered model name (``"resnet50"``, ``"resnet20"``, …).
+        name: registered model name (``"resnet50"``, ``"resnet20"``, …), or
+            ``"tv:<name>"`` / ``"timm:<name>"`` (:mod:`attnlab.models.external`).
         attn: attention inside every block: a registered attention name, or None.
         **kwargs: the model's options (``num_classes``, ``attn_kwargs``, ``stage_attn``, …).
 
     Returns:
         The model; ``create_model(**model.config)`` rebuilds it exactly.
     """
+    prefix, colon, rest = name.partition(":")
+    if colon:
+        check_model_name(name)
+        return MODEL_SOURCES.get(prefix).factory(rest, attn=attn, **kwargs)
     return MODELS.get(name).factory(attn=attn, **kwargs)

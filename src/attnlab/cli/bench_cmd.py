@@ -48,8 +48,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument(
         "--model",
         default="resnet50",
-        choices=list_classifiers(),
-        help="network for 'models' (default resnet50)",
+        metavar="NAME",
+        help=f"network for 'models' (default resnet50): {', '.join(list_classifiers())}, "
+        "or tv:<name> / timm:<name>",
     )
     parser.add_argument(
         "--attn",
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..bench import papers, report, runner
     from ..cli import UsageError
-    from ..registry import list_attention
+    from ..registry import check_model_name, list_attention
 
     settings = {**DEFAULTS, **(QUICK if args.quick else {})}
     for key in ("batch", "image_size", "repeats"):
@@ -111,6 +112,10 @@ def run(args: argparse.Namespace) -> int:
                 flag = "--" + key.replace("_", "-")
                 raise UsageError(f"{flag} must be >= 1, got {value}")
             settings[key] = value
+    try:
+        check_model_name(args.model)
+    except (ValueError, ImportError) as err:
+        raise UsageError(f"--model: {err}") from None
     known = list_attention()
     unknown = [name for name in args.attn or () if name not in known]
     if unknown:
