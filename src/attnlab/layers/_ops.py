@@ -17,15 +17,27 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 
-def make_divisible(value: float, divisor: int = 1, min_value: int = 1) -> int:
+def make_divisible(value: float, divisor: int = 1, min_value: int | None = None) -> int:
     """Rounds a width to a multiple of ``divisor``, never below ``min_value``.
 
     With ``divisor == 1`` the value is floored, as the authors' code does (``C // r``); with a
     larger divisor it is rounded to the nearest multiple and bumped up if that loses more than
-    10% (the MobileNet convention).
+    10% (the MobileNet convention, as timm's ``make_divisible``).
+
+    Args:
+        value: the width before rounding (e.g. ``C * rd_ratio``).
+        divisor: the multiple to round to.
+        min_value: lower bound; None means ``divisor``, so a rounded width is never below one
+            multiple of the divisor (``make_divisible(1.5, 8) == 8``).
+
+    Example:
+        >>> make_divisible(24 / 16, 8), make_divisible(16 / 16, 8), make_divisible(37, 8)
+        (8, 8, 40)
     """
     if divisor < 1:
         raise ValueError(f"make_divisible: divisor must be >= 1, got {divisor}")
+    if min_value is None:
+        min_value = divisor
     if divisor == 1:
         # The small epsilon keeps e.g. 48 * (1/3) = 15.999... from flooring to 15.
         return max(min_value, int(math.floor(value + 1e-6)))
@@ -41,7 +53,7 @@ def reduced_channels(
     rd_ratio: float,
     rd_channels: int | None = None,
     rd_divisor: int = 1,
-    min_channels: int = 1,
+    min_channels: int | None = None,
 ) -> int:
     """Width of a bottleneck layer: ``rd_channels`` if given, else ``channels * rd_ratio``.
 
@@ -51,7 +63,8 @@ def reduced_channels(
         rd_ratio: reduction ratio as a fraction (1/r in the papers).
         rd_channels: explicit width; overrides ``rd_ratio``.
         rd_divisor: round the width to a multiple of this (1 = floor, as the authors do).
-        min_channels: lower bound (e.g. 8 for Coordinate Attention).
+        min_channels: lower bound (e.g. 8 for Coordinate Attention); None means
+            ``rd_divisor`` (1 when flooring).
     """
     if rd_channels is not None:
         if not isinstance(rd_channels, int) or isinstance(rd_channels, bool) or rd_channels < 1:
