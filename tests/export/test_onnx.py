@@ -92,7 +92,7 @@ def test_every_registered_attention_in_resnet18(tmp_path, attn):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet20", "resnet50"])
-@pytest.mark.parametrize("attn", ["se", "cbam", "eca", "ca"])
+@pytest.mark.parametrize("attn", ["se", "cbam"])  # every module: in the ResNet-18 sweep
 def test_resnets_with_each_attention(tmp_path, name, attn):
     widths = {"resnet20": (16, 32, 64), "resnet50": (8, 16, 32, 64)}[name]
     model = randomized(
@@ -168,7 +168,9 @@ def test_unexportable_operator_names_the_module(tmp_path):
 
 @pytest.mark.slow
 def test_dynamo_exporter(tmp_path):
+    """The torch.export-based exporter (PyTorch's default; tens of seconds for a network, so a
+    module here): the same operators, dynamic batch and size."""
     pytest.importorskip("onnxscript", reason="dynamo=True needs onnxscript")
-    model = small_resnet18("cbam")
-    ops = round_trip(model, tmp_path / "d.onnx", (2, 3, 64, 64), [(1, 3, 96, 64)], dynamo=True)
-    assert "ReduceMax" in ops and ops.count("MaxPool") == 1
+    ops = round_trip(randomized(CBAM(16)), tmp_path / "d.onnx", (2, 16, 9, 7), [(1, 16, 5, 12)],
+                     dynamo=True)  # fmt: skip
+    assert "ReduceMean" in ops and "ReduceMax" in ops and not set(ops) & set(POOLING_OPS)
