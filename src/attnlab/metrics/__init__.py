@@ -1,5 +1,6 @@
 """Metrics: localisation of saliency and attention maps (pointing game, energy in mask);
-detection mAP (VOC mAP@0.5, COCO-style mAP@[.5:.95], per-class AP table); segmentation
+detection mAP (VOC mAP@0.5, COCO-style mAP@[.5:.95], per-class AP table; COCO's own numbers
+through pycocotools); segmentation
 confusion matrix, per-class IoU, mIoU and pixel accuracy.
 
 Example:
@@ -13,6 +14,7 @@ Example:
     [1.0]
 """
 
+from .coco import coco_evaluate
 from .detection import ap_table, evaluate_detections
 from .localization import energy_in_mask, localization_score, pointing_game
 from .segmentation import ConfusionMatrix, confusion_matrix
@@ -20,6 +22,7 @@ from .segmentation import ConfusionMatrix, confusion_matrix
 __all__ = [
     "ConfusionMatrix",
     "ap_table",
+    "coco_evaluate",
     "confusion_matrix",
     "energy_in_mask",
     "evaluate_detections",

@@ -14,10 +14,15 @@ Everingham et al., "The PASCAL Visual Object Classes (VOC) Challenge", IJCV 2010
   overlaps a difficult one by IoU ≥ the threshold is ignored (matched or not, as in VOC).
 - **VOC AP** (``ap50``): all-point interpolation (VOC2010+): the area under the precision
   envelope (precision made non-increasing in recall) over the recall steps.
-- **COCO AP** (``ap``): at the 10 IoU thresholds 0.50:0.05:0.95, precision envelope sampled at
-  101 recall points 0:0.01:1 (the first detection reaching each recall; 0 beyond the largest
-  recall), averaged; then averaged over the thresholds. No area ranges, no 100-detection cap
-  (cap detections beforehand, e.g. ``postprocess(max_det=100)``).
+- **COCO-style AP** (``ap``): at the 10 IoU thresholds 0.50:0.05:0.95, precision envelope
+  sampled at 101 recall points 0:0.01:1 (the first detection reaching each recall; 0 beyond the
+  largest recall), averaged; then averaged over the thresholds. Every detection counts: no
+  area ranges, no crowd regions, no cap. pycocotools (:func:`attnlab.metrics.coco.coco_evaluate`,
+  the reference, with area ranges and crowd handling) keeps the 100 highest-scoring detections
+  per image *and class*; the two agree exactly wherever no (image, class) pair has more than
+  100 detections and no ground truth is a crowd (tested). A cap per image over all classes
+  (``postprocess(max_det=100)``) is not COCO's rule: with many false positives it drops true
+  positives that COCO scores.
 - **Means**: over the classes that have at least one (non-difficult) ground truth; a class
   without ground truth has AP NaN and is excluded. A class with ground truth but no detections
   has AP 0. With no ground truth at all the means are NaN.
