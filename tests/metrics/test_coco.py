@@ -11,7 +11,7 @@ import torch
 from torchmetrics.detection import MeanAveragePrecision
 
 from attnlab.metrics import evaluate_detections
-from attnlab.metrics.coco import STAT_NAMES, coco_evaluate, to_coco
+from attnlab.metrics.coco import STAT_NAMES, coco_evaluate, coco_table, to_coco
 
 TM_NAMES = {
     "map": "map",
@@ -162,3 +162,12 @@ def test_to_coco_layout():
                                        "iscrowd": 0}]  # fmt: skip
     assert results == [{"image_id": 0, "category_id": 2, "bbox": [11.0, 21.0, 30.0, 40.0],
                         "score": 0.5}]  # fmt: skip
+
+
+def test_table():
+    gts = [{"boxes": torch.tensor([[0.0, 0, 40, 40]]), "labels": torch.tensor([0])}]
+    dets = [{"boxes": torch.tensor([[0.0, 0, 40, 40]]), "scores": torch.tensor([0.9]),
+             "labels": torch.tensor([0])}]  # fmt: skip
+    table = coco_table(coco_evaluate(dets, gts, num_classes=2), ["cat", "dog"])
+    assert "| map | 100.0 |" in table and "| map_large | — |" in table
+    assert "| cat | 1 | 1 | 100.0 |" in table and "| dog | 0 | 0 | — |" in table

@@ -4,7 +4,8 @@
   defaults < ``--config`` YAML < flags given); writes config.yaml, metrics.jsonl, last.pt,
   best.pt to ``--out``.
 - ``eval``: a checkpoint on a data split (by default the checkpoint's own data and validation
-  split): mAP@0.5, mAP@[.5:.95] and the per-class AP table (Markdown; ``--json`` for a file).
+  split): mAP@0.5, mAP@[.5:.95] and the per-class AP table (Markdown; ``--json`` for a file);
+  ``--metric coco``: pycocotools' 12 numbers (AP by IoU and area, AR) and AP per class.
 - ``predict``: image files → letterboxed inference → boxes in the original image's pixels →
   ``<out>/<name>.png`` (the image at its own size, boxes labelled with class and score) and
   ``<out>/detections.json``.
@@ -41,6 +42,7 @@ from ..engine.tasks.detect import (
     main,
     predict,
 )
+from ..metrics.coco import coco_table
 from ..metrics.detection import ap_table
 from . import UsageError
 from .config_flags import add_config_flags
@@ -98,6 +100,9 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     evaluate.add_argument("--split", help="split to evaluate (synthetic: val or test)")
     evaluate.add_argument("--class-names", metavar="NAMES", help="yolo: names or a names file")
     evaluate.add_argument("--json", metavar="PATH", help="also write the result as JSON")
+    evaluate.add_argument("--metric", choices=("voc", "coco"), default="voc",
+                          help="voc: our VOC all-point and COCO-style AP (default); coco: "
+                          "pycocotools' 12 numbers (needs the coco extra)")  # fmt: skip
     predict = actions.add_parser(
         "predict",
         help="draw detected boxes on images (PNG + JSON)",
@@ -165,13 +170,42 @@ def _eval(args: argparse.Namespace) -> int:
         raise ValueError(f"the data's classes {dataset.classes} differ from the checkpoint's "
                          f"{classes}")  # fmt: skip
     thresholds = {"conf_threshold": args.conf_threshold, "nms_threshold": args.nms_threshold}
-    result = evaluate(model, dataset, size, batch_size=args.batch_size, **thresholds)
+    if args.metric == "coco":
+        result = _coco(model, dataset, size, args.batch_size, thresholds)
+    else:
+        result = evaluate(model, dataset, size, batch_size=args.batch_size, **thresholds)
     print(f"{args.checkpoint} on {config.data} {split} ({len(dataset)} images, input {size})")
-    print(ap_table(result, classes))
+    print(coco_table(result, classes) if args.metric == "coco" else ap_table(result, classes))
     if args.json:
         record = {"checkpoint": args.checkpoint, "split": split, **result}
         atomic_write_text(args.json, json.dumps(json_ready(record), indent=2))
     return 0
+
+
+def _coco(model, dataset, size: int, batch_size: int, thresholds: dict) -> dict:
+    """pycocotools' evaluation (:mod:`attnlab.metrics.coco`; VOC's difficult boxes become
+    crowd regions) of the detections ``evaluate`` scores, without a cap per image."""
+    from ..metrics.coco import coco_evaluate, require_pycocotools
+
+    try:
+        require_pycocotools()
+    except ImportError as err:
+        raise UsageError(str(err)) from None
+    num_classes = model.config["num_classes"]
+    # No cap per image here: pycocotools keeps 100 per image and class itself.
+    options = {**thresholds, "max_det": 100 * num_classes}
+    detections, truths = [], []
+    for start in range(0, len(dataset), batch_size):
+        indices = range(start, min(start + batch_size, len(dataset)))
+        pairs = [dataset[i] for i in indices]
+        detections += predict(model, [image for image, _ in pairs], size, **options)
+        for i, (_, targets) in zip(indices, pairs, strict=True):
+            if hasattr(dataset, "annotation"):  # file datasets: every box, difficult flagged
+                rec = dataset.annotation(i)
+                truths.append({k: rec[k] for k in ("boxes", "labels", "difficult")})
+            else:
+                truths.append({"boxes": targets[:, 1:5], "labels": targets[:, 0].long()})
+    return coco_evaluate(detections, truths, num_classes)
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -22,19 +22,22 @@ for small (area < 32²), medium and large (> 96²) objects, and AR at 1, 10 and 
 
 Example:
     >>> import torch
-    >>> from attnlab.metrics.coco import coco_evaluate
+    >>> from attnlab.metrics.coco import coco_evaluate, coco_table
     >>> gts = [{"boxes": torch.tensor([[0.0, 0, 50, 50]]), "labels": torch.tensor([0])}]
     >>> dets = [{"boxes": torch.tensor([[0.0, 0, 50, 50], [60, 60, 90, 90]]),
     ...          "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([0, 0])}]
     >>> result = coco_evaluate(dets, gts, num_classes=1)
     >>> round(result["map"], 4), round(result["map_medium"], 4), result["map_small"]
     (1.0, 1.0, -1.0)
+    >>> print(coco_table(result).splitlines()[2])
+    | map | 100.0 |
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -194,3 +197,18 @@ def coco_evaluate(
         )
     out["per_class"] = rows
     return out
+
+
+def coco_table(result: dict[str, Any], class_names: Sequence[str] | None = None) -> str:
+    """:func:`coco_evaluate`'s result as Markdown: the 12 numbers, then AP per class."""
+
+    def fmt(value: float) -> str:
+        return "—" if math.isnan(value) or value < 0 else f"{100 * value:.1f}"
+
+    lines = ["| metric | value |", "|---|---:|"]
+    lines += [f"| {name} | {fmt(result[name])} |" for name in STAT_NAMES]
+    lines += ["", "| class | GT | detections | AP@[.5:.95] |", "|---|---:|---:|---:|"]
+    for row in result["per_class"]:
+        name = class_names[row["class"]] if class_names else str(row["class"])
+        lines.append(f"| {name} | {row['num_gt']} | {row['num_det']} | {fmt(row['ap'])} |")
+    return "\n".join(lines)
