@@ -1,0 +1,249 @@
+"""``attnlab segment compare``: segmentation heads trained side by side under one recipe.
+
+Every head (``fcn``, ``danet``, ``nl``, ``ccnet``, ``psa`` on one backbone) is trained with
+every seed through the segmentation trainer's public entry point
+(:func:`attnlab.engine.tasks.segment.main`) on the synthetic segmentation scenes, with the same
+recipe; nothing is selected, every seed's final-epoch result counts. Then, per head:
+
+- mIoU and pixel accuracy: mean, sample std and the 95 % Student-t interval over the seeds
+  (:func:`attnlab.metrics.stats.mean_ci`);
+- against the FCN baseline: the difference of mean mIoU (and pixel accuracy) with Welch's 95 %
+  interval (:func:`attnlab.metrics.stats.diff_ci`); a difference whose interval contains 0 is
+  reported as not distinguishable from noise;
+- cost: parameters, MACs of one forward at the recipe's image size (FLOP counter, MACs =
+  FLOPs / 2), mean training seconds per run, and peak inference memory: the most tensor
+  storage alive at once during one eval forward of one image at that size
+  (:func:`attnlab.bench.memory.peak_memory`; deterministic, weights not included).
+
+Written to ``out``: ``results.json`` (every run and every head's statistics), ``results.md``
+(the tables), and each run's own folder under ``runs/`` (the trainer's outputs). Both result
+files are written atomically.
+
+Example:
+    >>> from attnlab.engine.segment_compare import DEFAULT_HEADS, QUICK_RECIPE
+    >>> DEFAULT_HEADS, QUICK_RECIPE["epochs"]
+    (('fcn', 'danet', 'nl', 'ccnet', 'psa'), 1)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..metrics.stats import diff_ci, mean_ci
+from ..registry import create_model
+from .tasks.segment import SegmentConfig, main
+
+DEFAULT_HEADS = ("fcn", "danet", "nl", "ccnet", "psa")
+BASELINE = "fcn"
+DEFAULT_SEEDS = (0, 1, 2)
+# CPU-sized: 5 heads × 3 seeds on 2 cores in a few minutes (ResNet-20 backbone, stride 4).
+DEFAULT_RECIPE: dict[str, Any] = {
+    "backbone": "resnet20", "image_size": 48, "crop_size": 48, "train_size": 96,
+    "val_size": 48, "epochs": 3, "batch_size": 16, "lr": 0.01,
+}  # fmt: skip
+QUICK_RECIPE: dict[str, Any] = {
+    "backbone": "resnet20", "image_size": 32, "crop_size": 32, "train_size": 16,
+    "val_size": 8, "epochs": 1, "batch_size": 8, "lr": 0.01,
+}  # fmt: skip
+
+
+def _check_heads(heads: Sequence[str], backbone: str) -> list[str]:
+    from ..registry import list_models
+
+    heads = list(heads)
+    if not heads or len(set(heads)) != len(heads):
+        raise ValueError(f"segment compare: heads must be distinct and non-empty, got {heads}")
+    known = set(list_models(task="segmentation"))
+    unknown = [h for h in heads if f"{h}_{backbone}" not in known]
+    if unknown:
+        raise ValueError(
+            f"segment compare: no segmentation model "
+            f"{', '.join(f'{h}_{backbone}' for h in unknown)}; heads: {', '.join(DEFAULT_HEADS)}"
+        )
+    if BASELINE not in heads:
+        heads.insert(0, BASELINE)  # every head is compared with the FCN baseline
+    return heads
+
+
+def head_cost(head: str, recipe: dict[str, Any], num_classes: int) -> dict[str, Any]:
+    """Parameters, MACs and peak inference tensor memory of ``{head}_{backbone}``."""
+    import torch
+
+    from ..bench.cost import count_macs
+    from ..bench.memory import peak_memory
+
+    model = create_model(f"{head}_{recipe['backbone']}", num_classes=num_classes).eval()
+    size = recipe["image_size"]
+    x = torch.zeros(1, 3, size, size)
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x)
+
+    return {
+        "params": sum(p.numel() for p in model.parameters()),
+        "macs": count_macs(model, (1, 3, size, size)),
+        "peak_inference_bytes": peak_memory(forward),
+    }
+
+
+def summarise(runs: list[dict[str, Any]], heads: Sequence[str]) -> list[dict[str, Any]]:
+    """Per-head statistics over seeds, each against the FCN baseline."""
+    base = [r for r in runs if r["head"] == BASELINE]
+    rows = []
+    for head in heads:
+        rs = [r for r in runs if r["head"] == head]
+        miou, acc = [r["miou"] for r in rs], [r["pixel_accuracy"] for r in rs]
+        row = {
+            "head": head,
+            "seeds": [r["seed"] for r in rs],
+            "mious": miou,
+            "miou": mean_ci(miou),
+            "pixel_accuracy": mean_ci(acc),
+            "train_seconds": sum(r["train_seconds"] for r in rs) / len(rs),
+        }
+        if head != BASELINE:
+            row["miou_vs_fcn"] = diff_ci(miou, [r["miou"] for r in base])
+            row["acc_vs_fcn"] = diff_ci(acc, [r["pixel_accuracy"] for r in base])
+        rows.append(row)
+    return rows
+
+
+def _pct(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{100 * x:.1f}"
+
+
+def _delta(d: dict[str, Any] | None) -> tuple[str, str]:
+    if d is None:
+        return "—", "baseline"
+    if math.isnan(d["lo"]):
+        return f"{100 * d['diff']:+.1f}", "needs ≥ 2 seeds"
+    text = f"{100 * d['diff']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}]"
+    if not d["distinguishable"]:
+        return text, "not distinguishable from noise"
+    return text, "better than FCN" if d["diff"] > 0 else "worse than FCN"
+
+
+def markdown(rows: list[dict[str, Any]], costs: dict[str, dict], recipe: dict[str, Any]) -> str:
+    """The results table and the cost table, with the recipe and the reading rule."""
+    lines = [
+        "# Segmentation heads compared",
+        "",
+        f"Recipe: {json.dumps(recipe)}; synthetic scenes; final epoch of every seed counts.",
+        "Intervals are 95 %: Student t for a head's mean, Welch t for its difference from FCN.",
+        "A difference whose interval contains 0 is not distinguishable from noise.",
+        "",
+        "| head | mIoU % (mean ± std) | 95 % CI | Δ mIoU vs FCN (95 % CI) | verdict "
+        "| pixel acc % (mean ± std) | Δ pixel acc vs FCN (95 % CI) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        m, a = r["miou"], r["pixel_accuracy"]
+        ci = "n/a (1 seed)" if math.isnan(m["lo"]) else f"[{_pct(m['lo'])}, {_pct(m['hi'])}]"
+        delta, verdict = _delta(r.get("miou_vs_fcn"))
+        acc_delta, acc_verdict = _delta(r.get("acc_vs_fcn"))
+        acc_note = "" if r["head"] == BASELINE else f" ({acc_verdict})"
+        lines.append(
+            f"| {r['head']} | {_pct(m['mean'])} ± {_pct(m['std'])} | {ci} | {delta} | {verdict} "
+            f"| {_pct(a['mean'])} ± {_pct(a['std'])} | {acc_delta}{acc_note} |"
+        )
+    size = recipe["image_size"]
+    lines += [
+        "",
+        f"| head | params | MACs ({size}×{size}) | training s / run "
+        f"| peak inference tensor memory ({size}×{size}) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        c = costs[r["head"]]
+        lines.append(
+            f"| {r['head']} | {c['params']:,} | {c['macs'] / 1e6:.1f} M | "
+            f"{r['train_seconds']:.1f} | {c['peak_inference_bytes'] / 2**20:.1f} MiB |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _strict(value: Any) -> Any:
+    """NaN (a 1-seed interval) → None, recursively, so the JSON is strict."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def compare_heads(
+    heads: Sequence[str] = DEFAULT_HEADS,
+    *,
+    seeds: Sequence[int] = DEFAULT_SEEDS,
+    recipe: dict[str, Any] | None = None,
+    out: str = "runs/segment-compare",
+    device: str = "cpu",
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Trains every head with every seed and writes the comparison.
+
+    Args:
+        heads: head names (the FCN baseline is added if missing).
+        seeds: training seeds (the scenes are the same for every seed).
+        recipe: overrides of :data:`DEFAULT_RECIPE` (``backbone`` and any
+            :class:`~attnlab.engine.tasks.segment.SegmentConfig` field).
+        out: output folder.
+        device: where the runs train.
+        log: called with one line per finished run; None for silence.
+
+    Returns:
+        ``{"recipe", "runs", "rows", "costs", "markdown"}``.
+    """
+    recipe = {**DEFAULT_RECIPE, **(recipe or {})}
+    seeds = list(seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"segment compare: seeds must be distinct and non-empty, got {seeds}")
+    heads = _check_heads(heads, recipe["backbone"])
+    options = {k: v for k, v in recipe.items() if k != "backbone"}
+    os.makedirs(out, exist_ok=True)
+    runs, total = [], len(heads) * len(seeds)
+    for head in heads:
+        for seed in seeds:
+            config = SegmentConfig(
+                model=f"{head}_{recipe['backbone']}", seed=seed, device=device, progress=False,
+                out=os.path.join(out, "runs", f"{head}-seed{seed}"), overwrite=True, **options,
+            )  # fmt: skip
+            started = time.perf_counter()
+            summary = main(config)
+            seconds = time.perf_counter() - started
+            runs.append({
+                "head": head, "seed": seed, "miou": summary["miou"],
+                "pixel_accuracy": summary["pixel_accuracy"], "params": summary["params"],
+                "train_seconds": summary["epoch_time"] * summary["epochs"], "wall_seconds": seconds,
+            })  # fmt: skip
+            if log is not None:
+                log(
+                    f"[{len(runs)}/{total}] {head} seed {seed}: mIoU {100 * summary['miou']:.1f} "
+                    f"pixel acc {100 * summary['pixel_accuracy']:.1f} ({seconds:.0f} s)"
+                )
+    num_classes = len(summary["iou"])
+    costs = {head: head_cost(head, recipe, num_classes) for head in heads}
+    rows = summarise(runs, heads)
+    text = markdown(rows, costs, recipe)
+    result = {"recipe": recipe, "seeds": seeds, "runs": runs, "rows": rows, "costs": costs}
+    _write_atomic(
+        os.path.join(out, "results.json"),
+        json.dumps(_strict(result), indent=2, allow_nan=False) + "\n",
+    )
+    _write_atomic(os.path.join(out, "results.md"), text)
+    return {**result, "markdown": text}
