@@ -9,9 +9,10 @@
   dataset is built; a mask whose size differs from its image, a label outside the classes
   (other than 255) or a colour (RGB) mask is an error when the item is loaded (or at once with
   ``verify=True``). Every error is a ValueError naming the file.
-- Transforms take and return ``(image, mask)``: image float 3×H×W, mask int64 H×W. Geometric
-  ones move both (bilinear image, nearest mask); photometric ones and ``Normalize`` touch the
-  image only. Random draws use torch's global generator.
+- Transforms (the shared stack of ``joint.py``, on torchvision.transforms.v2) take and return
+  ``(image, mask)``: image float 3×H×W, mask int64 H×W. Geometric ones move both (bilinear
+  image, nearest mask); photometric ones and ``Normalize`` touch the image only. Random draws
+  use torch's global generator.
 
 Example:
     >>> import torch
@@ -30,15 +31,16 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from . import joint
 from .folder import load_image
+from .joint import IGNORE_INDEX, Normalize, PhotometricJitter, RandomHorizontalFlip, RandomScale
+from .joint import Compose as JointCompose
 from .synthetic import SyntheticScenes
 from .transforms import pil_to_tensor
 
-IGNORE_INDEX = 255
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
     "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -190,59 +192,12 @@ class VOCSegmentation(Dataset):
         return f"VOCSegmentation(root={self.root!r}, split={self.split!r}, items={len(self)})"
 
 
-# Joint transforms ---------------------------------------------------------------------------
+# Joint transforms: the shared stack (``joint.py``); a crop pads short sides by default here.
 
 
-def _uniform(low: float, high: float) -> float:
-    return low + (high - low) * torch.rand(()).item()
-
-
-class JointCompose:
-    """Applies joint transforms in order."""
-
-    def __init__(self, transforms: Sequence[JointTransform]) -> None:
-        self.transforms = list(transforms)
-
-    def __call__(
-        self, image: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        for transform in self.transforms:
-            image, mask = transform(image, mask)
-        return image, mask
-
-
-class RandomScale:
-    """Resizes both by a factor drawn uniformly from ``scale`` (bilinear image, nearest mask).
-
-    The mask uses ``"nearest-exact"`` sampling (pixel centres), the grid the bilinear image
-    resize uses, so labels stay aligned with the image.
-    """
-
-    def __init__(self, scale: tuple[float, float] = (0.5, 2.0)) -> None:
-        if not 0 < scale[0] <= scale[1]:
-            raise ValueError(f"RandomScale: need 0 < low <= high, got {scale!r}")
-        self.scale = tuple(scale)
-
-    def __call__(
-        self, image: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        factor = _uniform(*self.scale)
-        height, width = mask.shape
-        size = (max(1, round(height * factor)), max(1, round(width * factor)))
-        image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
-        mask = F.interpolate(mask[None, None].float(), size=size, mode="nearest-exact")
-        return image, mask[0, 0].long()
-
-
-class RandomCrop:
-    """A random ``size`` crop; sides shorter than the crop are padded first (bottom/right).
-
-    Args:
-        size: crop (height, width) or one side.
-        fill: image padding, one value or one per channel (e.g. the dataset mean, which is 0
-            after normalisation).
-        ignore_index: mask padding, so padded pixels don't count in the loss or metrics.
-    """
+class RandomCrop(joint.RandomCrop):
+    """A random ``size`` crop; sides shorter than the crop are padded first (bottom/right):
+    the image with ``fill``, the mask with ``ignore_index`` (see :class:`joint.RandomCrop`)."""
 
     def __init__(
         self,
@@ -251,78 +206,7 @@ class RandomCrop:
         fill: float | Sequence[float] = 0.0,
         ignore_index: int = IGNORE_INDEX,
     ) -> None:
-        self.size = (size, size) if isinstance(size, int) else tuple(size)
-        self.fill, self.ignore_index = fill, ignore_index
-
-    def __call__(
-        self, image: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        crop_h, crop_w = self.size
-        height, width = mask.shape
-        pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
-        if pad_h or pad_w:
-            fill = torch.as_tensor(self.fill, dtype=image.dtype).reshape(-1, 1, 1)
-            padded = fill.expand(image.shape[0], height + pad_h, width + pad_w).clone()
-            padded[:, :height, :width] = image
-            image = padded
-            mask = F.pad(mask, (0, pad_w, 0, pad_h), value=self.ignore_index)
-            height, width = mask.shape
-        top = int(torch.randint(0, height - crop_h + 1, ()))
-        left = int(torch.randint(0, width - crop_w + 1, ()))
-        return (
-            image[:, top : top + crop_h, left : left + crop_w],
-            mask[top : top + crop_h, left : left + crop_w],
-        )
-
-
-class RandomHorizontalFlip:
-    """Mirrors both with probability ``p``."""
-
-    def __init__(self, p: float = 0.5) -> None:
-        self.p = p
-
-    def __call__(
-        self, image: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if torch.rand(()).item() < self.p:
-            return image.flip(-1), mask.flip(-1)
-        return image, mask
-
-
-class PhotometricJitter:
-    """Brightness, contrast and saturation jitter of the image (values in [0, 1]); mask as is.
-
-    Each factor is drawn uniformly from [1 − s, 1 + s]; brightness scales the image, contrast
-    blends with its mean grey level, saturation with its per-pixel grey; clamped to [0, 1].
-    """
-
-    def __init__(self, brightness: float = 0.3, contrast: float = 0.3, saturation: float = 0.3):
-        self.strengths = (brightness, contrast, saturation)
-
-    def __call__(
-        self, image: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        brightness, contrast, saturation = (_uniform(1 - s, 1 + s) for s in self.strengths)
-        weights = image.new_tensor([0.299, 0.587, 0.114]).reshape(3, 1, 1)
-        image = image * brightness
-        grey = (image * weights).sum(0, keepdim=True)  # 1×H×W
-        image = grey.mean() + (image - grey.mean()) * contrast
-        grey = (image * weights).sum(0, keepdim=True)
-        image = grey + (image - grey) * saturation
-        return image.clamp(0, 1), mask
-
-
-class Normalize:
-    """(image − mean) / std per channel; mask as is."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
-        self.mean = torch.tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
-
-    def __call__(
-        self, image: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return (image - self.mean) / self.std, mask
+        super().__init__(size, pad_if_needed=True, fill=fill, ignore_index=ignore_index)
 
 
 def train_transform(
