@@ -339,3 +339,29 @@ def test_gam_matches_equations(kwargs):
             p.mul_(0.2)
     x = torch.randn(2, 32, 6, 7, dtype=DT)
     torch.testing.assert_close(m(x), gam_reference(m, x))
+
+
+# --- Observable maps: documented shapes, outputs unchanged ---------------------------------------
+
+MAP_SHAPES = [
+    (SelectiveKernel, {}, {"selection_map": (2, 2, 32, 1)}),
+    (MultiSpectralAttention, {}, {"channel_map": (2, 32, 1, 1)}),
+    (ShuffleAttention, {}, {"channel_map": (2, 16, 1, 1), "spatial_map": (2, 16, 5, 6)}),
+    (EMA, {"groups": 8}, {"height_map": (2, 32, 5, 1), "width_map": (2, 32, 1, 6),
+                          "spatial_map": (2, 8, 5, 6)}),
+    (ELA, {}, {"height_map": (2, 32, 5, 1), "width_map": (2, 32, 1, 6)}),
+    (GAM, {}, {"channel_map": (2, 32, 5, 6), "spatial_map": (2, 32, 5, 6)}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("cls", "kwargs", "shapes"), MAP_SHAPES)
+def test_maps_are_observable_without_changing_outputs(cls, kwargs, shapes):
+    from attnlab.layers import capture_maps
+
+    m = build64(cls, 32, **kwargs)
+    x = torch.randn(2, 32, 5, 6, dtype=DT)
+    plain = m(x)
+    with capture_maps(m) as maps:
+        observed = m(x)
+    torch.testing.assert_close(observed, plain, rtol=0, atol=0)
+    assert {k: tuple(v.shape) for k, v in maps.items()} == shapes
