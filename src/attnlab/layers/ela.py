@@ -9,9 +9,10 @@ Unlike Coordinate Attention there is no concatenation and no 1×1 channel reduct
 Presets (the paper's four variants; k = kernel size of F_k, conv groups, GN groups):
 ``"tiny"`` (ELA-T: k = 5, depth-wise, GN 32), ``"base"`` (ELA-B: k = 7, depth-wise, GN 16),
 ``"small"`` (ELA-S: k = 5, C/8 conv groups, GN 16) and ``"large"`` (ELA-L: k = 7, C/8 conv
-groups, GN 16). The convolution has no bias. Default ``"base"``: the setting usually quoted for
-ELA (k = 7, GN 16) and, with ELA-S, the one the paper recommends for deeper networks such as
-ResNet. Any argument given explicitly overrides the preset. GN groups are capped at C.
+groups, GN 16). The convolution has no bias. Default ``"base"``: the setting most
+re-implementations use (k = 7, depth-wise, GN 16), and one of the two variants (with ELA-S)
+meant for deeper networks such as ResNet. Any argument given explicitly overrides the preset.
+GN groups are capped at C.
 
 Example:
     >>> import torch

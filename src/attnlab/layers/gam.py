@@ -8,11 +8,12 @@ M_c is C×H×W. The spatial gate has no pooling: 7×7 conv C → C/r + BN + ReLU
 + BN, σ: M_s is C×H×W too. r = 4 (paper).
 
 The authors released no code. A widely copied re-implementation multiplies by the channel MLP's
-output *without* σ; it is the ``"popular"`` preset, the default ``"paper"`` applies σ as the
-paper's Fig. 3 draws it. For ResNet-50 the paper uses group convolutions with channel shuffle in
-the spatial gate to limit parameters: ``groups=g`` makes both 7×7 convolutions g-grouped and
-shuffles the spatial map's channels with g groups (as that re-implementation's grouped
-variant, g = 4). MLP layers and convolutions have biases (paper silent; re-implementation).
+output *without* σ; it is the ``"popular"`` preset, the default ``"paper"`` applies σ after
+the reverse permutation, as the paper's channel sub-module does. For ResNet-50 the paper uses
+group convolutions with channel shuffle in the spatial gate to limit parameters: ``groups=g``
+makes both 7×7 convolutions g-grouped and shuffles the spatial map's channels with g groups
+(as that re-implementation's grouped variant, g = 4). MLP layers and convolutions have biases
+(paper silent; re-implementation).
 
 Example:
     >>> import torch
