@@ -75,6 +75,35 @@ def reduced_channels(
     return make_divisible(channels * rd_ratio, rd_divisor, min_channels)
 
 
+def timm_reduced_channels(
+    owner: str,
+    channels: int,
+    rd_ratio: float,
+    rd_channels: int | None = None,
+    rd_divisor: int = 8,
+) -> int:
+    """The hidden width as timm's SE and CBAM modules compute it (their presets here).
+
+    timm calls its ``make_divisible`` with ``round_limit=0``: C·ratio rounded half up to a
+    multiple of ``rd_divisor``, at least ``rd_divisor``, never bumped up. With divisor 8,
+    C = 190 and ratio 1/16 that is 8, where :func:`reduced_channels` gives 16 (divisor 8) or
+    11 (floor); with divisor 1 it rounds to the nearest integer (C = 24: 2, floor: 1).
+
+    Example:
+        >>> timm_reduced_channels("SE", 190, 1 / 16)
+        8
+        >>> timm_reduced_channels("CBAM", 24, 1 / 16, rd_divisor=1)
+        2
+    """
+    width = reduced_channels(owner, channels, rd_ratio, rd_channels)  # validates the options
+    if rd_channels is not None:
+        return width
+    if isinstance(rd_divisor, bool) or not isinstance(rd_divisor, int) or rd_divisor < 1:
+        raise ValueError(f"{owner}: rd_divisor must be a positive int, got {rd_divisor!r}")
+    rounded = int(channels * rd_ratio + rd_divisor / 2) // rd_divisor * rd_divisor
+    return max(rd_divisor, rounded)
+
+
 def check_channels(owner: str, channels: Any) -> int:
     """Validates the ``channels`` constructor argument."""
     if isinstance(channels, bool) or not isinstance(channels, int):
