@@ -15,8 +15,8 @@ per position); Y_g = X_g · σ(M). The groups are put back together: Y is C×H×
 
 The authors' code (YOLOonMe/EMA-attention-module) is the reference for these equations; its
 argument ``factor`` is ``groups`` here (default 32 there and here). Its layer names
-(``conv1x1``, ``conv3x3``, ``gn``) are kept, so its checkpoints load. Parameters per module:
-(C')² + C' (1×1 conv) + 9(C')² + C' (3×3 conv) + 2C' (GN), with C' = C/G.
+(``conv1x1``, ``conv3x3``, ``gn``) are kept, so its weights load module by module. Parameters
+per module: (C')² + C' (1×1 conv) + 9(C')² + C' (3×3 conv) + 2C' (GN), with C' = C/G.
 
 Groups: G = ``groups``, capped at C (one channel per group); C must be divisible by G.
 

@@ -9,9 +9,9 @@ all G groups. Concatenate [X'_k1, X'_k2], put the groups back together, and appl
 shuffle" with 2 groups so that the two halves' channels interleave.
 
 The authors' code (wofmanaf/SA-Net, ``sa_layer``) matches the paper; its parameter names
-(``cweight``, ``cbias``, ``sweight``, ``sbias``, ``gn``) are kept, so its checkpoints load.
-It initialises W to 0 and b to 1, so every gate starts at σ(1) ≈ 0.731. Parameters per module:
-3·C/G (4·C/2G gate parameters + the GN's C/2G weights and C/2G biases).
+(``cweight``, ``cbias``, ``sweight``, ``sbias``, ``gn``) are kept, so its weights load module
+by module. It initialises W to 0 and b to 1, so every gate starts at σ(1) ≈ 0.731. Parameters
+per module: 3·C/G (4·C/2G gate parameters + the GN's C/2G weights and C/2G biases).
 
 Groups: G = ``groups`` (paper and code 64 on ResNet-50), capped at C/2 so that narrow layers
 work (G = C/2 is one channel per half); C must be divisible by 2G.
