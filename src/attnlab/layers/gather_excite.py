@@ -85,8 +85,8 @@ class GatherExcite(nn.Module):
         norm_layer: norm after each gather conv (BatchNorm2d), or None.
         gate_layer: σ (Sigmoid).
 
-    Observable map: ``gather_map`` (kind ``"gather"``), σ(x̂) before interpolation, as
-    B×C×⌈H/e⌉×⌈W/e⌉ (B×C×1×1 when global).
+    Observable map: ``gather_map``, σ(x̂) before interpolation: kind ``"channel"`` (B×C×1×1)
+    when global, else kind ``"gather"`` (B×C×⌈H/e⌉×⌈W/e⌉).
     """
 
     def __init__(
@@ -137,7 +137,8 @@ class GatherExcite(nn.Module):
             self.mlp.append(act_layer())
             self.mlp.append(nn.Conv2d(hidden, channels, 1))
         self.gate = gate_layer()
-        self.gather_map = MapTap("gather")
+        # Global: one gate per channel, the "channel" kind the viewers read; else per cell.
+        self.gather_map = MapTap("channel" if extent == 0 else "gather")
 
     def gathered(self, x: torch.Tensor) -> torch.Tensor:
         """x̂ = ξ_G(x) (after GE-θ⁺'s MLP), as B×C×⌈H/e⌉×⌈W/e⌉."""
