@@ -93,7 +93,7 @@ def psa_spatial(x: torch.Tensor, m: PolarizedSelfAttention) -> torch.Tensor:
     if m.spatial_softmax == "query":
         q = softmax_rows(q)
     if m.spatial_softmax == "values":
-        v = softmax_rows(v.transpose(1, 2)).transpose(1, 2)  # over channels per position
+        v = softmax_rows(v)  # over the positions of each channel
     logits = torch.einsum("bc,bcn->bn", q, v)
     if m.spatial_softmax == "positions":
         logits = softmax_rows(logits)

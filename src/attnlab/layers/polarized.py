@@ -20,7 +20,7 @@ preset       channel branch after W_v·softmax  spatial branch
 "paper"      W_z (C/2→C) → LayerNorm → σ        softmax over channels of GAP(W_q X), × W_v X
 "official"   parallel: W_z only → σ;            parallel: softmax over positions of
              sequential: conv C/2→C/8 → LN →    GAP(W_q X)·W_v X; sequential: softmax over
-             ReLU → conv C/8→C → σ              channels of W_v X at each position
+             ReLU → conv C/8→C → σ              positions of each channel of W_v X
 ===========  ================================  ============================================
 
 All convs of W_q and W_v are bias-free (authors' code; the paper does not say); W_z is
@@ -93,7 +93,7 @@ class PolarizedSelfAttention(nn.Module):
             (W_z only) or ``"bottleneck"`` (conv to inner/4, LN, ReLU, conv); None: preset.
         spatial_softmax: where the spatial branch's softmax goes: ``"query"`` (over the
             pooled query's channels), ``"positions"`` (over the positions of the product) or
-            ``"values"`` (over the value channels at each position); None: preset.
+            ``"values"`` (over the positions of each value channel); None: preset.
     """
 
     def __init__(
@@ -158,7 +158,7 @@ class PolarizedSelfAttention(nn.Module):
         if self.spatial_softmax == "query":
             query = torch.softmax(query, dim=-1)
         elif self.spatial_softmax == "values":
-            value = torch.softmax(value, dim=1)
+            value = torch.softmax(value, dim=-1)  # over positions, per channel
         logits = torch.bmm(query, value)  # B×1×N
         if self.spatial_softmax == "positions":
             logits = torch.softmax(logits, dim=-1)
