@@ -383,8 +383,8 @@ def test_srm_unbiased_std_is_torch_std():
 
 @pytest.mark.parametrize("extent", [0, 2, 4])
 def test_ge_theta_minus_agrees_with_timm_where_the_extent_divides_the_map(extent):
-    # timm's parametric gather (extra_params=True) fails to build in the installed timm
-    # (create_conv2d receives kernel_size twice), so only the parameter-free gather is compared.
+    # timm 1.0.31's parametric gather (extra_params=True) does not build (create_conv2d
+    # receives kernel_size twice), so only the parameter-free gather is compared with timm.
     timm_ge = pytest.importorskip("timm.layers.gather_excite")
     theirs = timm_ge.GatherExcite(8, extent=extent, use_mlp=False).double()
     x = rand(B, 8, 8, 12, seed=21)  # 4 and 2 divide both sides: nearest is i // e
