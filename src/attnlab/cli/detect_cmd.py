@@ -30,6 +30,7 @@ import os
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
 from ..data.folder import load_image
 from ..engine.files import atomic_write_text
@@ -267,10 +268,8 @@ PALETTE = (
 )
 
 
-def draw_detections(picture, rows: list[dict]):
+def draw_detections(picture: Image.Image, rows: list[dict]) -> Image.Image:
     """A copy of the PIL image with each box outlined and labelled ``class score``."""
-    from PIL import ImageDraw, ImageFont
-
     picture = picture.copy()
     draw, font = ImageDraw.Draw(picture), ImageFont.load_default()
     width = max(1, round(max(picture.size) / 200))

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from . import distributed
 from .checkpoint import (
@@ -68,10 +69,8 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def progress_bar(loader: DataLoader, show: bool, desc: str):
+def progress_bar(loader: DataLoader, show: bool, desc: str) -> tqdm:
     """A tqdm bar over ``loader`` (off unless ``show``; off when stderr is not a terminal)."""
-    from tqdm import tqdm
-
     return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None if show else True)
 
 
