@@ -34,8 +34,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="PATH", help="checkpoint file")
     parser.add_argument("--out", metavar="FILE",
                         help="ONNX file (default: the checkpoint path, .onnx)")  # fmt: skip
-    parser.add_argument("--opset", type=int, default=17, metavar="N",
-                        help="ONNX opset version (default: 17)")  # fmt: skip
+    parser.add_argument("--opset", type=int, metavar="N",
+                        help="ONNX opset version (default: 17; 18 with --dynamo)")  # fmt: skip
     parser.add_argument("--dynamic", action="store_true",
                         help="symbolic batch, height and width")  # fmt: skip
     parser.add_argument("--input-size", type=int, metavar="N",
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..engine.checkpoint import load_model
-    from ..export import check_onnx, export_onnx
+    from ..export import DEFAULT_OPSET, DYNAMO_MIN_OPSET, check_onnx, export_onnx
 
     if args.input_size is not None and args.input_size < 1:
         raise UsageError(f"--input-size must be >= 1, got {args.input_size}")
@@ -90,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or os.path.splitext(args.checkpoint)[0] + ".onnx"
     shape = (1, int(model.config.get("in_chans", 3)), size, size)
     export_onnx(model, shape, out, opset=args.opset, dynamic=args.dynamic, dynamo=args.dynamo)
-    print(f"{args.checkpoint} → {out} (opset {args.opset}, input {'×'.join(map(str, shape))}"
+    opset = args.opset or (DYNAMO_MIN_OPSET if args.dynamo else DEFAULT_OPSET)
+    print(f"{args.checkpoint} → {out} (opset {opset}, input {'×'.join(map(str, shape))}"
           f"{', dynamic batch and size' if args.dynamic else ''})")  # fmt: skip
     if args.no_check:
         return 0

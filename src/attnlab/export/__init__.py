@@ -12,6 +12,7 @@ Example:
 
 from .onnx import (
     DEFAULT_OPSET,
+    DYNAMO_MIN_OPSET,
     POOLING_OPS,
     ExportError,
     check_onnx,
@@ -23,6 +24,7 @@ from .onnx import (
 
 __all__ = [
     "DEFAULT_OPSET",
+    "DYNAMO_MIN_OPSET",
     "POOLING_OPS",
     "ExportError",
     "check_onnx",

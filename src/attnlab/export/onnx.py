@@ -52,6 +52,7 @@ except ImportError:
     from ..layers.fused import backend as kernel_backend
 
 DEFAULT_OPSET = 17
+DYNAMO_MIN_OPSET = 18  # the torch.export-based exporter writes opset 18 and newer
 POOLING_OPS = ("GlobalAveragePool", "GlobalMaxPool", "AveragePool", "MaxPool")
 
 
@@ -181,7 +182,7 @@ def export_onnx(
     example_input: Tensor | Sequence[int],
     path: str | os.PathLike,
     *,
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     dynamic: bool = False,
     dynamo: bool = False,
 ) -> str:
@@ -191,7 +192,8 @@ def export_onnx(
         model: any attnlab model or module (exported in eval mode; its mode is restored).
         example_input: an input tensor, or its shape (a random tensor is made).
         path: the ``.onnx`` file to write.
-        opset: the ONNX opset version.
+        opset: the ONNX opset version (default 17; with ``dynamo=True`` 18, the lowest that
+            exporter writes: it cannot convert its graphs down reliably).
         dynamic: symbolic batch (and height and width of 4-D inputs).
         dynamo: use the ``torch.export``-based exporter (needs ``onnxscript``).
 
@@ -203,8 +205,15 @@ def export_onnx(
         TypeError: ``example_input`` is neither a tensor nor a shape.
         ValueError: ``opset`` is out of range.
     """
+    if opset is None:
+        opset = DYNAMO_MIN_OPSET if dynamo else DEFAULT_OPSET
     if isinstance(opset, bool) or not isinstance(opset, int) or not 9 <= opset <= 23:
         raise ValueError(f"export_onnx: opset must be an int in 9…23, got {opset!r}")
+    if dynamo and opset < DYNAMO_MIN_OPSET:
+        raise ValueError(
+            f"export_onnx: dynamo=True writes opset {DYNAMO_MIN_OPSET} or newer, got {opset}; "
+            f"use dynamo=False for older opsets"
+        )
     x = make_input(example_input)
     if dynamo:
         try:
