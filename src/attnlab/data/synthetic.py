@@ -39,12 +39,10 @@ Difficulties (:data:`DIFFICULTIES`, or pass a :class:`Difficulty`):
   not saturated at the default budget;
 - ``"hard"``: 2-4 distractors, smaller glyphs, stronger texture and noise; under 50 % at that
   budget (for longer runs);
-- ``"cluttered"``: the ``attnlab compare`` task: 2-5 distractors, targets 26-38 % of the image
-  wide, a textured background, and sometimes one occluder over the target. With a
-  data-limited training set (``attnlab compare``'s recipe) a plain ResNet-20 levels off well
-  below 100 %, leaving room to see a module help or hurt;
-- ``"cluttered-hard"``: the robustness split for ``"cluttered"``: 5-8 distractors placed
-  closer, slightly smaller targets, stronger clutter and noise, one or two occluders.
+- ``"cluttered"``: between ``"default"`` and ``"hard"``, for longer runs: 1-3 distractors,
+  targets 32-46 % of the image wide, and sometimes one occluder over the target;
+- ``"cluttered-hard"``: ``attnlab compare``'s robustness split: 5-8 distractors placed closer,
+  smaller targets, stronger clutter and noise, one or two occluders over the target.
 
 Example:
     >>> from attnlab.data.synthetic import SyntheticScenes
@@ -126,10 +124,10 @@ DIFFICULTIES = {
         (0, 2), (0.34, 0.5), 0.15, 0.04, 0.15, 0.9, 180.0, (0.7, 1.0), (0.0, 0.3)
     ),
     "hard": Difficulty((2, 4), (0.26, 0.4), 0.35, 0.06, 0.2, 0.8, 180.0, (0.5, 1.0), (0.0, 0.5)),
-    # The ``attnlab compare`` task: small targets among many look-alikes, textured clutter and
-    # an occasional occluder; and its harder held-out variant for the robustness column.
+    # Occluded scenes: "cluttered" for training, "cluttered-hard" for the robustness column of
+    # ``attnlab compare`` (many close look-alikes, strong clutter, one or two occluders).
     "cluttered": Difficulty(
-        (2, 5), (0.26, 0.38), 0.25, 0.05, 0.15, 0.8, 180.0, (0.6, 1.0), (0.0, 0.35), (0, 1)
+        (1, 3), (0.32, 0.46), 0.18, 0.05, 0.15, 0.85, 180.0, (0.65, 1.0), (0.0, 0.3), (0, 1)
     ),
     "cluttered-hard": Difficulty(
         (5, 8), (0.24, 0.34), 0.4, 0.08, 0.12, 0.7, 180.0, (0.5, 1.0), (0.0, 0.45), (1, 2)
