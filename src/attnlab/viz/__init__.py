@@ -3,6 +3,8 @@
 - :mod:`~attnlab.viz.maps`: every attention module's maps for one batch (hooks, outputs
   unchanged) and their spatial, channel-weight and affinity views;
 - :mod:`~attnlab.viz.gradcam`: Grad-CAM and Grad-CAM++ for any layer and class;
+- :mod:`~attnlab.viz.draw`: detected boxes and segmentation masks drawn on images
+  (torchvision's drawing utilities);
 - :mod:`~attnlab.viz.plots`: overlays, galleries and per-stage channel-weight histograms as
   PNG (needs the ``viz`` extra, matplotlib, imported only when drawing).
 
@@ -21,6 +23,7 @@ Example:
     {'layer1': 192, 'layer2': 384, 'layer3': 768}
 """
 
+from .draw import PALETTE, draw_boxes, overlay_labels
 from .gradcam import CAMResult, default_layer, grad_cam, resolve_layer
 from .maps import (
     AttentionMap,
@@ -42,6 +45,7 @@ from .plots import (
 )
 
 __all__ = [
+    "PALETTE",
     "AttentionMap",
     "CAMResult",
     "GalleryColumn",
@@ -49,9 +53,11 @@ __all__ = [
     "channel_weights",
     "collect_attention",
     "default_layer",
+    "draw_boxes",
     "grad_cam",
     "model_columns",
     "overlay",
+    "overlay_labels",
     "require_matplotlib",
     "resolve_layer",
     "save_channel_histograms",
