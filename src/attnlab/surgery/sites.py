@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 _ADDS = {operator.add, operator.iadd, torch.add, "add", "add_"}
 
 
@@ -85,7 +85,7 @@ def infer_channels(module: nn.Module) -> int | None:
     for m in reversed(list(module.modules())):
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
             return m.out_channels
-        if isinstance(m, _BatchNorm):
+        if isinstance(m, _BATCH_NORMS):
             return m.num_features
         if isinstance(m, nn.GroupNorm):
             return m.num_channels

@@ -3,15 +3,15 @@ paths matched by glob patterns.
 
 Stages come from the model's ``feature_info`` where it has one (timm's models: ``module`` and
 ``num_chs``; attnlab's: ``name`` and ``channels``), leading entries without two convolutions
-(a stem's activation) left out where later ones have them. Otherwise one probe forward pass (eval mode, no gradients,
-1×C×64×64) finds them. It records the outputs of the modules reached from the root through
-plain containers only (never a block's insides) and cuts them into runs of equal feature-map
-size; a run's stage output is the last module to finish at that size, the outermost non-leaf
-one if there is one (ResNet's ``layer2``, DenseNet's ``denseblock2``), else the last layer
-(VGG's ReLU before each pooling). Runs before the first block (a module that is neither a leaf
-nor a plain container) are the stem; 1×1 maps, runs without a convolution (a last pooling),
-the last run, and anything after the map grows again (adaptive pooling) are left out.
-(BAM: Park et al., arXiv 1807.06514.)
+(a stem's activation) left out where later ones have them. Otherwise one probe forward pass
+(eval mode, no gradients, 1×C×64×64) finds them. It records the outputs of the modules reached
+from the root through plain containers only (never a block's insides) and cuts them into runs
+of equal feature-map size; a run's stage output is the last module to finish at that size, the
+outermost non-leaf one if there is one (ResNet's ``layer2``, DenseNet's ``denseblock2``), else
+the last layer (VGG's ReLU before each pooling). Runs before the first block (a module that is
+neither a leaf nor a plain container) are the stem; 1×1 maps, runs without a convolution (a
+last pooling), the last run, and anything after the map grows again (adaptive pooling) are left
+out. (BAM: Park et al., arXiv 1807.06514.)
 
 Example:
     >>> import torchvision
