@@ -1,8 +1,8 @@
 """``attnlab detect train | eval | predict``: YOLOv4-tiny with attention in the neck.
 
-- ``train``: one flag per :class:`~attnlab.detect.config.DetectConfig` field (precedence: field
-  defaults < ``--config`` YAML < flags given); writes config.yaml, metrics.jsonl, last.pt,
-  best.pt to ``--out``.
+- ``train``: one flag per :class:`~attnlab.engine.tasks.detect_config.DetectConfig` field
+  (precedence: field defaults < ``--config`` YAML < flags given); writes config.yaml,
+  metrics.jsonl, last.pt, best.pt to ``--out`` (a new or empty folder; see docs/training.md).
 - ``eval``: a checkpoint on a data split (by default the checkpoint's own data and validation
   split): mAP@0.5, mAP@[.5:.95] and the per-class AP table (Markdown; ``--json`` for a file);
   ``--metric coco``: pycocotools' 12 numbers (AP by IoU and area, AR) and AP per class.
@@ -30,10 +30,10 @@ import os
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from ..data.folder import load_image
-from ..engine.files import atomic_write_text
+from ..engine.files import atomic_write_text, save_png
 from ..engine.metrics_log import json_ready
 from ..engine.tasks.detect import (
     DetectConfig,
@@ -236,7 +236,7 @@ def _predict(args: argparse.Namespace) -> int:
                 for b, s, c in zip(det["boxes"], det["scores"], det["labels"], strict=True)
             ]
             target = _unique_png(args.out, path, records)
-            draw_detections(picture, rows).save(target)
+            save_png(draw_detections(picture, rows), target)
             records.append({"image": path, "output": target, "detections": rows})
             print(f"{path}: {len(rows)} detections → {target}")
     atomic_write_text(os.path.join(args.out, "detections.json"), json.dumps(records, indent=2))
@@ -254,32 +254,15 @@ def _unique_png(out: str, path: str, records: list[dict]) -> str:
     return target
 
 
-PALETTE = (
-    (230, 25, 75),
-    (60, 180, 75),
-    (255, 225, 25),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-    (210, 245, 60),
-    (250, 190, 212),
-)
-
-
 def draw_detections(picture: Image.Image, rows: list[dict]) -> Image.Image:
-    """A copy of the PIL image with each box outlined and labelled ``class score``."""
-    picture = picture.copy()
-    draw, font = ImageDraw.Draw(picture), ImageFont.load_default()
-    width = max(1, round(max(picture.size) / 200))
-    for row in rows:
-        colour = PALETTE[row["label"] % len(PALETTE)]
-        x1, y1, x2, y2 = row["box"]
-        draw.rectangle([x1, y1, x2, y2], outline=colour, width=width)
-        text = f"{row['class']} {row['score']:.2f}"
-        left, top, right, bottom = draw.textbbox((x1, y1), text, font=font)
-        shift = bottom - top + 2 if y1 - (bottom - top) - 2 >= 0 else 0  # above the box if room
-        draw.rectangle([left, top - shift, right + 2, bottom - shift + 1], fill=colour)
-        draw.text((x1 + 1, y1 - shift), text, fill=(0, 0, 0), font=font)
-    return picture
+    """A copy of the PIL image with each box outlined and labelled ``class score``
+    (:func:`attnlab.viz.draw.draw_boxes`)."""
+    from ..viz.draw import draw_boxes
+
+    image = torch.from_numpy(np.array(picture.convert("RGB"))).permute(2, 0, 1)  # 3×H×W uint8
+    names = {row["label"]: row["class"] for row in rows}
+    class_names = [names.get(i, str(i)) for i in range(max(names, default=-1) + 1)]
+    drawn = draw_boxes(image, torch.tensor([row["box"] for row in rows]).reshape(-1, 4),
+                       torch.tensor([row["label"] for row in rows], dtype=torch.long),
+                       torch.tensor([row["score"] for row in rows]), class_names)  # fmt: skip
+    return Image.fromarray(drawn.permute(1, 2, 0).numpy())

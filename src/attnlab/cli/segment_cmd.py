@@ -39,6 +39,7 @@ from PIL import Image
 from ..data.folder import load_image
 from ..data.transforms import pil_to_tensor
 from ..engine.distributed import resolve_device
+from ..engine.files import save_png
 from ..engine.segment_compare import DEFAULT_HEADS as COMPARE_HEADS
 from ..engine.segment_compare import DEFAULT_SEEDS as COMPARE_SEEDS
 from ..engine.segment_compare import QUICK_RECIPE, compare_heads
@@ -258,13 +259,13 @@ def predict_images(args: argparse.Namespace) -> list[dict[str, Any]]:
         mask = Image.fromarray(labels.astype(np.uint8)).convert("P")  # L → P keeps the ids
         mask.putpalette(flat_palette)
         mask_path = os.path.join(args.out, f"{stem}_mask.png")
-        mask.save(mask_path)
+        save_png(mask, mask_path)
         colours = np.asarray(palette, dtype=np.float32)[labels]  # H×W×3
         rgb = np.asarray(image, dtype=np.float32)
         tint = np.where((labels > 0)[..., None], args.alpha, 0.0)  # background left as it is
         blended = rgb * (1 - tint) + colours * tint
         overlay_path = os.path.join(args.out, f"{stem}_overlay.png")
-        Image.fromarray(blended.round().astype(np.uint8)).save(overlay_path)
+        save_png(Image.fromarray(blended.round().astype(np.uint8)), overlay_path)
         counts = np.bincount(labels.ravel(), minlength=len(classes))
         shares = {classes[c]: float(n / labels.size) for c, n in enumerate(counts) if n}
         results.append({"image": path, "mask": mask_path, "overlay": overlay_path,

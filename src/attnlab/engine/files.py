@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Any
 
 TEMP_MARK = ".tmp-"
 
@@ -50,6 +50,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Writes ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def save_png(image: Any, path: str | os.PathLike) -> None:
+    """Writes a PIL image as PNG to ``path`` atomically."""
+    atomic_write(path, lambda handle: image.save(handle, format="PNG"))
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:
