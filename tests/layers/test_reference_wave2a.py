@@ -27,6 +27,7 @@ from _reference_math import (  # tests/layers is on sys.path (pytest rootdir-rel
 )
 from torch import nn
 
+import attnlab
 from attnlab.layers import (
     SCSE,
     SRM,
@@ -389,3 +390,13 @@ def test_ge_theta_minus_agrees_with_timm_where_the_extent_divides_the_map(extent
     theirs = timm_ge.GatherExcite(8, extent=extent, use_mlp=False).double()
     x = rand(B, 8, 8, 12, seed=21)  # 4 and 2 divide both sides: nearest is i // e
     close(GatherExcite(8, extent=extent)(x), theirs(x))
+
+
+@pytest.mark.parametrize("name", ["srm", "sge"])
+def test_standard_deviations_of_constant_maps_have_finite_gradients(name):
+    # A 1×1 map (e.g. ResNet-50's last stage at 32×32 inputs) makes every σ_c exactly 0.
+    m = attnlab.create_attention(name, 8).train()
+    x = torch.randn(4, 8, 1, 1, requires_grad=True)
+    m(x).square().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters())

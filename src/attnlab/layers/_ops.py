@@ -104,6 +104,23 @@ def timm_reduced_channels(
     return max(rd_divisor, rounded)
 
 
+def safe_sqrt(var: torch.Tensor) -> torch.Tensor:
+    """sqrt(var) for a variance, with gradient 0 (not inf · 0 = NaN) where var is 0.
+
+    A standard deviation over a constant channel or a 1×1 map is 0; the plain square root's
+    backward there divides by 0. Values are unchanged.
+
+    Example:
+        >>> v = torch.tensor([0.0, 4.0], requires_grad=True)
+        >>> safe_sqrt(v).sum().backward()
+        >>> v.grad
+        tensor([0.0000, 0.2500])
+    """
+    positive = var > 0
+    root = var.clamp_min(torch.finfo(var.dtype).tiny).sqrt()
+    return torch.where(positive, root, torch.zeros_like(var))
+
+
 def check_channels(owner: str, channels: Any) -> int:
     """Validates the ``channels`` constructor argument."""
     if isinstance(channels, bool) or not isinstance(channels, int):

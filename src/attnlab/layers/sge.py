@@ -9,7 +9,8 @@ the positions; aᵢ = γ ĉᵢ + β, one (γ, β) pair per group, initialised to
 The authors' code (PytorchInsight) computes σ_c with ``torch.std``, which divides by m − 1,
 and adds ε = 1e-5 outside the square root; the paper writes σ_c² = 1/m Σ (cᵢ − μ_c)². The
 default follows the code (``variance="unbiased"``); ``"biased"`` is Eq. 4 as printed. A 1×1
-map has a single position, so m − 1 is taken as 1 there (ĉ is 0 either way).
+map has a single position, so m − 1 is taken as 1 there (ĉ is 0 either way); where σ_c is 0
+its gradient is taken as 0, not the square root's inf · 0 = NaN.
 
 Groups: G = ``groups`` (paper 64), capped at C, so the module also fits narrow layers
 (G = C is one channel per group). C must be divisible by G.
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from ..registry import register_attention
-from ._ops import check_channels, check_choice, check_input
+from ._ops import check_channels, check_choice, check_input, safe_sqrt
 from .maps import MapTap
 
 
@@ -91,7 +92,7 @@ class SpatialGroupEnhance(nn.Module):
         sim = (xg * g).sum(2)  # cᵢ = g·xᵢ: B×G×H×W
         centred = sim - sim.mean((2, 3), keepdim=True)
         n = max(h * w - 1, 1) if self.variance == "unbiased" else h * w
-        std = (centred.square().sum((2, 3), keepdim=True) / n).sqrt()  # σ_c: B×G×1×1
+        std = safe_sqrt(centred.square().sum((2, 3), keepdim=True) / n)  # σ_c: B×G×1×1
         normed = centred / (std + self.eps)  # ĉ
         a = normed * self.weight[:, None, None] + self.bias[:, None, None]
         return self.spatial_map(self.gate(a))[:, :, None]  # B×G×1×H×W

@@ -9,7 +9,8 @@ x̂_c = g_c · x_c. Parameters: 2C (CFC) + 2C (BN affine) per module.
 The authors' code computes σ_c with ``torch.std`` (divides by HW − 1) and the CFC as a grouped
 1-D convolution of kernel 2; the paper divides by HW. The default follows the code
 (``variance="unbiased"``); ``"biased"`` is Eq. 3 as printed. A 1×1 map has a single position,
-so HW − 1 is taken as 1 there (σ_c is 0 either way).
+so HW − 1 is taken as 1 there (σ_c is 0 either way; ``torch.std`` gives NaN). Where σ_c is 0
+(a constant channel, a 1×1 map) its gradient is taken as 0, not the square root's inf · 0 = NaN.
 
 The BN normalises z over the batch: in training it needs batch size ≥ 2 (or ``.eval()``, or
 ``norm_layer=None``).
@@ -36,6 +37,7 @@ from ._ops import (
     check_choice,
     check_input,
     norm_or_identity,
+    safe_sqrt,
 )
 from .maps import MapTap
 
@@ -87,7 +89,8 @@ class SRM(nn.Module):
         n = x.shape[2] * x.shape[3]
         mean = x.mean((2, 3))  # μ_c: B×C
         divisor = max(n - 1, 1) if self.variance == "unbiased" else n
-        std = ((x - mean[:, :, None, None]).square().sum((2, 3)) / divisor).sqrt()  # σ_c
+        var = (x - mean[:, :, None, None]).square().sum((2, 3)) / divisor
+        std = safe_sqrt(var)  # σ_c; gradient 0 where a channel is constant
         return torch.stack([mean, std], dim=2)  # B×C×2
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
