@@ -19,6 +19,11 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from .cifar import CIFAR
+from .folder import ImageFolder
+from .synthetic import SyntheticScenes
+from .transforms import CenterCrop, Compose, Normalize, RandomCrop, RandomHorizontalFlip, Resize
+
 # Materialised synthetic splits, shared by every run in a process (``attnlab compare`` trains
 # a dozen models on the same scenes): generating 4000 scenes costs ~2-3 s per epoch otherwise.
 _SCENE_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -103,8 +108,6 @@ def build_datasets(
         (train, val, info) with info = {"num_classes", "in_chans", "image_size", "classes",
         "mean", "std", "name"}.
     """
-    from .transforms import CenterCrop, Compose, Normalize, RandomCrop, RandomHorizontalFlip, Resize
-
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
     if name != "synthetic" and not data_dir:
@@ -113,8 +116,6 @@ def build_datasets(
         raise FileNotFoundError(f"data directory not found: {data_dir}")
 
     if name == "synthetic":
-        from .synthetic import SyntheticScenes
-
         size = image_size or 32
         common = dict(size=size, difficulty=difficulty, seed=seed)
         train = CachedScenes(SyntheticScenes(split="train", length=train_size, **common))
@@ -125,8 +126,6 @@ def build_datasets(
         val.transform = Normalize(mean, std)
         classes = train.classes
     elif name in ("cifar10", "cifar100"):
-        from .cifar import CIFAR
-
         mean, std = _STATS[name]
         num_classes = 10 if name == "cifar10" else 100
         size = 32
@@ -141,8 +140,6 @@ def build_datasets(
         val = CIFAR(data_dir, train=False, num_classes=num_classes, transform=Normalize(mean, std))
         classes = train.classes
     else:
-        from .folder import ImageFolder
-
         mean, std = _STATS["folder"]
         size = image_size or 224
         splits = {s: os.path.join(data_dir, s) for s in ("train", "val")}

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +255,6 @@ def download_and_extract(
         ValueError: checksum mismatch (naming the URL and both checksums) or an unsafe member.
         OSError: the download failed (the message names the URL).
     """
-    from tqdm import tqdm
-
     os.makedirs(root, exist_ok=True)
     name = os.path.basename(urllib.parse.urlparse(url).path) or "download.tar.gz"
     archive = os.path.join(root, name)

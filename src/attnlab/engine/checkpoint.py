@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .._plain import plain  # noqa: F401  (the engine imports it from here)
+from ..registry import MODELS, create_model
 from .files import atomic_write
 
 
@@ -83,8 +84,6 @@ COMMANDS = {
 def checkpoint_task(checkpoint: dict[str, Any]) -> str | None:
     """The task a checkpoint was trained for: ``classification``, ``detection`` or
     ``segmentation`` (stored by the trainer; older files: the model's registered task)."""
-    from ..registry import MODELS
-
     if checkpoint.get("task"):
         return str(checkpoint["task"])
     name = (checkpoint.get("model_config") or {}).get("name")
@@ -119,8 +118,6 @@ def load_weights(model: nn.Module, state: dict[str, Any], path: str | os.PathLik
 
 def build_model_from(checkpoint: dict[str, Any], path: str | os.PathLike) -> nn.Module:
     """The model a checkpoint's ``model_config`` describes, with its weights, in eval mode."""
-    from ..registry import create_model
-
     for key in ("model", "model_config"):
         if key not in checkpoint:
             raise ValueError(f"checkpoint {os.fspath(path)} has no {key!r} entry")
