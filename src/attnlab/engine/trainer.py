@@ -118,13 +118,14 @@ def train_one_epoch(
         lr = optimizer.param_groups[0]["lr"]  # the rate this step used
         if scheduler is not None:
             scheduler.step()
+        # Sums stay on the loss's device: no host synchronisation per step.
         for key, value in {"loss": loss, **terms}.items():
-            value = torch.as_tensor(value).detach().double().cpu() * samples
+            value = torch.as_tensor(value, device=loss.device).detach().double() * samples
             sums[key] = sums[key] + value if key in sums else value
         count += samples
         if progress and step % 10 == 0:
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-    totals = torch.stack([*sums.values(), torch.tensor(count, dtype=torch.float64)])
+    totals = torch.stack([*(v.cpu() for v in sums.values()), torch.tensor(count).double()])
     if info is not None and info.distributed:
         totals = distributed.all_reduce_sum(totals.to(info.device), info).cpu()
     means = (totals[:-1] / max(float(totals[-1]), 1.0)).tolist()
