@@ -6,13 +6,14 @@ Channel 'Squeeze & Excitation' Blocks", IEEE TMI 2019, arXiv 1808.08127).
 Equations: cSE: Û_cSE = U · σ(W₂ δ(W₁ z)), z = GAP(U), W₁ ∈ R^{C/r×C}, W₂ ∈ R^{C×C/r} (as SE);
 sSE: Û_sSE = U · σ(q), q = W_sq ⋆ U a 1×1 convolution C→1; scSE combines the two
 recalibrated tensors element-wise: by addition in the conference paper, by maximum in the
-journal version (its ablation: max > add > mul > concat).
+journal version (max-out came first in its comparison with addition, multiplication and
+concatenation).
 
 Presets:
     ``"journal"`` (default): max combination, r = 2, FCs and the 1×1 conv with bias: the
         authors' released code (ai-med/squeeze_and_excitation, ``ChannelSpatialSELayer``) and
         the journal's best setting. Default because it is what the authors ship.
-    ``"conference"``: addition, r = 2: the MICCAI paper's equation.
+    ``"conference"``: addition (the MICCAI paper's equation), r = 2 as in the authors' code.
     ``"smp"``: addition, r = 16: segmentation_models_pytorch's ``SCSEModule`` (the decoders'
         ``decoder_attention_type="scse"``).
 Any argument given explicitly overrides the preset. ``mode`` picks "cse", "sse" or "scse".
