@@ -225,3 +225,134 @@ def test_models_without_blocks_or_stages_are_refused():
     assert (
         attnlab.insert_attention(make_net(), "se", where=["stem.2"], channels=16)[0].channels == 16
     )
+
+
+class SEGate(nn.Module):
+    """A squeeze-excitation written plainly: two 1×1 convs C → C/4 → C."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, channels // 4, 1)
+        self.expand = nn.Conv2d(channels // 4, channels, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.expand(torch.relu(self.reduce(x.mean((2, 3), keepdim=True)))))
+
+
+class InvertedResidual(nn.Module):
+    """Expand, depthwise, SE, project; the shortcut only where shapes allow (MobileNet style),
+    with a parameter-free drop layer ending the branch."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        mid = 4 * cin
+        self.expand = nn.Sequential(nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid))
+        self.depthwise = nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False)
+        self.se = SEGate(mid)
+        self.project = nn.Sequential(nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.drop = nn.Dropout(0.0)
+        self.has_skip = stride == 1 and cin == cout
+
+    def forward(self, x):
+        y = self.project(self.se(torch.relu(self.depthwise(torch.relu(self.expand(x))))))
+        return x + self.drop(y) if self.has_skip else y
+
+
+class DenseStage(nn.ModuleDict):
+    """A container whose own forward runs every child and concatenates (DenseNet style)."""
+
+    def __init__(self, cin: int) -> None:
+        super().__init__({"a": nn.Conv2d(cin, 4, 3, 1, 1), "b": nn.Conv2d(cin + 4, 4, 3, 1, 1)})
+
+    def forward(self, x):
+        for layer in self.values():
+            x = torch.cat([x, layer(x)], 1)
+        return x
+
+
+def mobile_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, 1, 1), InvertedResidual(8, 8), InvertedResidual(8, 16, 2),
+        InvertedResidual(16, 16), DenseStage(16), nn.Conv2d(24, 8, 1),
+    ).eval()  # fmt: skip
+
+
+def test_globs_match_one_segment_per_star():
+    names = ["layer1", "layer1.0", "layer1.0.bn1", "layer2.0.bn1"]
+    assert attnlab.surgery.match_paths(names, "layer*.*") == ["layer1.0"]
+    assert attnlab.surgery.match_paths(names, "layer*.*.bn1") == ["layer1.0.bn1", "layer2.0.bn1"]
+    assert attnlab.surgery.match_paths(names, "**.bn1") == ["layer1.0.bn1", "layer2.0.bn1"]
+    report = attnlab.insert_attention(make_net(), "se", where=["layer*.*"])  # blocks only
+    assert [i.path for i in report] == ["layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0"]
+
+
+def test_an_explicit_block_path_puts_attention_on_its_branch():
+    net = make_net()
+    report = attnlab.insert_attention(net, "se", where=["layer3.0"])
+    assert [(i.path, i.site, i.channels) for i in report] == [("layer3.0", "layer3.0.bn3", 64)]
+    assert isinstance(net.layer3[0].attn, AttentionBlend)
+    assert not hasattr(net.layer3[0], "output_attn")
+
+
+def test_inverted_residuals_existing_se_and_replace_se():
+    model = mobile_net()
+    x = torch.randn(2, 3, 12, 12)
+    before = model(x)
+    report = attnlab.insert_attention(model, "eca", where="block")
+    # Residual blocks: before the parameter-free drop; the strided block: its output.
+    assert [(i.path, i.site, i.hook, i.channels, i.existing_se) for i in report] == [
+        ("1", "1.drop", "input", 8, "1.se"),
+        ("2", "2", "output", 16, "2.se"),
+        ("3", "3.drop", "input", 16, "3.se"),
+    ]
+    assert "replace_se=True replaces it" in str(report)
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-6)
+    model = mobile_net()
+    report = attnlab.insert_attention(model, "eca", where="block", replace_se=True)
+    assert [(i.site, i.channels, i.replaced) for i in report] == [
+        ("1.se", 32, True), ("2.se", 32, True), ("3.se", 64, True)
+    ]  # fmt: skip
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-6)
+    # At α = 1 the SE's output is replaced by the new attention's.
+    with torch.no_grad():
+        model[1].attn.alpha.fill_(1.0)
+    block, h = model[1], model[0](x)
+    hidden = torch.relu(block.depthwise(torch.relu(block.expand(h))))
+    expected = h + block.project(block.attn.attention(hidden))
+    torch.testing.assert_close(block(h), expected)
+
+
+class Wrapped(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_a_container_running_its_children_keeps_the_attention_on_an_ancestor():
+    with pytest.raises(ValueError, match="'4': it runs its own children and every ancestor"):
+        attnlab.insert_attention(mobile_net(), "se", where=["4"])
+    model = Wrapped(mobile_net())
+    x = torch.randn(2, 3, 12, 12)
+    before = model(x)
+    report = attnlab.insert_attention(model, "se", where=["net.4"])
+    assert [(i.path, i.channels) for i in report] == [("net.4", 4)]  # its last conv's width
+    assert list(model.net[4].keys()) == ["a", "b"]  # not run as a third layer
+    assert isinstance(model.output_attn_net_4, AttentionBlend)
+    with pytest.raises(ValueError, match=r"tensor at 'net.4' has shape \(2, 24, 6, 6\)"):
+        model(x)  # the block's output has 24 channels, not its last conv's 4
+    model = Wrapped(mobile_net())
+    attnlab.insert_attention(model, "se", where=["net.4"], channels=24)
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-6)
+
+
+def test_stages_by_probe_and_a_site_of_the_wrong_width():
+    report = attnlab.insert_attention(mobile_net(), "se", where="stage")
+    assert [(i.path, i.channels) for i in report] == [("1", 8)]  # 12×12 run; the last run left
+    model = mobile_net()
+    attnlab.insert_attention(model, "se", where=["0"], channels=5)
+    with pytest.raises(ValueError, match=r"tensor at '0' has shape \(1, 8, 12, 12\)"):
+        model(torch.randn(1, 3, 12, 12))

@@ -98,10 +98,12 @@ def test_family_insertion(family, build, where, count, one):
     expected_new = set()
     for i in report:
         module = AttentionBlend(attnlab.create_attention("cbam", i.channels))
-        owner = model.get_submodule(i.path)
         name = "attn" if where == "block" else "output_attn"
-        assert isinstance(getattr(owner, name), AttentionBlend)
-        expected_new |= {f"{i.path}.{name}.{k}" for k in module.state_dict()}
+        assert i.module.startswith(i.path + "." + name) or (  # a DenseNet block's: its ancestor's
+            i.module == "output_attn_" + i.path.replace(".", "_")
+        )
+        assert isinstance(model.get_submodule(i.module), AttentionBlend)
+        expected_new |= {f"{i.module}.{k}" for k in module.state_dict()}
     assert keys - set(original) == expected_new
     # A fresh copy with attention takes the original weights and computes the same function.
     torch.manual_seed(1)
@@ -120,9 +122,7 @@ def test_family_insertion(family, build, where, count, one):
         optimiser.zero_grad()
         model(batch).square().mean().backward()
         for i in report:
-            blend = model.get_submodule(i.path).get_submodule(
-                "attn" if where == "block" else "output_attn"
-            )
+            blend = model.get_submodule(i.module)
             if step == 0:
                 assert blend.alpha.grad.abs().item() > 0, i.path
             else:

@@ -41,6 +41,7 @@ class Insertion:
         hook: ``"output"``, ``"input"`` or ``"slot"`` (an attnlab block's own ``attn``).
         existing_se: the block's own squeeze-excitation module, if it has one.
         replaced: whether the attention replaces ``existing_se`` (``replace_se=True``).
+        module: path of the inserted module itself (its keys start with ``module + "."``).
     """
 
     path: str
@@ -51,6 +52,7 @@ class Insertion:
     hook: str = "output"
     existing_se: str | None = None
     replaced: bool = False
+    module: str = ""
 
 
 class InsertionReport(list):
@@ -104,7 +106,7 @@ def _insert_in_block(
             raise ValueError(f"insert_attention: block {s.path!r} already has attention")
         block.attn = module = build(s.channels)
         return Insertion(s.path, _join(s.path, s.site), s.channels, _name(module), identity_init,
-                         "slot")  # fmt: skip
+                         "slot", module=_join(s.path, "attn"))  # fmt: skip
     name = "attn" if existing is None else "inserted_attn"
     if hasattr(block, name) or not isinstance(existing, (nn.Identity, type(None))):
         raise ValueError(
@@ -119,7 +121,7 @@ def _insert_in_block(
             ReplaceOutput(block, name, s.se_channels, site)
         )
         return Insertion(s.path, site, s.se_channels, _name(module), identity_init, "output",
-                         site, True)  # fmt: skip
+                         site, True, _join(s.path, name))  # fmt: skip
     module = build(s.channels)
     block.add_module(name, module)
     target = block.get_submodule(s.site) if s.site else block
@@ -129,7 +131,8 @@ def _insert_in_block(
     else:
         target.register_forward_hook(ApplyToOutput(block, name, s.channels, site))
     se = _join(s.path, s.se) if s.se else None
-    return Insertion(s.path, site, s.channels, _name(module), identity_init, s.hook, se)
+    return Insertion(s.path, site, s.channels, _name(module), identity_init, s.hook, se,
+                     module=_join(s.path, name))  # fmt: skip
 
 
 def _iterates_children(module: nn.Module) -> bool:
@@ -169,7 +172,10 @@ def _insert_after(
     if owner is not target or not isinstance(target, nn.Sequential):
         target.register_forward_hook(ApplyToOutput(owner, name, width, path))
     # (a plain Sequential runs its new last module itself)
-    return Insertion(path, path, width, _name(module), identity_init)
+    owner_path = next(n for n, m in model.named_modules() if m is owner)
+    return Insertion(
+        path, path, width, _name(module), identity_init, module=_join(owner_path, name)
+    )
 
 
 def _no_blocks_message(model: nn.Module) -> str:
