@@ -43,8 +43,9 @@ from ..engine.tasks.detect import (
     main,
     predict,
 )
-from ..metrics.coco import coco_table
+from ..metrics.coco import coco_evaluate, coco_table, require_pycocotools
 from ..metrics.detection import ap_table
+from ..viz.draw import draw_boxes
 from . import UsageError
 from .config_flags import add_config_flags
 
@@ -186,8 +187,6 @@ def _eval(args: argparse.Namespace) -> int:
 def _coco(model, dataset, size: int, batch_size: int, thresholds: dict) -> dict:
     """pycocotools' evaluation (:mod:`attnlab.metrics.coco`; VOC's difficult boxes become
     crowd regions) of the detections ``evaluate`` scores, without a cap per image."""
-    from ..metrics.coco import coco_evaluate, require_pycocotools
-
     try:
         require_pycocotools()
     except ImportError as err:
@@ -257,8 +256,6 @@ def _unique_png(out: str, path: str, records: list[dict]) -> str:
 def draw_detections(picture: Image.Image, rows: list[dict]) -> Image.Image:
     """A copy of the PIL image with each box outlined and labelled ``class score``
     (:func:`attnlab.viz.draw.draw_boxes`)."""
-    from ..viz.draw import draw_boxes
-
     image = torch.from_numpy(np.array(picture.convert("RGB"))).permute(2, 0, 1)  # 3×H×W uint8
     names = {row["label"]: row["class"] for row in rows}
     class_names = [names.get(i, str(i)) for i in range(max(names, default=-1) + 1)]

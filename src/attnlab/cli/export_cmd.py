@@ -21,6 +21,10 @@ import argparse
 import os
 from typing import Any
 
+import torch
+
+from ..engine.checkpoint import load_model
+from ..export import DEFAULT_OPSET, DYNAMO_MIN_OPSET, check_onnx, export_onnx
 from . import UsageError
 
 
@@ -68,11 +72,6 @@ def training_size(checkpoint: dict[str, Any], model_config: dict[str, Any]) -> i
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..engine.checkpoint import load_model
-    from ..export import DEFAULT_OPSET, DYNAMO_MIN_OPSET, check_onnx, export_onnx
-
     if args.input_size is not None and args.input_size < 1:
         raise UsageError(f"--input-size must be >= 1, got {args.input_size}")
     for package in ("onnx", "onnxruntime"):
