@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import attnlab
-from attnlab.layers import CBAM, ECA, SE, fused
+from attnlab.layers import CBAM, ECA, SE
 from attnlab.models import resnet
 
 RESNET50 = 25_557_032
@@ -180,37 +180,6 @@ def test_attention_sits_before_the_shortcut_addition():
     torch.testing.assert_close(y, torch.relu(seen["out"] + x))
 
 
-@pytest.mark.skipif(not fused.available(), reason="fused kernels unavailable")
-@pytest.mark.parametrize("mode", ["train", "eval"])
-@pytest.mark.parametrize("attn", ["se", "eca", "cbam"])
-@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
-def test_blocks_fuse_their_tail_into_the_gate(name, attn, mode):
-    # relu(attn(bn(out)) + shortcut) runs in the gate's own operator call (fused.residual_relu);
-    # the network must not notice: same outputs, gradients and running statistics as the
-    # reference path, whose blocks add and apply the ReLU themselves.
-    torch.manual_seed(0)
-    model = attnlab.create_model(name, attn=attn, num_classes=5).train(mode == "train")
-    ref = copy.deepcopy(model)
-    x = torch.randn(2, 3, 64, 64)
-    tails = []
-    model.layer1[0].register_forward_hook(lambda m, i, o: tails.append(o.grad_fn.name()))
-    y = model(x)
-    y.square().mean().backward()
-    with fused.backend("reference"):
-        y_ref = ref(x)
-        y_ref.square().mean().backward()
-    # in training the gate's call also runs the block's last BatchNorm (SE, ECA: GateBnFn;
-    # CBAM: GateNormFn)
-    node = {"se": "GateBnFn", "eca": "GateBnFn", "cbam": "GateNormFn"}.get(attn)
-    node = node if mode == "train" else "LayerGateFn"
-    assert node in tails[0], tails
-    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
-    for (n, p), q in zip(model.named_parameters(), ref.parameters(), strict=True):
-        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=n)
-    for b, c in zip(model.buffers(), ref.buffers(), strict=True):
-        torch.testing.assert_close(b, c, rtol=1e-4, atol=1e-6)
-
-
 @pytest.mark.parametrize(("output_stride", "strides"), [(8, [4, 8, 8, 8]), (16, [4, 8, 16, 16])])
 def test_output_stride_by_dilation(output_stride, strides):
     model = attnlab.create_model("resnet50", attn="cbam", output_stride=output_stride)
@@ -286,46 +255,9 @@ def test_unknown_names_list_the_valid_ones():
     ]
 
 
-@pytest.mark.skipif(not fused.available(), reason="fused kernels unavailable")
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("attn", ["se", "eca", "cbam", None])
-@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
-def test_blocks_fold_their_last_norm_at_inference(name, attn, layout, monkeypatch):
-    # At inference each block's last BatchNorm runs inside the gate's call (its pass pools the
-    # normalised tensor for the gate); the network gives what the reference path gives, and
-    # without attention the blocks run every norm themselves.
-    torch.manual_seed(0)
-    model = attnlab.create_model(name, attn=attn, num_classes=5)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 1.5)
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    model = model.eval().to(memory_format=fmt)
-    x = torch.randn(2, 3, 64, 64).contiguous(memory_format=fmt)
-    calls = []
-    forward = torch.nn.BatchNorm2d.forward
-    monkeypatch.setattr(
-        torch.nn.BatchNorm2d, "forward", lambda self, inp: calls.append(self) or forward(self, inp)
-    )
-    with torch.no_grad():
-        y = model(x)
-        ran = set(calls)
-        with fused.backend("reference"):
-            y_ref = model(x)
-    blocks = [m for m in model.modules() if isinstance(m, (resnet.BasicBlock, resnet.Bottleneck))]
-    last = {b.bn3 if isinstance(b, resnet.Bottleneck) else b.bn2 for b in blocks}
-    gates = {m for b in blocks for m in b.attn.modules()}  # (CBAM's spatial BatchNorm is its own)
-    norms = {m for m in model.modules() if type(m) is torch.nn.BatchNorm2d and m not in gates}
-    assert ran == (norms if attn is None else norms - last)
-    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
-
-
-def test_blocks_compile_with_the_fused_tail_check():
-    # under torch.compile the blocks trace their own addition and ReLU (fused.residual_relu
-    # declines while compiling), in one graph
+def test_blocks_compile_in_one_graph():
+    # under torch.compile the attention takes its reference path (the kernels decline while
+    # compiling), so a block traces in one graph
     torch.manual_seed(0)
     block = attnlab.create_model("resnet50", attn="cbam").layer1[0].eval()
     x = torch.randn(2, 64, 8, 8)

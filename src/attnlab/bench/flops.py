@@ -31,7 +31,7 @@ Two numbers, two conventions:
 attnlab's blocked position attention (PAM) runs as one opaque custom op; its cost is given by
 formula: forward B·N²·(d + C) MACs plus softmax (3·B·N²); its backward (which recomputes the
 scores) B·N²·(3d + 2C) MACs. attnlab's gate modules are counted on their reference (pure
-PyTorch) path: the fused kernels of the fast path are opaque to any dispatch-level counter, and
+PyTorch) path: the kernels of the fast path are opaque to any dispatch-level counter, and
 the count is a property of the module's equations, not of its kernels. Any other opaque op
 (non-``aten`` namespace) that has no formula is listed under ``"uncounted"``, so a count that
 misses work says so.
@@ -59,6 +59,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
+
+from .. import kernels
 
 # Per-element costs (see the table in the module docstring).
 ELEMENTWISE_OPS = (
@@ -187,13 +189,8 @@ def _module_call(model_or_fn) -> Iterator[Callable[..., Any]]:
 
 
 def _reference_gates() -> contextlib.AbstractContextManager:
-    """attnlab's gate modules on their pure-PyTorch path, if a fused fast path exists."""
-    try:
-        from ..layers import fused
-    except ImportError:
-        return contextlib.nullcontext()
-    backend = getattr(fused, "backend", None)
-    return backend("reference") if callable(backend) else contextlib.nullcontext()
+    """attnlab's gate modules on their pure-PyTorch path (not the kernels)."""
+    return kernels.backend("reference")
 
 
 # ---- formulas -------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def format_markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"Device: {env['device']} ({env['device_name']}), {env['threads']} threads; torch "
             f"{env['torch']}, attnlab {env['attnlab']}; gate backend {env['gate_backend']} "
-            f"(fused kernels: {env.get('fast_kernels', 'n/a')})."
+            f"(CPU kernels: {env.get('fast_kernels', 'n/a')})."
         )
     lines.append(
         "\nColumns: **MACs** = multiply-accumulates of conv/linear/matmul/attention (the papers' "

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import kernels
 from ..registry import create_attention, create_model, list_attention
 from .cost import compare_latency, count_params, inference_fn, train_step_fn
 from .flops import count_flops
@@ -250,7 +251,7 @@ def bench_models(
 def environment(device: str, *, probe_kernels: bool = True) -> dict[str, Any]:
     """Device, threads, versions and attnlab's gate backend, recorded with every result.
 
-    ``probe_kernels`` also records whether the fused gate kernels load (which builds them,
+    ``probe_kernels`` also records whether the CPU gate kernels load (which builds them,
     about a minute, if they were not built yet).
     """
     from .. import __version__
@@ -263,14 +264,10 @@ def environment(device: str, *, probe_kernels: bool = True) -> dict[str, Any]:
         "torch": torch.__version__,
         "attnlab": __version__,
         "python": platform.python_version(),
-        "gate_backend": "reference",
+        "gate_backend": kernels.get_backend(),
     }
-    with contextlib.suppress(ImportError, AttributeError):
-        from ..layers import fused
-
-        info["gate_backend"] = fused.get_backend()
-        if probe_kernels:
-            info["fast_kernels"] = fused.available()
+    if probe_kernels:
+        info["fast_kernels"] = kernels.available()
     return info
 
 

@@ -30,8 +30,8 @@ from functools import partial
 import torch
 from torch import nn
 
+from .. import kernels
 from ..registry import register_attention
-from . import fused
 from ._ops import (
     check_batch_statistics,
     check_channels,
@@ -128,22 +128,8 @@ class ChannelGate(nn.Module):
     def needs_max(self) -> bool:
         return "max" in self.pool_types
 
-    @property
-    def mlp(self) -> tuple[nn.Module, ...]:
-        """The MLP's layers as :func:`fused.layer_gate` takes them."""
-        return (self.fc1, None, self.act, self.fc2, self.gate)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
-        if fused.use_fast(x, channel_only=True):
-            out = fused.layer_gate(
-                self, x, lambda: dict(mlp=self.mlp, pools=self.pool_types, taps=(self.channel_map,))
-            )
-            if out is not None:
-                return out
-            return fused.gate_product(
-                x, list(self.parameters()), channel_fn=self.weights, channel_max=self.needs_max
-            )
         return x * self.attention(x)
 
 
@@ -197,16 +183,17 @@ class SpatialGate(nn.Module):
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """M_s(x) as B×1×H×W (no input validation)."""
-        self.check_statistics(x)
         return self.weights(x.mean(1, keepdim=True), x.amax(1, keepdim=True))
 
     def weights(self, mean: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
         """M_s from the channel-pooled maps (each B×1×H×W) as B×1×H×W."""
+        self.check_statistics(mean)
         maps = {"mean": mean, "max": mx}
         pooled = torch.cat([maps[p] for p in self.pool_order], dim=1)  # B×2×H×W
         return self.spatial_map(self.gate(self.norm(self.conv(pooled))))  # B×1×H×W
 
     def check_statistics(self, x: torch.Tensor) -> None:
+        """A clear error where a training-mode norm would see one value (B·H·W = 1)."""
         check_batch_statistics(
             "SpatialGate",
             self.norm,
@@ -216,13 +203,13 @@ class SpatialGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
-        if fused.use_fast(x):
-            out = fused.layer_gate(self, x, lambda: dict(spatial=self, taps=(self.spatial_map,)))
-            if out is not None:
-                return out
-            self.check_statistics(x)
-            return fused.gate_product(x, list(self.parameters()), spatial_fn=self.weights)
+        if kernels.enabled(x, self):
+            return kernels.gate(self, x)
         return x * self.attention(x)
+
+    def kernel_spec(self) -> kernels.GateSpec:
+        """The gate as the kernels call it (:func:`attnlab.kernels.gate`)."""
+        return kernels.GateSpec(channel=None, channel_max=False, spatial=self.weights)
 
 
 @register_attention(
@@ -232,7 +219,6 @@ class SpatialGate(nn.Module):
     year=2018,
     kind="hybrid",
 )
-@fused.entry_gate(ordered=True)
 class CBAM(nn.Module):
     """Channel gate then spatial gate (or another arrangement), as in the CBAM paper.
 
@@ -314,34 +300,10 @@ class CBAM(nn.Module):
             else None
         )
 
-    def _fast_layers(self) -> dict:
-        """The layers as :func:`fused.layer_gate` takes them (channel→spatial order)."""
-        channel, spatial = self.channel_gate, self.spatial_gate
-        return dict(
-            mlp=channel.mlp,
-            pools=channel.pool_types,
-            spatial=spatial,
-            taps=[channel.channel_map] + ([] if spatial is None else [spatial.spatial_map]),
-        )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
-        if self.order == "channel-spatial" and fused.use_fast(
-            x, channel_only=self.spatial_gate is None
-        ):
-            out = fused.layer_gate(self, x, self._fast_layers)
-            if out is not None:
-                return out
-            spatial = self.spatial_gate
-            if spatial is not None:
-                spatial.check_statistics(x)
-            return fused.gate_product(
-                x,
-                list(self.parameters()),
-                channel_fn=self.channel_gate.weights,
-                channel_max=self.channel_gate.needs_max,
-                spatial_fn=None if spatial is None else spatial.weights,
-            )
+        if kernels.enabled(x, self):
+            return kernels.gate(self, x)
         if self.spatial_gate is None:
             return x * self.channel_gate.attention(x)
         if self.order == "channel-spatial":
@@ -352,14 +314,13 @@ class CBAM(nn.Module):
             return x * self.channel_gate.attention(x)
         return x * self.channel_gate.attention(x) * self.spatial_gate.attention(x)
 
-    def _fused_residual(
-        self, x: torch.Tensor, shortcut: torch.Tensor, norm: tuple | None = None
-    ) -> torch.Tensor | None:
-        """relu(self(x) + shortcut) in one operator call, or None (see fused.residual_relu)."""
-        if self.order != "channel-spatial":
+    def kernel_spec(self) -> kernels.GateSpec | None:
+        """The gate as the kernels call it (:func:`attnlab.kernels.gate`): channel→spatial
+        order with both gates; None otherwise (the channel gate alone gains nothing there)."""
+        if self.order != "channel-spatial" or self.spatial_gate is None:
             return None
-        check_input(self, x)
-        return fused.layer_gate(self, x, self._fast_layers, residual=shortcut, norm=norm)
+        channel = self.channel_gate
+        return kernels.GateSpec(channel.weights, channel.needs_max, self.spatial_gate.weights)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, preset={self.preset!r}, order={self.order!r}"

@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from ..registry import register_attention
-from . import fused
 from ._ops import check_channels, check_input, norm_or_identity, reduced_channels, resolve_preset
 from .maps import MapTap
 
@@ -120,8 +119,6 @@ class CoordAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
-        if fused.use_fast(x):
-            return fused.coord_product(x, list(self.parameters()), self.gates)
         g_h, g_w = self.attention(x)
         return x * g_h * g_w
 

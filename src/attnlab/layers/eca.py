@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from ..registry import register_attention
-from . import fused
 from ._ops import check_channels, check_input, check_odd_kernel
 from .maps import MapTap
 
@@ -45,7 +44,6 @@ def eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> int:
     year=2020,
     kind="channel",
 )
-@fused.entry_gate()
 class ECA(nn.Module):
     """Efficient Channel Attention: a k-wide 1-D convolution across pooled channels.
 
@@ -82,30 +80,14 @@ class ECA(nn.Module):
         """The gate ω for ``x``, as B×C×1×1 (no input validation)."""
         return self.weights(x.mean((2, 3)))[:, :, None, None]  # B×C×1×1
 
-    def weights(self, y: torch.Tensor, _max: torch.Tensor | None = None) -> torch.Tensor:
+    def weights(self, y: torch.Tensor) -> torch.Tensor:
         """ω from the pooled descriptor y (B×C) as B×C; the map tap sees it as B×C×1×1."""
         w = self.gate(self.conv(y[:, None, :]))  # B×1×C: channels as a 1-D sequence
         return self.channel_map(w.reshape(y.shape[0], self.channels, 1, 1)).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
-        if fused.use_fast(x, channel_only=True):
-            out = fused.layer_gate(self, x, self._fast_layers)
-            if out is not None:
-                return out
-            return fused.gate_product(x, list(self.parameters()), channel_fn=self.weights)
         return x * self.attention(x)
-
-    def _fast_layers(self) -> dict:
-        """The layers as :func:`fused.layer_gate` takes them."""
-        return dict(eca=(self.conv, self.gate), taps=(self.channel_map,))
-
-    def _fused_residual(
-        self, x: torch.Tensor, shortcut: torch.Tensor, norm: tuple | None = None
-    ) -> torch.Tensor | None:
-        """relu(self(x) + shortcut) in one operator call, or None (see fused.residual_relu)."""
-        check_input(self, x)
-        return fused.layer_gate(self, x, self._fast_layers, residual=shortcut, norm=norm)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, k_size={self.k_size}"

@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from ..registry import register_attention
-from . import fused
 from ._ops import (
     check_batch_statistics,
     check_channels,
@@ -37,7 +36,6 @@ from .maps import MapTap
     year=2018,
     kind="channel",
 )
-@fused.entry_gate()
 class SE(nn.Module):
     """Squeeze-and-Excitation channel gate.
 
@@ -84,35 +82,11 @@ class SE(nn.Module):
         )
         return self.excite(x.mean((2, 3)))[:, :, None, None]  # B×C×1×1
 
-    def excite(self, z: torch.Tensor, _max: torch.Tensor | None = None) -> torch.Tensor:
+    def excite(self, z: torch.Tensor) -> torch.Tensor:
         """s from the pooled descriptor z (B×C) as B×C; the map tap sees it as B×C×1×1."""
         s = self.gate(self.fc2(self.act(self.norm(self.fc1(z)))))
         return self.channel_map(s[:, :, None, None]).flatten(1)
 
-    def _fast_layers(self) -> dict:
-        """The layers as :func:`fused.layer_gate` takes them."""
-        return dict(
-            mlp=(self.fc1, self.norm, self.act, self.fc2, self.gate), taps=(self.channel_map,)
-        )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
-        if fused.use_fast(x, channel_only=True):
-            check_batch_statistics(
-                "SE", self.norm, x.shape[0], "use batch size >= 2, call .eval(), or norm_layer=None"
-            )
-            out = fused.layer_gate(self, x, self._fast_layers)
-            if out is not None:
-                return out
-            return fused.gate_product(x, list(self.parameters()), channel_fn=self.excite)
         return x * self.attention(x)
-
-    def _fused_residual(
-        self, x: torch.Tensor, shortcut: torch.Tensor, norm: tuple | None = None
-    ) -> torch.Tensor | None:
-        """relu(self(x) + shortcut) in one operator call, or None (see fused.residual_relu)."""
-        check_input(self, x)
-        check_batch_statistics(
-            "SE", self.norm, x.shape[0], "use batch size >= 2, call .eval(), or norm_layer=None"
-        )
-        return fused.layer_gate(self, x, self._fast_layers, residual=shortcut, norm=norm)

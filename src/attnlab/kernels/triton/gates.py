@@ -1,12 +1,12 @@
-"""Triton kernels for the gate modules' full-size passes on CUDA (SE, ECA, CBAM, Coordinate
-Attention).
+"""Triton kernels for the gate product's full-size passes on CUDA (CBAM and its spatial gate;
+Woo et al., arXiv 1807.06521).
 
 The same operations, with the same signatures and results, as the C++ operators
-``torch.ops.attnlab_fast.*`` that :mod:`attnlab.layers.fused` combines on the CPU (its
-``_GateProduct`` and ``_CoordProduct`` autograd functions and the inference paths of
-``gate_product`` and ``coord_product``): on a CUDA tensor ``fused`` calls these instead. Each
-reads and writes a full-size B×C×H×W tensor at most once; the small layers between them (the
-MLP, the 7×7 conv, the BatchNorm, the sigmoid) are the module's own, run by PyTorch.
+``torch.ops.attnlab_kernels.*`` (:mod:`attnlab.kernels.cpu`) that :mod:`attnlab.kernels.gate`
+combines: on a CUDA tensor it calls these instead, with ``ATTNLAB_BACKEND=fast`` (the default
+on CUDA is the reference path). Each reads and writes a full-size B×C×H×W tensor at most once;
+the small layers between them (the MLP, the 7×7 conv, the BatchNorm, the sigmoid) are the
+module's own, run by PyTorch.
 
 - ``channel_pool``: per (b, c), the mean and max over positions and the count of entries equal
   to the max (the max pool's gradient is split evenly among them, as ``amax``'s).
@@ -15,8 +15,6 @@ MLP, the 7×7 conv, the BatchNorm, the sigmoid) are the module's own, run by PyT
 - ``gate_grad_spatial``: Σ_c g·(x·cw) per (b, p).
 - ``gate_grad_channel``: Σ_p dy·x per (b, c), dy = g·sw + sa + (x·cw == smx ? se : 0), or g.
 - ``gate_grad_input``: dy·cw + ca + (x == cmx ? ce : 0).
-- ``coord_pool``, ``coord_apply``, ``coord_grad_gates``, ``coord_grad_input``: Coordinate
-  Attention's, in the C++ operators' layouts (B×C×L for NCHW, B×L×C for channels-last).
 
 Full-size tensors are NCHW-contiguous or channels-last; a kernel walks a sample as a C×P plane
 (P = H·W) through its strides, in tiles whose long side runs along the contiguous axis.
@@ -24,9 +22,14 @@ Sums and maxima are taken in the input's dtype (float32 or float64), each tile l
 strided part of a row and the lanes then added as a tree. The max ties are tested with the
 same expressions the forward used (x, or x·cw), so they are found exactly.
 
-Not tuned on a GPU: no task has had one so far (see the README). Correctness is tested on the
-CPU in Triton's interpreter (``TRITON_INTERPRET=1``, set before this module is imported) by
-``tests/layers/test_triton_gates.py``, and on CUDA by the same tests where one exists.
+Not tuned on a GPU. Correctness is tested on the CPU in Triton's interpreter
+(``TRITON_INTERPRET=1``, set before this module is imported) by ``tests/kernels/test_triton.py``,
+and on CUDA by the same tests where one exists.
+
+Example:
+    >>> import importlib.util
+    >>> importlib.util.find_spec("triton") is None or callable(gate_apply)
+    True
 """
 
 from __future__ import annotations
@@ -342,164 +345,3 @@ def _spatial_terms(*terms) -> bool:
     if any(given) and not all(given):
         raise ValueError("attnlab triton: the spatial terms sw, sa, se, smx come together")
     return all(given)
-
-
-# ---------------------------------------------------------------------------------------------
-# Coordinate Attention: out = x · a_h[b, c, h] · a_w[b, c, w]. One program per (sample, block
-# of channels) walks the rows h of its channels: a row's sum over w gives the per-row term, and
-# the column sums over h accumulate in the tile (W up to _TILE / BC).
-
-
-@triton.jit
-def _coord_rows_kernel(
-    x_ptr, g_ptr, ah_ptr, aw_ptr, o1_ptr, o2_ptr,
-    C, H, W, sB, sC, sH, sW, gB, gC, gH, gW, hB, hC, hL, wB, wC, wL,
-    GRAD: tl.constexpr, BC: tl.constexpr, BW: tl.constexpr,
-):  # fmt: skip
-    # GRAD = 0: o1[b,c,h] = mean_w x, o2[b,c,w] = mean_h x
-    # GRAD = 1: o1[b,c,h] = Σ_w (g·aw)·x, o2[b,c,w] = Σ_h g·(x·ah)
-    b = tl.program_id(0).to(tl.int64)  # (offsets past 2^31 elements)
-    c = tl.program_id(1) * BC + tl.arange(0, BC)
-    j = tl.arange(0, BW)
-    c_ok, j_ok = c < C, j < W
-    ok = c_ok[:, None] & j_ok[None, :]
-    col = tl.zeros([BC, BW], dtype=x_ptr.dtype.element_ty)
-    if GRAD:
-        aw = tl.load(aw_ptr + b * wB + c[:, None] * wC + j[None, :] * wL, mask=ok, other=0.0)
-    for h in range(0, H):
-        x = tl.load(x_ptr + b * sB + c[:, None] * sC + h * sH + j[None, :] * sW, mask=ok, other=0.0)
-        row_at = o1_ptr + b * hB + c * hC + h * hL
-        if GRAD:
-            gv = tl.load(g_ptr + b * gB + c[:, None] * gC + h * gH + j[None, :] * gW, mask=ok,
-                         other=0.0)  # fmt: skip
-            ah = tl.load(ah_ptr + b * hB + c * hC + h * hL, mask=c_ok, other=0.0)
-            tl.store(row_at, tl.sum(tl.where(ok, (gv * aw) * x, 0.0), 1), mask=c_ok)
-            col += tl.where(ok, gv * (x * ah[:, None]), 0.0)
-        else:
-            tl.store(row_at, tl.sum(x, 1) / W, mask=c_ok)
-            col += x
-    col_at = o2_ptr + b * wB + c[:, None] * wC + j[None, :] * wL
-    if GRAD:
-        tl.store(col_at, col, mask=ok)
-    else:
-        tl.store(col_at, col / H, mask=ok)
-
-
-@triton.jit
-def _coord_pointwise_kernel(
-    x_ptr, ah_ptr, aw_ptr, dh_ptr, dw_ptr, out_ptr,
-    C, H, W, sB, sC, sH, sW, oB, oC, oH, oW, hB, hC, hL, wB, wC, wL,
-    GRAD: tl.constexpr, BC: tl.constexpr, BW: tl.constexpr,
-):  # fmt: skip
-    # GRAD = 0: out = x·ah·aw; GRAD = 1 (x is g): out = (g·aw)·ah + dh[b,c,h] + dw[b,c,w]
-    b = tl.program_id(0).to(tl.int64)  # (offsets past 2^31 elements)
-    c = tl.program_id(1) * BC + tl.arange(0, BC)
-    h = tl.program_id(2)
-    c_ok = c < C
-    ah = tl.load(ah_ptr + b * hB + c * hC + h * hL, mask=c_ok, other=0.0)[:, None]
-    if GRAD:
-        dh = tl.load(dh_ptr + b * hB + c * hC + h * hL, mask=c_ok, other=0.0)[:, None]
-    for j0 in range(0, W, BW):
-        j = j0 + tl.arange(0, BW)
-        ok = c_ok[:, None] & (j < W)[None, :]
-        small = b * wB + c[:, None] * wC + j[None, :] * wL
-        aw = tl.load(aw_ptr + small, mask=ok, other=0.0)
-        x = tl.load(x_ptr + b * sB + c[:, None] * sC + h * sH + j[None, :] * sW, mask=ok, other=0.0)
-        if GRAD:
-            out = (x * aw) * ah + dh + tl.load(dw_ptr + small, mask=ok, other=0.0)
-        else:
-            out = (x * ah) * aw
-        tl.store(out_ptr + b * oB + c[:, None] * oC + h * oH + j[None, :] * oW, out, mask=ok)
-
-
-def _last(x: torch.Tensor) -> bool:
-    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
-
-def _coord_input(x: torch.Tensor, what: str = "x") -> tuple[torch.Tensor, bool]:
-    """x checked, NCHW-contiguous or channels-last, and whether it is channels-last."""
-    _check_full(x, what)
-    last = _last(x)
-    return (x if last or x.is_contiguous() else x.contiguous()), last
-
-
-def _coord_layout(t: torch.Tensor, last: bool) -> tuple[int, int, int]:
-    """Strides (b, c, l) of a per-row or per-column term in the C++ operators' layout."""
-    return (t.stride(0), t.stride(2), t.stride(1)) if last else tuple(t.stride())
-
-
-def _coord_tiles(c: int, w: int) -> tuple[int, int]:
-    bw = _pow2(w)
-    return max(1, min(_pow2(c), _TILE // bw)), bw
-
-
-def _check_coord(x: torch.Tensor, ah: torch.Tensor, aw: torch.Tensor, last: bool) -> None:
-    b, c, h, w = x.shape
-    eh, ew = ((b, h, c), (b, w, c)) if last else ((b, c, h), (b, c, w))
-    if tuple(ah.shape) != eh or tuple(aw.shape) != ew:
-        raise ValueError(
-            f"attnlab triton: coordinate gates must be {eh} and {ew}, got "
-            f"{tuple(ah.shape)} and {tuple(aw.shape)}"
-        )
-
-
-def coord_pool(x: torch.Tensor):
-    """(mean over w, mean over h): B×C×H and B×C×W (channels-last: B×H×C and B×W×C)."""
-    x, last = _coord_input(x)
-    b, c, h, w = x.shape
-    ph = x.new_empty((b, h, c) if last else (b, c, h))
-    pw = x.new_empty((b, w, c) if last else (b, c, w))
-    bc, bw = _coord_tiles(c, w)
-    _coord_rows_kernel[(b, triton.cdiv(c, bc))](
-        x, x, ph, pw, ph, pw, c, h, w, *x.stride(), *x.stride(),
-        *_coord_layout(ph, last), *_coord_layout(pw, last), GRAD=False, BC=bc, BW=bw,
-    )  # fmt: skip
-    return ph, pw
-
-
-def coord_apply(x: torch.Tensor, ah: torch.Tensor, aw: torch.Tensor) -> torch.Tensor:
-    """x·a_h·a_w in x's layout (the gates in coord_pool's layout)."""
-    x, last = _coord_input(x)
-    _check_coord(x, ah, aw, last)
-    ah, aw = ah.contiguous(), aw.contiguous()
-    b, c, h, w = x.shape
-    out = torch.empty_like(x)
-    bc, bw = _coord_tiles(c, min(w, 256))
-    _coord_pointwise_kernel[(b, triton.cdiv(c, bc), h)](
-        x, ah, aw, ah, aw, out, c, h, w, *x.stride(), *out.stride(),
-        *_coord_layout(ah, last), *_coord_layout(aw, last), GRAD=False, BC=bc, BW=bw,
-    )  # fmt: skip
-    return out
-
-
-def coord_grad_gates(g: torch.Tensor, x: torch.Tensor, ah: torch.Tensor, aw: torch.Tensor):
-    """(Σ_w (g·aw)·x, Σ_h g·(x·ah)) in the gates' layout."""
-    _check_grad(g, x)
-    x, last = _coord_input(x)
-    g = g.contiguous(memory_format=torch.channels_last if last else torch.contiguous_format)
-    _check_coord(x, ah, aw, last)
-    ah, aw = ah.contiguous(), aw.contiguous()
-    b, c, h, w = x.shape
-    dah, daw = torch.empty_like(ah), torch.empty_like(aw)
-    bc, bw = _coord_tiles(c, w)
-    _coord_rows_kernel[(b, triton.cdiv(c, bc))](
-        x, g, ah, aw, dah, daw, c, h, w, *x.stride(), *g.stride(),
-        *_coord_layout(ah, last), *_coord_layout(aw, last), GRAD=True, BC=bc, BW=bw,
-    )  # fmt: skip
-    return dah, daw
-
-
-def coord_grad_input(g, ah, aw, dh, dw) -> torch.Tensor:
-    """(g·aw)·ah + dh[b,c,h] + dw[b,c,w] in g's layout (the terms in coord_pool's layout)."""
-    g, last = _coord_input(g, "grad")
-    _check_coord(g, ah, aw, last)
-    _check_coord(g, dh, dw, last)
-    ah, aw, dh, dw = (t.to(g.dtype).contiguous() for t in (ah, aw, dh, dw))
-    b, c, h, w = g.shape
-    out = torch.empty_like(g)
-    bc, bw = _coord_tiles(c, min(w, 256))
-    _coord_pointwise_kernel[(b, triton.cdiv(c, bc), h)](
-        g, ah, aw, dh, dw, out, c, h, w, *g.stride(), *out.stride(),
-        *_coord_layout(ah, last), *_coord_layout(aw, last), GRAD=True, BC=bc, BW=bw,
-    )  # fmt: skip
-    return out

@@ -1,0 +1,32 @@
+// Declarations of the CPU gate operators (schemas and registration: ops.cpp).
+#pragma once
+
+#include <c10/util/Optional.h>
+#include <torch/types.h>
+
+#include <tuple>
+
+namespace attnlab {
+
+using at::Tensor;
+
+// pool.cpp
+std::tuple<Tensor, Tensor, Tensor> channel_pool(const Tensor& x, bool with_max);
+std::tuple<Tensor, Tensor, Tensor> spatial_pool(const Tensor& x, const Tensor& cw);
+
+// apply.cpp
+Tensor gate_apply(const Tensor& x, const Tensor& cw, const c10::optional<Tensor>& sw);
+Tensor gate_apply_relu(const Tensor& x, const Tensor& cw, const c10::optional<Tensor>& sw,
+                       const Tensor& residual);
+
+// grad.cpp
+Tensor gate_grad_spatial(const Tensor& g, const Tensor& x, const Tensor& cw);
+Tensor gate_grad_channel(const Tensor& g, const Tensor& x, const Tensor& cw,
+                         const c10::optional<Tensor>& sw, const c10::optional<Tensor>& sa,
+                         const c10::optional<Tensor>& se, const c10::optional<Tensor>& smx);
+Tensor gate_grad_input(const Tensor& g, const Tensor& x, const Tensor& cw,
+                       const c10::optional<Tensor>& sw, const c10::optional<Tensor>& sa,
+                       const c10::optional<Tensor>& se, const c10::optional<Tensor>& smx,
+                       const Tensor& ca, const Tensor& ce, const Tensor& cmx);
+
+}  // namespace attnlab

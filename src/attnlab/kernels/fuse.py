@@ -1,0 +1,106 @@
+"""Block-level fusion: a residual block's tail, relu(attn(out) + shortcut), in the gate's pass.
+
+:func:`fuse` rewires, by structure, the residual blocks of a model whose attention module has
+a kernel path (``kernel_spec()`` not None, e.g. CBAM): a block with ``conv1``/``bn1``,
+``conv2``/``bn2`` (BasicBlock) and optionally ``conv3``/``bn3`` (Bottleneck), ``relu``,
+``attn``, ``downsample`` and ``attention_site()`` naming its last norm. The block's class is
+swapped for a subclass whose forward hands the tail to :func:`attnlab.kernels.gate`: the gate's
+output pass reads the shortcut too and writes relu(out + shortcut), so the block's addition and
+ReLU (two full-size passes) disappear forward, and the backward applies the ReLU's mask once.
+No module is added or removed, so the state dict keeps its keys and checkpoints load both ways;
+:func:`unfuse` restores the original classes. Where the kernels are not enabled for the input
+(see :func:`attnlab.kernels.enabled`) the fused forward computes the plain one.
+Forward hooks registered on the attention module itself do not run in a fused block (its
+map taps do); call :func:`unfuse` before registering such hooks.
+
+Paper: CBAM (Woo et al., arXiv 1807.06521), the gate whose blocks this fuses.
+
+Example:
+    >>> import torch
+    >>> import attnlab
+    >>> from attnlab import kernels
+    >>> model = attnlab.create_model("resnet20", attn="cbam").eval()
+    >>> x = torch.randn(2, 3, 32, 32)
+    >>> ref = model(x)
+    >>> kernels.fuse(model)
+    9
+    >>> torch.allclose(model(x), ref, rtol=1e-4, atol=1e-5)
+    True
+    >>> kernels.unfuse(model)
+    9
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .product import gate
+from .select import enabled
+
+_BASIC = ("conv1", "relu", "attn", "bn1", "conv2", "bn2")
+_BOTTLENECK = (*_BASIC, "conv3", "bn3")
+_FUSED: dict[type, type] = {}
+
+
+class FusedTail:
+    """Mixin of the fused block classes: the block's forward with the tail in the gate's pass."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        if hasattr(self, "conv3"):
+            out = self.relu(self.bn2(self.conv2(out)))
+            out = self.bn3(self.conv3(out))
+        else:
+            out = self.bn2(self.conv2(out))
+        if enabled(out, self.attn) and shortcut.shape == out.shape:
+            return gate(self.attn, out, shortcut)
+        return self.relu(self.attn(out) + shortcut)
+
+
+def _fusable(block: nn.Module) -> bool:
+    if isinstance(block, FusedTail) or not hasattr(block, "attention_site"):
+        return False
+    names = _BOTTLENECK if hasattr(block, "conv3") else _BASIC
+    if not all(hasattr(block, n) for n in (*names, "downsample")):
+        return False
+    if block.attention_site()[0] != names[-1]:  # the attention takes the last norm's output
+        return False
+    spec = getattr(block.attn, "kernel_spec", None)
+    return spec is not None and spec() is not None
+
+
+def _fused_class(cls: type) -> type:
+    if cls not in _FUSED:
+        _FUSED[cls] = type(f"Fused{cls.__name__}", (FusedTail, cls), {"__module__": __name__})
+    return _FUSED[cls]
+
+
+def fuse(model: nn.Module) -> int:
+    """Rewires ``model``'s recognised residual blocks in place; returns how many."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"kernels.fuse: expected an nn.Module, got {type(model).__name__}")
+    count = 0
+    for block in model.modules():
+        if _fusable(block):
+            block.__class__ = _fused_class(type(block))
+            count += 1
+    return count
+
+
+def unfuse(model: nn.Module) -> int:
+    """Restores the blocks :func:`fuse` rewired; returns how many."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"kernels.unfuse: expected an nn.Module, got {type(model).__name__}")
+    count = 0
+    for block in model.modules():
+        if isinstance(block, FusedTail):
+            block.__class__ = type(block).__mro__[2]  # (FusedX, FusedTail, X, …)
+            count += 1
+    return count
+
+
+def is_fused(model: nn.Module) -> bool:
+    """Whether any block of ``model`` is fused."""
+    return any(isinstance(m, FusedTail) for m in model.modules())
