@@ -43,13 +43,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..kernels import backend as kernel_backend
 from ..layers.danet import PositionAttention
 from ..registry import ATTENTION, list_attention
-
-try:  # the backend switch: in attnlab.kernels where that package provides it
-    from ..kernels import backend as kernel_backend  # type: ignore[attr-defined]
-except ImportError:
-    from ..layers.fused import backend as kernel_backend
 
 DEFAULT_OPSET = 17
 DYNAMO_MIN_OPSET = 18  # the torch.export-based exporter writes opset 18 and newer
