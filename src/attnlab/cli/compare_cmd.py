@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
         description=(
             "Trains the baseline and SE, CBAM, ECA, BAM and CA (or the CBAM ablations, or any "
             "registered attention names) under one recipe, several seeds each, and reports "
-            "accuracy with 95 %% intervals, each variant's difference from the baseline "
+            "accuracy with 95 % intervals, each variant's difference from the baseline "
             "(Welch) and whether it is distinguishable from noise, accuracy on a harder "
             "split, learning curves, parameters, MACs, seconds per epoch and latency. "
             "Defaults: " + ", ".join(f"{k}={v}" for k, v in DEFAULT_RECIPE.items()) + "."
