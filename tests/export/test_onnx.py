@@ -126,7 +126,9 @@ def test_danet_exports_position_attention_plainly(tmp_path):
     x = torch.randn(2, 3, 40, 32)
     with torch.no_grad():
         blocked = model(x)
-    torch.testing.assert_close(run_onnx(path, x)[0], blocked, rtol=1e-4, atol=1e-4)
+    # check_onnx's tolerance: 1e-4 + 1e-4·max|value| (these logits reach the hundreds).
+    error = float((run_onnx(path, x)[0] - blocked).abs().max())
+    assert error <= 1e-4 + 1e-4 * float(blocked.abs().max())
     assert pam.block_size == 16  # restored
 
 
