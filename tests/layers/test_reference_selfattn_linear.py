@@ -18,7 +18,12 @@ from _reference_math import (  # tests/layers is on sys.path (pytest rootdir-rel
     softmax_rows,
 )
 
-from attnlab.layers import DoubleAttention, EfficientAttention, PolarizedSelfAttention
+from attnlab.layers import (
+    DoubleAttention,
+    EfficientAttention,
+    PolarizedSelfAttention,
+    capture_maps,
+)
 
 # --------------------------------------------------------------------------------------------
 # A²: gather then distribute
@@ -181,3 +186,14 @@ def test_efficient_attention_checks_heads_and_gradcheck():
     m = randomize_(EfficientAttention(8, head_count=2), seed=9)
     x = rand(1, 8, 3, 3, seed=10).requires_grad_(True)
     assert torch.autograd.gradcheck(m, (x,), eps=1e-6, atol=1e-6)
+
+
+def test_efficient_attention_map_is_the_mean_key_weight():
+    m = randomize_(EfficientAttention(8, head_count=2), seed=11).eval()
+    x = rand(2, 8, 3, 4, seed=12)
+    with torch.no_grad(), capture_maps(m) as maps:
+        m(x)
+    keys = conv1x1(x, m.keys).flatten(2)  # B×dk×N
+    expected = torch.cat([softmax_rows(keys[:, :2]), softmax_rows(keys[:, 2:])], 1).mean(1)
+    close(maps["spatial_map"].flatten(1), expected)
+    assert maps["spatial_map"].shape == (2, 1, 3, 4)

@@ -18,8 +18,9 @@ the input (residual), as in the authors' code. Widths d_k = d_v = C/2 by default
 (``rd_ratio``; the authors' code takes them as required arguments). The authors' code and the
 paper agree on the computation, so there is no preset.
 
-Observable map: ``spatial_map`` (kind ``"spatial"``), Σ over key channels of ρ_k(K) averaged
-over heads, B×1×H×W: how much each position contributes to the global context.
+Observable map: ``spatial_map`` (kind ``"spatial"``), ρ_k(K) averaged over the key channels
+of all heads, B×1×H×W: how much each position contributes to the global context vectors (each
+channel's weights sum to 1 over the positions).
 
 Example:
     >>> import torch
@@ -103,7 +104,7 @@ class EfficientAttention(nn.Module):
         else:
             q, k = q * n**-0.5, k * n**-0.5
         if self.spatial_map.observed:
-            weight = k.detach().sum(1).reshape(batch, heads, height, width).mean(1, keepdim=True)
+            weight = k.detach().mean(1).reshape(batch, heads, height, width).mean(1, keepdim=True)
             self.spatial_map(weight)  # B×1×H×W
         context = torch.bmm(k, v.transpose(1, 2))  # ρ_k(K)ᵀV: B·h×dk×dv
         attended = torch.bmm(context.transpose(1, 2), q)  # B·h×dv×N
