@@ -26,7 +26,7 @@ from attnlab.layers import CBAM, SE, PositionAttention
 # Modules that do not make the round trip, and why (asserted, so a fix is noticed).
 # cc: the exported graph holds EyeLike, which onnxruntime implements for no float type here.
 # fca: adaptive average pooling to FcaNet's fixed 7×7 grid, which the TorchScript exporter
-#   supports only when the input size is a multiple of the output size.
+#   supports only for fixed sizes that are multiples of 7 (not with dynamic axes).
 KNOWN_FAILURES = {"cc": "EyeLike", "fca": "adaptive_avg_pool2d"}
 
 
