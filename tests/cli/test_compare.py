@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 
 import pytest
@@ -72,7 +71,7 @@ def check_inspection(out, results, seeds):
         assert 0 <= row["energy_mean"] <= 1
         line = next(x for x in table.splitlines() if x.startswith(f"| {row['variant']} |"))
         std = row["pointing"]["std"]
-        std = "n/a" if math.isnan(std) else f"{100 * std:.1f}"
+        std = "n/a" if std is None else f"{100 * std:.1f}"  # one seed: null in strict JSON
         assert line.endswith(f"| {100 * row['pointing']['mean']:.1f} ± {std} % |")
         slug = "".join(c if c.isalnum() else "-" for c in row["variant"])
         assert row["gallery"] == f"gallery-{slug}.png"
@@ -200,7 +199,10 @@ def test_compare_on_an_image_folder(tmp_path, capsys):
          "--jobs", "1", "--out", str(out)]
     )  # fmt: skip
     assert code == 0, capsys.readouterr().err
-    results = json.loads((out / "results.json").read_text())
+    # Strict JSON: one seed's undefined std and interval are null, never NaN.
+    text = (out / "results.json").read_text()
+    results = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in results.json"))
+    assert results["rows"][0]["acc"]["std"] is None and results["rows"][0]["acc"]["n"] == 1
     assert results["recipe"]["data"] == "folder" and results["harder_split"] is None
     assert [r["variant"] for r in results["rows"]] == ["baseline", "se"]
     for run in results["runs"]:

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from typing import Any
@@ -137,7 +138,9 @@ def compare(
         "train_seconds": train_seconds,
         "total_seconds": time.perf_counter() - started,
     }
-    _write_text(os.path.join(out, "results.json"), json.dumps(results, indent=2, default=str))
+    # Strict JSON: an undefined statistic (one seed's std or interval) is written as null.
+    text = json.dumps(_strict(results), indent=2, default=str, allow_nan=False)
+    _write_text(os.path.join(out, "results.json"), text)
     tables = accuracy_table(summary["rows"]) + "\n\n" + cost_table(summary["rows"])
     charts = [
         write_chart(summary["rows"], os.path.join(out, "results.png")),
@@ -186,6 +189,17 @@ def _markdown(results: dict[str, Any], tables: str) -> str:
         "Curves: curves.png; galleries: gallery-<variant>.png.\n\n"
         f"Plateau check:\n{plateaus}\n"
     )
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with every float NaN or infinity replaced by None (JSON null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
 
 
 def _write_text(path: str, text: str) -> None:
