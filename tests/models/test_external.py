@@ -116,3 +116,12 @@ def test_cli_trains_evaluates_and_predicts_an_external_model(tmp_path, capsys):
     Image.new("RGB", (40, 40), (200, 30, 30)).save(image)
     assert main(["predict", "--checkpoint", str(out / "last.pt"), str(image), "--topk", "2"]) == 0
     assert "x.png" in capsys.readouterr().out
+
+
+def test_bench_refuses_an_unknown_external_model_in_one_line(capsys):
+    from attnlab.cli import main
+
+    assert main(["bench", "models", "--quick", "--model", "tv:resnet5"]) == 2
+    assert "--model: unknown tv model 'resnet5'; close matches: tv:resnet50" in (
+        capsys.readouterr().err
+    )
