@@ -78,6 +78,7 @@ def write_curves(rows: list[dict[str, Any]], path: str, target: float | None = N
     if target is not None:
         axis.axhline(100 * target, color="grey", linestyle=":", linewidth=1,
                      label="90 % of baseline")  # fmt: skip
+    axis.xaxis.get_major_locator().set_params(integer=True)  # whole epochs
     axis.set_xlabel("epoch")
     axis.set_ylabel("validation accuracy (%)")
     axis.set_title("learning curves (mean ± std over seeds)")
