@@ -167,3 +167,16 @@ def test_attention_is_on_the_residual_branch_before_the_add(build, path, after_a
 
 def _in_channels(block: nn.Module) -> int:
     return next(m for m in block.modules() if isinstance(m, nn.Conv2d)).in_channels
+
+
+def test_a_glob_over_convnext_blocks_puts_attention_on_their_branches():
+    model = pretend_pretrained(timm.create_model("convnext_atto", pretrained=False))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+    report = attnlab.insert_attention(model, "eca", where=["stages.*.blocks.*"])
+    assert len(report) == 2 + 2 + 6 + 2  # the blocks, not the 200-odd modules inside them
+    assert all(i.site == i.path + ".drop_path" and i.hook == "input" for i in report)
+    assert [i.channels for i in report] == [40] * 2 + [80] * 2 + [160] * 6 + [320] * 2
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-6)
