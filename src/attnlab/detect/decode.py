@@ -108,7 +108,9 @@ def postprocess(
         decoded: B×N×(5+K) from :func:`decode_outputs`.
         conf_threshold: keep boxes with objectness × best class probability ≥ this.
         iou_threshold: NMS threshold within a class.
-        max_det: at most this many detections per image (highest scores).
+        max_det: at most this many detections per image over all classes (highest scores).
+            This is not COCO's rule, which keeps 100 per image *and class*
+            (:mod:`attnlab.metrics.coco`): for COCO evaluation pass 100 × K.
 
     Returns:
         One dict per image: ``boxes`` (D×4 xyxy input pixels), ``scores`` (D), ``labels``
