@@ -1,11 +1,12 @@
-"""Export to other runtimes: ONNX files checked in onnxruntime (the ``export`` extra).
+"""Export to other runtimes: ONNX files checked in onnxruntime (the ``export`` extra);
+:func:`export_onnx` is also ``attnlab.export_onnx``.
 
 Example:
     >>> import os, tempfile, torch, attnlab
     >>> model = attnlab.create_model("resnet20", attn="eca", num_classes=3)
+    >>> from attnlab.export import check_onnx, export_onnx
     >>> path = os.path.join(tempfile.mkdtemp(), "model.onnx")
-    >>> path = attnlab.export_onnx(model, (1, 3, 32, 32), path, dynamic=True)
-    >>> from attnlab.export import check_onnx
+    >>> path = export_onnx(model, (1, 3, 32, 32), path, dynamic=True)
     >>> check_onnx(model, path, torch.randn(2, 3, 40, 24)) < 1e-4
     True
 """
