@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..registry import list_attention, list_classifiers
+from ..registry import check_model_name, list_attention, list_classifiers
 from .runconfig import RunConfig, option
 
 __all__ = ["CHOICES", "RunConfig", "TrainConfig"]
@@ -45,7 +45,9 @@ class TrainConfig(RunConfig):
     """Everything that defines a training run (see ``attnlab train --help``)."""
 
     # Model
-    model: str = field(default="resnet20", metadata=_help("registered model name"))
+    model: str = field(
+        default="resnet20", metadata=_help("registered model name, or tv:<name> / timm:<name>")
+    )
     attn: str | None = field(
         default=None,
         metadata=_help("attention inside every block (attnlab list); none: no attention"),
@@ -132,7 +134,12 @@ class TrainConfig(RunConfig):
         for name, choices in CHOICES.items():
             self.check_in(name, choices)
         models = list_classifiers()  # the engine trains classifiers
-        if self.model not in models:
+        if ":" in self.model:  # a torchvision / timm classifier: "tv:resnet50"
+            try:
+                check_model_name(self.model)
+            except (ValueError, ImportError) as err:
+                self.fail("model", str(err))
+        elif self.model not in models:
             self.fail(
                 "model", f"unknown classification model {self.model!r}; valid: {', '.join(models)}"
             )
