@@ -12,6 +12,12 @@ Where the authors' code differs from the paper, ``preset`` chooses:
   (eps 1e-5, momentum 0.01) after the 7×7 conv whose weight starts at 0, so M_s starts at 0.5.
 - ``"paper"``: [mean, max] as in Eq. 3, no BatchNorm.
 - ``"yolo"``: the YOLOv4-tiny attention repositories: r = 8, bias-free MLP, [mean, max], no BN.
+- ``"timm"``: timm's ``CbamModule``: bias-free MLP with timm's width rounding (C/r to the
+  nearest integer), [mean, max], BatchNorm after the 7×7 conv with PyTorch's defaults
+  (momentum 0.1, weight 1 at init).
+- ``"timm-light"``: timm's ``LightCbamModule``: one pooled path per gate, ½(avg + max): the
+  channel MLP runs once on ½(GAP + GMP), the spatial conv (1 → 1 channels) on ½(mean + max)
+  over channels; otherwise as ``"timm"``.
 
 Any argument given explicitly overrides the preset.
 
@@ -41,11 +47,14 @@ from ._ops import (
     norm_or_identity,
     reduced_channels,
     resolve_preset,
+    timm_reduced_channels,
 )
 from .maps import MapTap
 
-CHANNEL_POOLS = ("avg", "max")
+CHANNEL_POOLS = ("avg", "max", "avgmax")  # avgmax: ½(avg + max), one path (timm's light CBAM)
 SPATIAL_POOLS = ("mean", "max")
+SPATIAL_POOL_ORDERS = (("mean", "max"), ("max", "mean"), ("avgmax",))
+WIDTH_RULES = {"attnlab": reduced_channels, "timm": timm_reduced_channels}
 ORDERS = ("channel-spatial", "spatial-channel", "parallel")
 
 # The authors' spatial BN: BatchNorm2d(1, eps=1e-5, momentum=0.01), weight initialised to 0.
@@ -61,7 +70,33 @@ PRESETS = {
     "yolo": dict(
         rd_ratio=1 / 8, bias=False, spatial_pool_order=("mean", "max"), spatial_norm=False
     ),
+    "timm": dict(
+        rd_ratio=1 / 16,
+        bias=False,
+        spatial_pool_order=("mean", "max"),
+        spatial_norm=True,
+        spatial_norm_layer=nn.BatchNorm2d,
+        spatial_norm_zero_init=False,
+        width_rule="timm",
+    ),
+    "timm-light": dict(
+        rd_ratio=1 / 16,
+        bias=False,
+        pool_types=("avgmax",),
+        spatial_pool_order=("avgmax",),
+        spatial_norm=True,
+        spatial_norm_layer=nn.BatchNorm2d,
+        spatial_norm_zero_init=False,
+        width_rule="timm",
+    ),
 }
+# What the presets above leave unsaid: the paper's and the authors' choices.
+PRESET_DEFAULTS = dict(
+    pool_types=("avg", "max"),
+    spatial_norm_layer=OFFICIAL_SPATIAL_NORM,
+    spatial_norm_zero_init=True,
+    width_rule="attnlab",
+)
 
 
 class ChannelGate(nn.Module):
@@ -73,7 +108,10 @@ class ChannelGate(nn.Module):
         rd_channels: hidden width given directly; overrides ``rd_ratio``.
         rd_divisor: round the hidden width to a multiple of this (1 = floor).
         pool_types: which global pools feed the MLP: ``("avg", "max")`` (paper), ``("avg",)``
-            (= SE) or ``("max",)`` — the paper's Table 1 ablation.
+            (= SE) or ``("max",)`` — the paper's Table 1 ablation — or ``("avgmax",)``, one
+            path on ½(avg + max) (timm's light CBAM).
+        width_rule: ``"attnlab"`` (floor C·rd_ratio, as the authors) or ``"timm"`` (timm's
+            rounding, to the nearest integer at divisor 1).
         bias: bias in the MLP's Linear layers (authors' code: True).
         act_layer: hidden activation class (ReLU).
         gate_layer: gating function class (Sigmoid).
@@ -92,6 +130,7 @@ class ChannelGate(nn.Module):
         bias: bool = True,
         act_layer: type[nn.Module] = nn.ReLU,
         gate_layer: type[nn.Module] = nn.Sigmoid,
+        width_rule: str = "attnlab",
     ) -> None:
         super().__init__()
         self.channels = check_channels("ChannelGate", channels)
@@ -104,7 +143,8 @@ class ChannelGate(nn.Module):
         for pool in pool_types:
             check_choice("ChannelGate", "pool_types entry", pool, CHANNEL_POOLS)
         self.pool_types = pool_types
-        hidden = reduced_channels("ChannelGate", channels, rd_ratio, rd_channels, rd_divisor)
+        rule = check_choice("ChannelGate", "width_rule", width_rule, tuple(WIDTH_RULES))
+        hidden = WIDTH_RULES[rule]("ChannelGate", channels, rd_ratio, rd_channels, rd_divisor)
         self.fc1 = nn.Linear(channels, hidden, bias=bias)
         self.act = act_layer()
         self.fc2 = nn.Linear(hidden, channels, bias=bias)
@@ -113,20 +153,21 @@ class ChannelGate(nn.Module):
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """M_c(x) as B×C×1×1 (no input validation)."""
-        avg = x.mean((2, 3)) if "avg" in self.pool_types else None
-        mx = x.amax((2, 3)) if "max" in self.pool_types else None
+        avg = x.mean((2, 3)) if {"avg", "avgmax"} & set(self.pool_types) else None
+        mx = x.amax((2, 3)) if self.needs_max else None
         return self.weights(avg, mx)[:, :, None, None]  # B×C×1×1
 
     def weights(self, avg: torch.Tensor | None, mx: torch.Tensor | None) -> torch.Tensor:
         """M_c from the pooled descriptors (each B×C, as ``pool_types`` asks) as B×C."""
-        pooled = [avg if p == "avg" else mx for p in self.pool_types]
+        paths = {"avg": lambda: avg, "max": lambda: mx, "avgmax": lambda: 0.5 * avg + 0.5 * mx}
+        pooled = [paths[p]() for p in self.pool_types]
         # One MLP call for all descriptors: P×B×C → P×B×C, then sum over P.
         logits = self.fc2(self.act(self.fc1(torch.stack(pooled)))).sum(0)  # B×C
         return self.channel_map(self.gate(logits)[:, :, None, None]).flatten(1)
 
     @property
     def needs_max(self) -> bool:
-        return "max" in self.pool_types
+        return bool({"max", "avgmax"} & set(self.pool_types))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
@@ -142,7 +183,8 @@ class SpatialGate(nn.Module):
         kernel_size: k of the conv, odd (paper: 7, which beats 3 in its Table 2).
         pool_order: order of the two pooled maps fed to the conv: ``("mean", "max")`` (paper,
             Eq. 3) or ``("max", "mean")`` (authors' code). The order matters once weights are
-            trained: a checkpoint from one order is wrong under the other.
+            trained: a checkpoint from one order is wrong under the other. ``("avgmax",)``:
+            one map, ½(mean + max), through a 1 → 1 conv (timm's light CBAM).
         norm_layer: normalisation after the conv, or None (paper). The authors' code uses
             BatchNorm2d(1, eps=1e-5, momentum=0.01), ``OFFICIAL_SPATIAL_NORM``.
         norm_zero_init: initialise the norm's weight to 0 (authors' code), so the gate starts
@@ -168,13 +210,15 @@ class SpatialGate(nn.Module):
         self.channels = check_channels("SpatialGate", channels)
         self.kernel_size = check_odd_kernel("SpatialGate", "kernel_size", kernel_size)
         pool_order = tuple(pool_order)
-        if sorted(pool_order) != sorted(SPATIAL_POOLS):
+        if pool_order not in SPATIAL_POOL_ORDERS:
             raise ValueError(
-                f"SpatialGate: pool_order must be ('mean', 'max') or ('max', 'mean'), "
-                f"got {pool_order!r}"
+                f"SpatialGate: pool_order must be ('mean', 'max'), ('max', 'mean') or "
+                f"('avgmax',), got {pool_order!r}"
             )
         self.pool_order = pool_order
-        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=conv_bias)
+        self.conv = nn.Conv2d(
+            len(pool_order), 1, kernel_size, padding=kernel_size // 2, bias=conv_bias
+        )
         self.norm = norm_or_identity(norm_layer, 1)
         if norm_zero_init and getattr(self.norm, "weight", None) is not None:
             nn.init.zeros_(self.norm.weight)
@@ -188,8 +232,11 @@ class SpatialGate(nn.Module):
     def weights(self, mean: torch.Tensor, mx: torch.Tensor) -> torch.Tensor:
         """M_s from the channel-pooled maps (each B×1×H×W) as B×1×H×W."""
         self.check_statistics(mean)
-        maps = {"mean": mean, "max": mx}
-        pooled = torch.cat([maps[p] for p in self.pool_order], dim=1)  # B×2×H×W
+        if self.pool_order == ("avgmax",):
+            pooled = 0.5 * mean + 0.5 * mx  # B×1×H×W
+        else:
+            maps = {"mean": mean, "max": mx}
+            pooled = torch.cat([maps[p] for p in self.pool_order], dim=1)  # B×2×H×W
         return self.spatial_map(self.gate(self.norm(self.conv(pooled))))  # B×1×H×W
 
     def check_statistics(self, x: torch.Tensor) -> None:
@@ -224,12 +271,14 @@ class CBAM(nn.Module):
 
     Args:
         channels: input channels C.
-        preset: ``"official"`` (default, authors' code), ``"paper"`` or ``"yolo"``; see the
-            module docstring. Arguments left as None take the preset's value.
+        preset: ``"official"`` (default, authors' code), ``"paper"``, ``"yolo"``, ``"timm"`` or
+            ``"timm-light"``; see the module docstring. Arguments left as None take the
+            preset's value.
         rd_ratio: 1/r of the channel MLP (preset: 1/16; yolo 1/8).
         rd_channels: hidden width given directly; overrides ``rd_ratio``.
         rd_divisor: round the hidden width to a multiple of this.
-        pool_types: channel-gate pools, ``("avg", "max")`` by default (paper Table 1).
+        pool_types: channel-gate pools, ``("avg", "max")`` by default (paper Table 1);
+            ``("avgmax",)`` in timm-light.
         bias: bias in the channel MLP (preset: True; yolo False).
         kernel_size: spatial conv size, odd (paper: 7).
         spatial_pool_order: ``("mean", "max")`` (paper) or ``("max", "mean")`` (official).
@@ -241,7 +290,10 @@ class CBAM(nn.Module):
         spatial: False for a channel-only CBAM (channel gate with avg and max pooling).
         act_layer: MLP hidden activation class.
         gate_layer: gating function class for both gates.
-        spatial_norm_layer: the norm class used when ``spatial_norm`` is on.
+        spatial_norm_layer: the norm class used when ``spatial_norm`` is on (official:
+            momentum 0.01; timm: ``nn.BatchNorm2d``).
+        spatial_norm_zero_init: start that norm's weight at 0 (official) or not (timm).
+        width_rule: ``"attnlab"`` (floor, as the authors) or ``"timm"`` (timm's rounding).
 
     Observable maps: ``channel_gate.channel_map`` and ``spatial_gate.spatial_map``.
     """
@@ -254,7 +306,7 @@ class CBAM(nn.Module):
         rd_ratio: float | None = None,
         rd_channels: int | None = None,
         rd_divisor: int = 1,
-        pool_types: tuple[str, ...] = ("avg", "max"),
+        pool_types: tuple[str, ...] | None = None,
         bias: bool | None = None,
         kernel_size: int = 7,
         spatial_pool_order: tuple[str, str] | None = None,
@@ -263,18 +315,25 @@ class CBAM(nn.Module):
         spatial: bool = True,
         act_layer: type[nn.Module] = nn.ReLU,
         gate_layer: type[nn.Module] = nn.Sigmoid,
-        spatial_norm_layer: type[nn.Module] = OFFICIAL_SPATIAL_NORM,
+        spatial_norm_layer: type[nn.Module] | None = None,
+        spatial_norm_zero_init: bool | None = None,
+        width_rule: str | None = None,
     ) -> None:
         super().__init__()
         self.channels = check_channels("CBAM", channels)
+        presets = {name: {**PRESET_DEFAULTS, **values} for name, values in PRESETS.items()}
         cfg = resolve_preset(
             "CBAM",
-            PRESETS,
+            presets,
             preset,
             rd_ratio=rd_ratio,
             bias=bias,
+            pool_types=pool_types,
             spatial_pool_order=spatial_pool_order,
             spatial_norm=spatial_norm,
+            spatial_norm_layer=spatial_norm_layer,
+            spatial_norm_zero_init=spatial_norm_zero_init,
+            width_rule=width_rule,
         )
         self.preset = preset
         self.order = check_choice("CBAM", "order", order, ORDERS)
@@ -283,17 +342,19 @@ class CBAM(nn.Module):
             rd_ratio=cfg["rd_ratio"],
             rd_channels=rd_channels,
             rd_divisor=rd_divisor,
-            pool_types=pool_types,
+            pool_types=cfg["pool_types"],
             bias=cfg["bias"],
             act_layer=act_layer,
             gate_layer=gate_layer,
+            width_rule=cfg["width_rule"],
         )
         self.spatial_gate = (
             SpatialGate(
                 channels,
                 kernel_size=kernel_size,
                 pool_order=cfg["spatial_pool_order"],
-                norm_layer=spatial_norm_layer if cfg["spatial_norm"] else None,
+                norm_layer=cfg["spatial_norm_layer"] if cfg["spatial_norm"] else None,
+                norm_zero_init=cfg["spatial_norm_zero_init"],
                 gate_layer=gate_layer,
             )
             if spatial

@@ -10,6 +10,11 @@ The authors' released ResNet checkpoints fix k per stage by hand (ResNet-50: 3, 
 where the formula gives 5, 5, 5, 7 at the bottleneck outputs (C = 256, 512, 1024, 2048); pass
 an int ``k_size`` to use the authors' values.
 
+Presets: ``"paper"`` (default; zero padding, k = ψ(C)), ``"timm"`` (timm's ``EcaModule``:
+k = max(ψ(C), 3)) and ``"ceca"`` (timm's ``CecaModule``: the same k with circular padding, so
+the first and last channels are neighbours). Any argument given explicitly overrides the
+preset.
+
 Example:
     >>> import torch
     >>> from attnlab.layers import ECA, eca_kernel_size
@@ -27,8 +32,14 @@ import torch
 from torch import nn
 
 from ..registry import register_attention
-from ._ops import check_channels, check_input, check_odd_kernel
+from ._ops import check_channels, check_choice, check_input, check_odd_kernel, resolve_preset
 from .maps import MapTap
+
+PRESETS = {
+    "paper": dict(padding_mode="zeros", min_k_size=1),
+    "timm": dict(padding_mode="zeros", min_k_size=3),
+    "ceca": dict(padding_mode="circular", min_k_size=3),
+}
 
 
 def eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1) -> int:
@@ -49,10 +60,14 @@ class ECA(nn.Module):
 
     Args:
         channels: input channels C.
+        preset: ``"paper"`` (default), ``"timm"`` or ``"ceca"``; arguments left as None take
+            its value.
         k_size: ``"adaptive"`` (default, the paper's ψ(C)) or an explicit odd kernel size
             (the authors' per-stage checkpoints use 3, 5, 5, 7 for ResNet-50).
         gamma: γ of the adaptive rule (paper: 2).
         beta: b of the adaptive rule (paper: 1).
+        padding_mode: ``"zeros"`` (paper) or ``"circular"`` (ceca) padding of the channel axis.
+        min_k_size: lower bound on the adaptive kernel (paper 1; timm 3).
         gate_layer: σ, the gating function class (paper: Sigmoid).
 
     Observable map: ``channel_map`` (kind ``"channel"``), ω as B×C×1×1.
@@ -62,17 +77,34 @@ class ECA(nn.Module):
         self,
         channels: int,
         *,
+        preset: str = "paper",
         k_size: int | str = "adaptive",
         gamma: float = 2,
         beta: float = 1,
+        padding_mode: str | None = None,
+        min_k_size: int | None = None,
         gate_layer: type[nn.Module] = nn.Sigmoid,
     ) -> None:
         super().__init__()
         self.channels = check_channels("ECA", channels)
+        cfg = resolve_preset(
+            "ECA", PRESETS, preset, padding_mode=padding_mode, min_k_size=min_k_size
+        )
+        self.preset = preset
+        self.padding_mode = check_choice(
+            "ECA", "padding_mode", cfg["padding_mode"], ("zeros", "circular")
+        )
         if k_size == "adaptive":
-            k_size = eca_kernel_size(channels, gamma, beta)
+            k_size = max(eca_kernel_size(channels, gamma, beta), cfg["min_k_size"])
         self.k_size = check_odd_kernel("ECA", "k_size", k_size)
-        self.conv = nn.Conv1d(1, 1, self.k_size, padding=(self.k_size - 1) // 2, bias=False)
+        self.conv = nn.Conv1d(
+            1,
+            1,
+            self.k_size,
+            padding=(self.k_size - 1) // 2,
+            padding_mode=self.padding_mode,
+            bias=False,
+        )
         self.gate = gate_layer()
         self.channel_map = MapTap("channel")
 
@@ -90,4 +122,4 @@ class ECA(nn.Module):
         return x * self.attention(x)
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, k_size={self.k_size}"
+        return f"channels={self.channels}, preset={self.preset!r}, k_size={self.k_size}"

@@ -5,6 +5,11 @@ Paper, Eq. 2-4: z = F_sq(u) = GAP(u); s = σ(W₂ δ(W₁ z)); x̃ = s · u, wit
 W₂ ∈ R^{C × C/r}, δ = ReLU, r = 16. The authors' released models give both FC layers a bias
 (default ``bias=True``) and no normalisation.
 
+Presets: ``"paper"`` (default; hidden width ⌊C/r⌋, as the authors' code) and ``"timm"``
+(timm's ``SEModule``: C/r rounded half up to a multiple of 8, at least 8, never bumped up;
+weight for weight the same module, so SE layers of timm-built networks reproduce here). Any
+argument given explicitly overrides the preset.
+
 Example:
     >>> import torch
     >>> from attnlab.layers import SE
@@ -22,11 +27,20 @@ from ..registry import register_attention
 from ._ops import (
     check_batch_statistics,
     check_channels,
+    check_choice,
     check_input,
     norm_or_identity,
     reduced_channels,
+    resolve_preset,
+    timm_reduced_channels,
 )
 from .maps import MapTap
+
+PRESETS = {
+    "paper": dict(rd_divisor=1, width_rule="attnlab"),
+    "timm": dict(rd_divisor=8, width_rule="timm"),
+}
+WIDTH_RULES = {"attnlab": reduced_channels, "timm": timm_reduced_channels}
 
 
 @register_attention(
@@ -41,9 +55,13 @@ class SE(nn.Module):
 
     Args:
         channels: input channels C.
+        preset: ``"paper"`` (default) or ``"timm"``; arguments left as None take its value.
         rd_ratio: 1/r of the paper (default 1/16).
         rd_channels: hidden width C/r given directly; overrides ``rd_ratio``.
-        rd_divisor: round the hidden width to a multiple of this (1 = floor C·rd_ratio).
+        rd_divisor: round the hidden width to a multiple of this (paper: 1 = floor C·rd_ratio;
+            timm: 8).
+        width_rule: ``"attnlab"`` (the library's rounding: floor, or the nearest multiple
+            bumped up if it loses more than 10 %) or ``"timm"`` (timm's SE rounding).
         bias: bias in both FC layers (authors' code: True).
         act_layer: δ, the hidden activation class (paper: ReLU).
         gate_layer: σ, the gating function class (paper: Sigmoid).
@@ -57,9 +75,11 @@ class SE(nn.Module):
         self,
         channels: int,
         *,
+        preset: str = "paper",
         rd_ratio: float = 1 / 16,
         rd_channels: int | None = None,
-        rd_divisor: int = 1,
+        rd_divisor: int | None = None,
+        width_rule: str | None = None,
         bias: bool = True,
         act_layer: type[nn.Module] = nn.ReLU,
         gate_layer: type[nn.Module] = nn.Sigmoid,
@@ -67,7 +87,10 @@ class SE(nn.Module):
     ) -> None:
         super().__init__()
         self.channels = check_channels("SE", channels)
-        hidden = reduced_channels("SE", channels, rd_ratio, rd_channels, rd_divisor)
+        cfg = resolve_preset("SE", PRESETS, preset, rd_divisor=rd_divisor, width_rule=width_rule)
+        self.preset = preset
+        rule = check_choice("SE", "width_rule", cfg["width_rule"], tuple(WIDTH_RULES))
+        hidden = WIDTH_RULES[rule]("SE", channels, rd_ratio, rd_channels, cfg["rd_divisor"])
         self.fc1 = nn.Linear(channels, hidden, bias=bias)  # W₁
         self.norm = norm_or_identity(norm_layer, hidden)
         self.act = act_layer()
