@@ -139,7 +139,7 @@ def test_worker_errors_become_their_own_last_line():
     assert one_line(info.value) == "cannot read image /data/0.png: broken"
 
 
-def test_a_data_error_inside_a_worker_is_one_line(capsys, tmp_path):
+def test_a_truncated_image_in_an_image_folder_is_one_line(capsys, tmp_path):
     for split, count in (("train", 4), ("val", 2)):
         for name in ("a", "b"):
             os.makedirs(tmp_path / "data" / split / name)
@@ -163,3 +163,24 @@ def test_a_decompression_bomb_in_detect_predict(checkpoints, capsys, tmp_path, m
             str(tmp_path / "pred")]  # fmt: skip
     assert main(argv) == 2
     assert "bomb.png" in _one_error_line(capsys)
+
+
+def test_a_truncated_image_read_inside_a_detection_worker_is_one_line(capsys, tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    for split in ("train", "val"):
+        os.makedirs(tmp_path / split / "images")
+        os.makedirs(tmp_path / split / "labels")
+        for i in range(4):
+            pixels = (torch.rand(64, 64, 3, generator=generator) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / split / "images" / f"{i}.jpg", quality=95)
+            (tmp_path / split / "labels" / f"{i}.txt").write_text("0 0.5 0.5 0.3 0.3\n")
+    broken = tmp_path / "train" / "images" / "2.jpg"
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 2])
+    with Image.open(broken) as header:  # the header survives: the dataset builds, the worker
+        assert header.size == (64, 64)  # fails when it decodes the pixels
+    argv = ["detect", "train", "--data", "yolo", "--data-dir", str(tmp_path), "--class-names",
+            "a,b", "--input-size", "64", "--epochs", "1", "--batch-size", "2", "--workers", "1",
+            "--no-progress", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(argv) == 2
+    line = _one_error_line(capsys)
+    assert "2.jpg: image file is truncated" in line and "Original Traceback" not in line
