@@ -109,3 +109,17 @@ def test_cbam_timm_light_trains_like_timm():
     torch.testing.assert_close(
         ours.spatial_gate.norm.running_mean, theirs.spatial.conv.bn.running_mean
     )
+
+
+@pytest.mark.parametrize(
+    ("preset", "timm_class"), [("timm", "CbamModule"), ("timm-light", "LightCbamModule")]
+)
+def test_cbam_timm_presets_float32_through_the_default_backend(preset, timm_class):
+    # float32 inputs take attnlab's kernel fast path where it is built (float64 above does
+    # not), so the presets' pooling reaches it too.
+    ours, theirs = CBAM(64, preset=preset), getattr(timm_cbam, timm_class)(64)
+    load_into(theirs, ours, CBAM_NAMES)
+    ours.float()
+    theirs.float()
+    x = torch.randn(2, 64, 9, 7)
+    torch.testing.assert_close(ours(x), theirs(x))
