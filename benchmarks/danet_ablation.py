@@ -1,7 +1,7 @@
 """DANet's ablation at CPU scale: FCN, +PAM, +CAM and DANet (both) trained with one recipe.
 
 Every head sits on the same backbone (default the CIFAR-style ResNet-20, output stride 4) and
-is trained with the same recipe (``attnlab.segment.train``: SGD 0.9, poly LR, head LR 10×,
+is trained with the same recipe (``attnlab.engine.tasks.segment``: SGD 0.9, poly LR, head LR 10×,
 the paper's three-term loss for DANet) on the same synthetic scenes, for each of ``--seeds``
 (initialisation, augmentation and order; the scenes stay the same). The script prints one
 Markdown table: validation mIoU (final epoch, single scale) mean ± sample std over the seeds,
@@ -35,7 +35,7 @@ PAPER = {"fcn": 70.03, "pam": 75.74, "cam": 74.28, "danet": 76.34}
 
 
 def run_one(head: str, seed: int, args: argparse.Namespace, out: str) -> dict:
-    from attnlab.segment.train import SegmentConfig, main
+    from attnlab.engine.tasks.segment import SegmentConfig, main
 
     config = SegmentConfig(
         model=f"{head}_{args.backbone}", difficulty=args.difficulty, num_classes=args.classes,

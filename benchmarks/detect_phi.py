@@ -25,8 +25,7 @@ import json
 import os
 import time
 
-from attnlab.detect.config import DetectConfig
-from attnlab.detect.train import main
+from attnlab.engine.tasks.detect import DetectConfig, main
 
 NAMES = {0: "none", 1: "SE", 2: "CBAM", 3: "ECA", 4: "CA"}
 

@@ -27,6 +27,50 @@ CASES = [(name, {}) for name in attnlab.list_attention()] + [
     ("ca", {"preset": "yolo"}),
     ("eca", {"k_size": 5}),
     ("pam", {"block_size": 7}),
+    ("gc", {"fusion": ("mul",)}),
+    ("gc", {"fusion": ("mul", "add"), "pooling": "avg"}),
+    ("ge", {"extent": 2}),
+    ("ge", {"variant": "theta", "extent": 2}),
+    ("ge", {"variant": "theta+", "extent": 4}),
+    ("simam", {"variance": "biased"}),
+    ("triplet", {"spatial": False}),
+    ("scse", {"preset": "conference"}),
+    ("scse", {"preset": "smp"}),
+    ("scse", {"mode": "cse"}),
+    ("scse", {"mode": "sse"}),
+    ("sge", {"variance": "biased"}),
+    ("srm", {"variance": "biased"}),
+    ("nl", {"preset": "paper"}),
+    ("nl", {"mode": "gaussian"}),
+    ("nl", {"mode": "dot_product"}),
+    ("nl", {"mode": "concatenation"}),
+    ("nl", {"sub_sample": True}),
+    ("nl", {"sub_sample": True, "preset": "paper"}),
+    ("nl", {"block_size": 7}),
+    ("nl", {"mode": "dot_product", "block_size": 7}),
+    ("nl", {"mode": "concatenation", "block_size": 7, "sub_sample": True}),
+    ("cc", {"recurrence": 1}),
+    ("a2", {"zero_init": True, "norm_layer": nn.BatchNorm2d}),
+    ("psa", {"layout": "sequential"}),
+    ("psa", {"preset": "official"}),
+    ("psa", {"preset": "official", "layout": "sequential"}),
+    ("effattn", {"head_count": 4}),
+    ("effattn", {"normalization": "scaling"}),
+    ("sk", {"branches": 3}),
+    ("fca", {"preset": "native", "rd_ratio": 1 / 4}),
+    ("fca", {"freq_sel": "low4", "dct_size": 4}),
+    ("sa", {"groups": 4}),
+    ("ema", {"groups": 8}),
+    ("ela", {"preset": "tiny"}),
+    ("ela", {"preset": "small"}),
+    ("ela", {"preset": "large"}),
+    ("gam", {"preset": "popular"}),
+    ("gam", {"groups": 4}),
+    ("se", {"preset": "timm"}),
+    ("eca", {"preset": "timm"}),
+    ("eca", {"preset": "ceca"}),
+    ("cbam", {"preset": "timm"}),
+    ("cbam", {"preset": "timm-light"}),
 ]
 IDS = [name + "".join(f"-{k}={v}" for k, v in kw.items()) for name, kw in CASES]
 
@@ -62,8 +106,10 @@ def test_shape_and_memory_formats(name, kwargs, batch, size):
     assert y.shape == x.shape and y.dtype == x.dtype
     assert torch.isfinite(y).all()
     # Convolutions on NHWC accumulate in another order than on NCHW; PAM's softmax over all
-    # positions amplifies those last-bit differences to ~1e-6 absolute.
-    torch.testing.assert_close(y_cl, y, rtol=1e-5, atol=1e-5)
+    # positions amplifies those last-bit differences to ~1e-6 absolute. GAM's gate logits are
+    # sums of 1,568 products (7×7 over 32 channels) of ~1e2 with perturbed weights: seen 5e-5.
+    tol = 1e-4 if name == "gam" else 1e-5
+    torch.testing.assert_close(y_cl, y, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize(("name", "kwargs"), CASES, ids=IDS)
@@ -111,7 +157,8 @@ def test_gradients_reach_every_parameter(name, kwargs):
 @pytest.mark.parametrize(("name", "kwargs"), CASES, ids=IDS)
 def test_graph_connected_at_init(name, kwargs):
     module = build(name, kwargs).train()
-    module(torch.randn(2, CHANNELS, 6, 5)).sum().backward()
+    # The input takes part in the graph, so parameter-free modules (SimAM, GE-θ⁻) backward too.
+    module(torch.randn(2, CHANNELS, 6, 5, requires_grad=True)).sum().backward()
     missing = [n for n, p in module.named_parameters() if p.grad is None]
     assert not missing, f"parameters outside the graph: {missing}"
 
@@ -155,8 +202,10 @@ def test_compile_fullgraph_matches_eager(name):
     # Inductor fuses and reorders float32 reductions; results agree to rounding.
     torch.testing.assert_close(y_compiled, y_eager, rtol=1e-5, atol=1e-5)
     # Gradients pass through BatchNorm's batch reductions, whose order inductor picks by thread
-    # count: seen 1.07e-5 apart on an element of ~5e-3 with one thread.
-    torch.testing.assert_close(x_compiled.grad, x_eager.grad, rtol=1e-4, atol=5e-5)
+    # count: seen 1.07e-5 apart on an element of ~5e-3 with one thread. SK's fuse BatchNorm
+    # normalises 2 pooled values per channel, which amplifies them: seen 6.5e-5.
+    atol = 2e-4 if name == "sk" else 5e-5
+    torch.testing.assert_close(x_compiled.grad, x_eager.grad, rtol=1e-4, atol=atol)
 
 
 BAD_INPUTS = [

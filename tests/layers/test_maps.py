@@ -18,6 +18,20 @@ EXPECTED_MAPS = {
     "ca": {"height_map": (B, C, H, 1), "width_map": (B, C, 1, W)},
     "pam": {"spatial_map": (B, 1, H, W)},
     "cam": {"channel_map": (B, C, C)},
+    "ese": {"channel_map": (B, C, 1, 1)},
+    "gc": {"spatial_map": (B, 1, H, W)},
+    "ge": {"gather_map": (B, C, 1, 1)},
+    "simam": {"neuron_map": (B, C, H, W)},
+    "triplet": {"width_map": (B, C, 1, W), "height_map": (B, C, H, 1), "spatial_map": (B, 1, H, W)},
+    "scse": {"channel_map": (B, C, 1, 1), "spatial_map": (B, 1, H, W)},
+    "sge": {"spatial_map": (B, 32, H, W)},
+    "srm": {"channel_map": (B, C, 1, 1)},
+    "sk": {"selection_map": (B, 2, C, 1)},
+    "fca": {"channel_map": (B, C, 1, 1)},
+    "sa": {"channel_map": (B, C // 2, 1, 1), "spatial_map": (B, C // 2, H, W)},
+    "ema": {"height_map": (B, C, H, 1), "width_map": (B, C, 1, W), "spatial_map": (B, 32, H, W)},
+    "ela": {"height_map": (B, C, H, 1), "width_map": (B, C, 1, W)},
+    "gam": {"channel_map": (B, C, H, W), "spatial_map": (B, C, H, W)},
 }
 
 
