@@ -6,10 +6,10 @@ evaluates the harder split (robustness), scores the Grad-CAM pointing game on th
 scenes (synthetic data) and, for a variant's first seed, draws its gallery. All of it happens
 inside the run, so parallel processes parallelise the whole job.
 
-Parallel runs use ``spawn``-started processes with ``threads`` intra-op threads each. For
-networks as small as ResNet-20 on 32×32 images one thread per run and one run per core keeps
-the cores busier than one run using every core (benchmarks/compare_budget.py measures both).
-Results do not depend on the mode: every run is seeded on its own.
+Parallel runs use ``spawn``-started processes with ``threads`` intra-op threads each (default
+one run per core, one thread each: a network as small as ResNet-20 on 32×32 images leaves
+intra-op threads little work to share; ``benchmarks/compare_budget.py --mode parallel`` times
+both ways on a machine). Results do not depend on the mode: every run is seeded on its own.
 
 Example:
     >>> from attnlab.engine.compare.runs import default_jobs
