@@ -14,11 +14,11 @@ already linear in H·W; the two matrix products are computed in that order (gath
 distribute), never as the N×N product Bᵀ V.
 
 Widths: m = ``rd_channels_m`` or C·``rd_ratio_m`` and n likewise, both C/4 by default (the
-paper leaves them to the experiment). No authors' code was found with the search tools used
-for this library, so there is no preset. ``norm_layer`` (None by default, as the paper's
-equations) adds a normalisation after the output conv; ``zero_init`` starts the output conv
-(or that norm's weight) at 0 so the block is an identity at init, for insertion into
-pretrained networks (default False: the paper does not say).
+paper leaves them to the experiment). The module follows the paper's equations (Eq. 4-5);
+no released code of the authors is referenced, so there is no preset. ``norm_layer`` (None
+by default, as the paper's equations) adds a normalisation after the output conv;
+``zero_init`` starts the output conv (or that norm's weight) at 0 so the block is an identity
+at init, for insertion into pretrained networks (default False: the paper does not say).
 
 Observable maps: ``gather_map`` (kind ``"gather"``, B×n×H×W, the n softmax maps of step 1) and
 ``distribute_map`` (kind ``"distribute"``, B×n×H×W, each position's weights over the n
