@@ -21,7 +21,7 @@ def test_list_table(capsys):
 def test_list_json_and_kind(capsys):
     assert main(["list", "--json", "--kind", "channel"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [row["name"] for row in rows] == ["eca", "se"]
+    assert [row["name"] for row in rows] == ["eca", "ese", "fca", "se", "sk", "srm"]
     assert {"class", "paper", "arxiv", "year", "kind"} <= set(rows[0])
 
 

@@ -5,8 +5,8 @@ looking up an unknown name raises a ValueError that lists the valid ones.
 
 Example:
     >>> import attnlab
-    >>> attnlab.list_attention()
-    ['bam', 'ca', 'cam', 'cbam', 'eca', 'pam', 'se']
+    >>> attnlab.list_attention("channel")
+    ['eca', 'ese', 'fca', 'se', 'sk', 'srm']
     >>> cbam = attnlab.create_attention("cbam", 256, preset="paper")
 """
 

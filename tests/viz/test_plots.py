@@ -71,11 +71,18 @@ def test_channel_histograms(tmp_path):
         plots.save_channel_histograms({}, str(tmp_path / "h.png"))
 
 
-@pytest.mark.parametrize(
-    ("name", "mode"),
-    [("se", "bars"), ("eca", "bars"), ("cbam", "overlay"), ("bam", "overlay"), ("ca", "overlay"),
-     ("pam", "overlay"), ("cam", "matrix")],
-)  # fmt: skip
+# The gallery mode of every registered module's maps: channel weights as bars, maps as overlays.
+CHECKED_MODES = [
+    ("se", "bars"), ("eca", "bars"), ("cbam", "overlay"), ("bam", "overlay"), ("ca", "overlay"),
+    ("pam", "overlay"), ("cam", "matrix"), ("ese", "bars"), ("fca", "bars"), ("sk", "bars"),
+    ("srm", "bars"), ("ge", "bars"), ("sa", "overlay"), ("gc", "overlay"), ("simam", "overlay"),
+    ("triplet", "overlay"), ("scse", "overlay"), ("sge", "overlay"), ("ema", "overlay"),
+    ("ela", "overlay"), ("gam", "overlay"), ("nl", "overlay"), ("cc", "overlay"),
+    ("a2", "overlay"), ("psa", "overlay"), ("effattn", "overlay"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "mode"), CHECKED_MODES)
 def test_model_columns_for_every_registered_module(name, mode, tmp_path):
     torch.manual_seed(0)
     where = {"stage_attn": name} if name == "bam" else {"attn": name}
@@ -94,7 +101,8 @@ def test_model_columns_for_every_registered_module(name, mode, tmp_path):
 
 
 def test_all_modules_are_checked_here():
-    assert {"se", "eca", "cbam", "bam", "ca", "pam", "cam"} == set(attnlab.list_attention())
+    checked = {name for name, _ in CHECKED_MODES}
+    assert checked == set(attnlab.list_attention())
 
 
 def test_missing_matplotlib_names_the_extra(monkeypatch, tmp_path):

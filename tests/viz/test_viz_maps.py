@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import attnlab
+from attnlab.layers import MapTap
 from attnlab.viz.maps import (
     affinity_maps,
     channel_weights,
@@ -29,22 +30,22 @@ VIEWS = {
     "ese": (None, True, False),
     "gc": ("spatial", False, False),
     "ge": (None, True, False),
-    "simam": (None, False, False),
+    "simam": ("neuron", False, False),
     "triplet": ("spatial", True, False),
     "scse": ("spatial", True, False),
-    "sge": (None, False, False),
+    "sge": ("group-spatial", False, False),
     "srm": (None, True, False),
     "nl": ("spatial", False, False),
     "cc": ("spatial", False, False),
-    "a2": (None, False, False),
+    "a2": ("gather", False, False),
     "psa": ("spatial", True, False),
     "effattn": ("spatial", False, False),
-    "sk": (None, False, False),
+    "sk": (None, True, False),
     "fca": (None, True, False),
-    "sa": (None, True, False),
+    "sa": ("channel-spatial", True, False),
     "ema": ("height×width", True, False),
     "ela": ("height×width", True, False),
-    "gam": (None, False, False),
+    "gam": ("channel-spatial", False, False),
 }
 
 
@@ -72,7 +73,7 @@ def test_outputs_unchanged_and_views(name):
     assert torch.equal(output, plain)
     with torch.no_grad():  # and no hook is left behind
         assert torch.equal(model(images), plain)
-    assert not any(m._forward_hooks for m in model.modules())
+    assert not any(m.observed for m in model.modules() if isinstance(m, MapTap))
 
     stages = module_stages(entries)
     expected = ["stage_attn.layer1", "stage_attn.layer2"] if name == "bam" else [

@@ -2,7 +2,7 @@
 
 Every attention module passes its channel weights and/or spatial map through a
 :class:`MapTap`, an identity submodule. Forward hooks on a tap see the map of the last forward
-without changing any output, and with no hook attached a tap costs one identity call.
+without changing any output (:meth:`MapTap.watch`), and unwatched a tap costs one identity call.
 
 Example:
     >>> import torch
@@ -18,8 +18,9 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,24 +32,51 @@ class MapTap(nn.Module):
     Args:
         kind: what the map is: ``"channel"`` (B×C×1×1 weights), ``"spatial"`` (B×1×H×W),
             ``"height"`` / ``"width"`` (Coordinate Attention's B×C×H×1 and B×C×1×W),
-            ``"channel-affinity"`` (DANet CAM's B×C×C matrix) or ``"logits"`` variants of these
-            where a module exposes pre-sigmoid branch outputs (BAM).
+            ``"channel-affinity"`` (DANet CAM's B×C×C matrix), ``"logits"`` variants of these
+            where a module exposes pre-sigmoid branch outputs (BAM), or a module's own kind for
+            other shapes (its docstring says which: e.g. SimAM's B×C×H×W ``"neuron"`` weights).
+
+    Observe a tap with :meth:`watch` (or :func:`capture_maps`, which uses it): a module may
+    skip work that only produces its map (PAM's per-position attention) while nobody watches.
     """
 
     def __init__(self, kind: str) -> None:
         super().__init__()
         self.kind = kind
+        self.watchers = 0
 
     @property
     def observed(self) -> bool:
-        """True when a hook is attached, so modules can skip map-only work otherwise."""
-        return bool(self._forward_hooks or self._forward_pre_hooks)
+        """True while a watcher added by :meth:`watch` is attached."""
+        return self.watchers > 0
+
+    def watch(self, hook: Callable[[nn.Module, tuple, torch.Tensor], None]) -> TapWatch:
+        """Calls ``hook(tap, inputs, map)`` after every forward until the handle is removed.
+
+        Returns:
+            A handle whose ``remove()`` detaches the hook.
+        """
+        self.watchers += 1
+        return TapWatch(self, self.register_forward_hook(hook))
 
     def forward(self, attention_map: torch.Tensor) -> torch.Tensor:
         return attention_map
 
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}"
+
+
+class TapWatch:
+    """The handle :meth:`MapTap.watch` returns; ``remove()`` detaches its hook once."""
+
+    def __init__(self, tap: MapTap, handle: Any) -> None:
+        self.tap, self.handle = tap, handle
+
+    def remove(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+            self.tap.watchers -= 1
 
 
 @contextmanager
@@ -74,7 +102,7 @@ def capture_maps(model: nn.Module, *, detach: bool = True) -> Iterator[dict[str,
 
     for name, module in model.named_modules():
         if isinstance(module, MapTap):
-            handles.append(module.register_forward_hook(make_hook(name)))
+            handles.append(module.watch(make_hook(name)))
     try:
         yield maps
     finally:

@@ -119,6 +119,11 @@ def collect_attention(model: nn.Module, images: Tensor) -> tuple[Tensor, list[At
     return output, entries
 
 
+# Map kinds holding a weight per channel (or group) and position, B×K×H×W: SimAM's neurons,
+# GAM's channel-spatial maps, SGE's groups, A²'s gather maps.
+VOLUME_KINDS = ("neuron", "channel-spatial", "group-spatial", "gather")
+
+
 def _by_module(entries: list[AttentionMap]) -> dict[str, dict[str, AttentionMap]]:
     grouped: dict[str, dict[str, AttentionMap]] = {}
     for entry in entries:
@@ -137,6 +142,11 @@ def spatial_maps(entries: list[AttentionMap]) -> dict[str, tuple[str, Tensor]]:
         elif "height" in kinds and "width" in kinds:
             g_h, g_w = kinds["height"].value.float(), kinds["width"].value.float()
             out[module] = ("height×width", (g_h * g_w).mean(1, keepdim=True))  # B×1×H×W
+        else:
+            # Weights per channel (or group) and position: shown as their mean over channels.
+            kind = next((k for k in VOLUME_KINDS if k in kinds), None)
+            if kind is not None:
+                out[module] = (kind, kinds[kind].value.float().mean(1, keepdim=True))  # B×1×H×W
     return out
 
 
@@ -152,6 +162,9 @@ def channel_weights(entries: list[AttentionMap]) -> dict[str, tuple[str, Tensor]
         elif "height" in kinds and "width" in kinds:
             g_h, g_w = kinds["height"].value.float(), kinds["width"].value.float()
             out[module] = ("height×width", g_h.mean((2, 3)) * g_w.mean((2, 3)))  # B×C
+        elif "branch-channel" in kinds:
+            # SK's selection a (B×M×C, softmax over the M branches): the first branch's share.
+            out[module] = ("branch-channel", kinds["branch-channel"].value.float()[:, 0].flatten(1))
     return out
 
 
