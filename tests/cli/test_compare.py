@@ -89,7 +89,7 @@ def test_compare_small_end_to_end(tmp_path, capsys):
     assert "| baseline |" in printed and "| cbam |" in printed
     assert results["recipe"]["epochs"] == 2 and results["seeds"] == [0, 1]
     assert results["recipe"]["difficulty"] == "default"
-    assert results["harder_split"] == {"difficulty": "cluttered-hard", "length": 32}
+    assert results["harder_split"] == {"difficulty": "cluttered", "length": 32}
     # The seeds are real: the two runs of a variant are different trainings.
     cbam_runs = [r for r in results["runs"] if r["variant"] == "cbam"]
     assert cbam_runs[0]["seed"] != cbam_runs[1]["seed"]
