@@ -55,14 +55,14 @@ def test_forward_backward_costs_more_than_forward():
     assert train > grads > forward
 
 
-def test_custom_op_internals_are_seen():
-    # Blocked position attention runs as one custom op; its per-block scores (here 256 queries
-    # × 1024 keys × 4 B = 1 MiB) are allocated inside it and must be counted.
+def test_custom_op_counts_its_outputs():
+    # Blocked position attention runs as one custom op: the tracker sees its outputs (the
+    # 1×8×1024 result at least), not its per-block scratch (rss_growth measures that).
     module = PositionAttention(8, max_block_elements=256 * 1024)
     x = torch.randn(1, 8, 32, 32)
     with torch.no_grad():
         peak = peak_memory(lambda: module(x))
-    assert peak >= MIB
+    assert 8 * 1024 * 4 <= peak < MIB
     plain = PositionAttention(8, block_size=10**12)
     with torch.no_grad():
         assert peak_memory(lambda: plain(x)) >= 1024 * 1024 * 4  # the whole N×N matrix

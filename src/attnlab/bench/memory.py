@@ -9,9 +9,10 @@ alive before.
   (a ``weakref.finalize`` on the storage), and the maximum of the live total is recorded after
   every op. It counts tensor storage — activations, saved tensors, gradients, outputs — not
   allocator caches, kernel-internal scratch buffers, or Python objects, and it does not credit
-  the freeing of tensors that existed before the call. Custom ops written in Python with
-  ``torch.library.custom_op`` (attnlab's blocked position attention) are run through their
-  Python implementation, so their internal tensors are seen too.
+  the freeing of tensors that existed before the call. A custom operator
+  (``torch.library.custom_op``, e.g. attnlab's blocked position attention) is one op to the
+  dispatcher: its outputs are counted, its internal scratch is not — measure such modules with
+  :func:`rss_growth` in a fresh process (``benchmarks/pam_memory.py`` does).
 
 Unlike the peak resident set of the process (:func:`rss_growth`, used by
 ``benchmarks/pam_memory.py``), the CPU figure is deterministic and exact for what it counts,
@@ -36,7 +37,6 @@ from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 
 def peak_memory(fn: Callable[[], Any], *, device: str | torch.device | None = None) -> int:
@@ -83,16 +83,9 @@ class _StorageTracker(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        inputs = {_key(t) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-        python_impl = _custom_op_python_impl(func)
-        if python_impl is not None:
-            # The op's own tensors (e.g. per-block scores) are seen too; autograd stays out of
-            # it as it does when the dispatcher runs the op (its gradient is registered apart).
-            with self, torch.no_grad():
-                out = python_impl(*args, **kwargs)
-        else:
-            out = func(*args, **kwargs)
-        for tensor in tree_leaves(out):
+        inputs = {_key(t) for t in _tensors((args, kwargs))}
+        out = func(*args, **kwargs)
+        for tensor in _tensors(out):
             if isinstance(tensor, torch.Tensor):
                 self._track(tensor, inputs)
         self.peak = max(self.peak, self.live)
@@ -133,18 +126,15 @@ def _key(tensor: torch.Tensor) -> int | None:
         return None
 
 
-def _custom_op_python_impl(func: Any) -> Callable[..., Any] | None:
-    """The Python function behind a ``torch.library.custom_op``, or None for other ops."""
-    schema = getattr(func, "_schema", None)
-    name = getattr(schema, "name", "")
-    if not name or name.startswith(("aten::", "prim::", "prims::")):
-        return None
-    try:
-        from torch._library.custom_ops import OPDEFS
-    except ImportError:
-        return None
-    opdef = OPDEFS.get(name)
-    return getattr(opdef, "_init_fn", None)
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors inside nested tuples, lists and dicts (an op's arguments or results)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for item in value for t in _tensors(item)]
+    return []
 
 
 def _status_kib(field: str) -> int:
