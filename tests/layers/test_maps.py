@@ -32,6 +32,11 @@ EXPECTED_MAPS = {
     "ema": {"height_map": (B, C, H, 1), "width_map": (B, C, 1, W), "spatial_map": (B, 32, H, W)},
     "ela": {"height_map": (B, C, H, 1), "width_map": (B, C, 1, W)},
     "gam": {"channel_map": (B, C, H, W), "spatial_map": (B, C, H, W)},
+    "nl": {"spatial_map": (B, 1, H, W)},
+    "cc": {"spatial_map": (B, 1, H, W)},
+    "a2": {"gather_map": (B, C // 4, H, W), "distribute_map": (B, C // 4, H, W)},
+    "psa": {"channel_map": (B, C, 1, 1), "spatial_map": (B, 1, H, W)},
+    "effattn": {"spatial_map": (B, 1, H, W)},
 }
 
 

@@ -16,8 +16,8 @@ O((H·W)²). No preset: the authors' code and the paper agree on everything the 
 (the RCCA head's convolutions around it are in :mod:`attnlab.models.seg_heads`).
 
 Observable map: ``spatial_map`` (kind ``"spatial"``), the attention each position receives,
-averaged over all queries, B×1×H×W, from the last recurrence (computed only while a hook is
-attached).
+averaged over all queries, B×1×H×W, from the last recurrence (computed only while its tap is
+watched).
 
 Example:
     >>> import torch

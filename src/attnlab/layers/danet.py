@@ -193,7 +193,7 @@ class PositionAttention(nn.Module):
             plain formulation.
 
     Observable map: ``spatial_map`` (kind ``"spatial"``), the attention each position
-    receives averaged over all queries, B×1×H×W (computed only while a hook is attached).
+    receives averaged over all queries, B×1×H×W (computed only while its tap is watched).
     """
 
     # γ starts at 0, so the module is an identity at init (used by insert_attention).

@@ -40,7 +40,7 @@ over the j with b_j > −a_i. None of them builds the N×N matrix once N² excee
 
 Observable map: ``spatial_map`` (kind ``"spatial"``), the weight each position j receives,
 averaged over the queries i, B×1×H'×W' (H', W' the sub-sampled size when ``sub_sample``),
-computed only while a hook is attached.
+computed only while its tap is watched.
 
 Example:
     >>> import torch
