@@ -106,3 +106,23 @@ def test_loading_into_a_model_of_another_config_lists_the_differences(tmp_path):
         load_detector(path, other)
     assert "num_classes: 6 in the checkpoint vs 3 here" in str(info.value)
     assert "anchors:" in str(info.value)
+
+
+def test_evaluation_caps_detections_per_image_and_class(monkeypatch):
+    # COCO keeps 100 detections per image and class: the training-time evaluation must not
+    # cut at 100 per image over all classes first.
+    from attnlab.engine.tasks import detect as detect_task
+
+    seen = {}
+
+    def fake_predict(model, images, input_size, **options):
+        seen.update(options)
+        return [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0)}
+                for _ in images]  # fmt: skip
+
+    monkeypatch.setattr(detect_task, "predict", fake_predict)
+    model = attnlab.create_model("yolov4_tiny", num_classes=7, phi=0)
+    image = torch.rand(3, 32, 32)
+    dataset = [(image, torch.tensor([[0, 4.0, 4.0, 20.0, 20.0]]))]
+    detect_task.evaluate(model, dataset, 32)
+    assert seen["max_det"] == 700

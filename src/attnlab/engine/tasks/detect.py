@@ -131,13 +131,20 @@ def evaluate(
     if len(dataset) == 0:
         raise ValueError("evaluate: the validation set is empty")
     detections, truths = [], []
-    options = {"conf_threshold": conf_threshold, "nms_threshold": nms_threshold}
+    # COCO keeps up to 100 detections per image *and class*; a cap over all classes would
+    # drop true positives behind many confident false positives of other classes.
+    num_classes = model.config["num_classes"]
+    options = {
+        "conf_threshold": conf_threshold,
+        "nms_threshold": nms_threshold,
+        "max_det": 100 * num_classes,
+    }
     for start in range(0, len(dataset), batch_size):
         stop = min(start + batch_size, len(dataset))
         items = [_ground_truth(dataset, i) for i in range(start, stop)]
         detections += predict(model, [image for image, _ in items], input_size, **options)
         truths += [gt for _, gt in items]
-    return evaluate_detections(detections, truths, model.config["num_classes"])
+    return evaluate_detections(detections, truths, num_classes)
 
 
 def build_model(config: DetectConfig, num_classes: int) -> nn.Module:
