@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
@@ -10,7 +9,6 @@ import torch
 
 import attnlab
 from attnlab.layers import CBAM, ECA, SE
-from attnlab.models import resnet
 
 RESNET50 = 25_557_032
 ECA_AUTHORS_K = [{"k_size": k} for k in (3, 5, 5, 7)]
@@ -204,12 +202,13 @@ def test_heads_and_zero_init():
     assert features.shape == (2, 512, 2, 2)
     assert model.forward_head(features, pre_logits=True).shape == (2, 512)
     assert attnlab.create_model("resnet18", num_classes=0)(x).shape == (2, 512)
-    assert all((b.bn2.weight == 0).all() for layer in (model.layer1, model.layer4) for b in layer)
+    # zero_init_last is off by default (as torchvision's): every block's last BN starts at 1.
+    assert all((b.bn2.weight == 1).all() for layer in (model.layer1, model.layer4) for b in layer)
     # The attention keeps its own init: CBAM's official spatial BN starts at weight 0, not 1.
     assert (model.layer1[0].attn.spatial_gate.norm.weight == 0).all()
     assert len(model.attention_modules()) == 8
-    plain = attnlab.create_model("resnet18", zero_init_last=False)
-    assert (plain.layer1[0].bn2.weight == 1).all()
+    zeroed = attnlab.create_model("resnet18", zero_init_last=True)
+    assert all((b.bn2.weight == 0).all() for layer in (zeroed.layer1, zeroed.layer4) for b in layer)
 
 
 @pytest.mark.parametrize(
