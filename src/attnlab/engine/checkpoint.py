@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._plain import plain  # noqa: F401  (the engine imports it from here)
+from ..plain import plain  # noqa: F401  (the engine imports it from here)
 from ..registry import MODELS, create_model
 from .files import atomic_write
 

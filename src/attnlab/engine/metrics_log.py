@@ -25,7 +25,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .._plain import plain
+from ..plain import plain
 from .files import append_line, atomic_write_text
 
 

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._plain import plain
+from ..plain import plain
 from ..layers.danet import CAM_VARIANTS, ChannelAttention, PositionAttention
 from ..registry import create_model, register_model
 from .resnet import BasicBlock, Bottleneck, ResNet

@@ -30,7 +30,7 @@ from typing import Any
 
 from torch import nn
 
-from .._plain import plain
+from ..plain import plain
 from ..registry import register_model_source
 from ..surgery import insert_attention
 from ..surgery.stages import stage_outputs

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._plain import plain
+from ..plain import plain
 from ..registry import create_attention, register_model
 
 

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._plain import plain
+from ..plain import plain
 from ..layers.criss_cross import CrissCrossAttention
 from ..layers.nonlocal_block import NonLocalBlock
 from ..layers.polarized import PolarizedSelfAttention

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._plain import plain
+from ..plain import plain
 from ..registry import create_attention, register_model
 
 # (w, h) in pixels at 416×416, and which anchors each level uses (stride 32 first). The

@@ -1,4 +1,9 @@
-"""Plain Python values for configs: what JSON, YAML and ``weights_only`` loading accept."""
+"""Plain Python values for configs: what JSON, YAML and ``weights_only`` loading accept.
+
+Example:
+    >>> plain({"sizes": (3, 5), "k": 7})
+    {'sizes': [3, 5], 'k': 7}
+"""
 
 from __future__ import annotations
 
