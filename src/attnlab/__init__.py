@@ -1,6 +1,7 @@
 """attnlab: attention modules for convolutional networks, checked against their papers."""
 
 from . import layers, models
+from .export import export_onnx
 from .layers import (
     BAM,
     CBAM,
@@ -41,7 +42,6 @@ from .registry import (
     register_attention,
     register_model,
 )
-from .export import export_onnx
 from .surgery import insert_attention
 from .weights import load_weights
 

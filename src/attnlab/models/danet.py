@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..plain import plain
 from ..layers.danet import CAM_VARIANTS, ChannelAttention, PositionAttention
+from ..plain import plain
 from ..registry import create_model, register_model
 from .resnet import BasicBlock, Bottleneck, ResNet
 

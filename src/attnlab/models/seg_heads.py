@@ -45,10 +45,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..plain import plain
 from ..layers.criss_cross import CrissCrossAttention
 from ..layers.nonlocal_block import NonLocalBlock
 from ..layers.polarized import PolarizedSelfAttention
+from ..plain import plain
 from ..registry import register_model
 from .danet import _CIFAR_BACKBONES, BACKBONES, DANet
 
