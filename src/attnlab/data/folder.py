@@ -38,6 +38,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 def load_image(path: str, mode: str = "RGB") -> Image.Image:
     """Opens and fully decodes an image as ``mode``; ValueError naming ``path`` if it can't."""
+    # PIL rather than torchvision.io.decode_image: it also reads BMP, TIFF and palette images
+    # that image folders often hold, and guards against decompression bombs.
     try:
         with Image.open(path) as image:
             return image.convert(mode)
