@@ -1,5 +1,5 @@
-"""benchmarks/gate_overhead.py's accounting of a training step's phases (the script itself
-times networks for minutes; here only its arithmetic, on given times)."""
+"""benchmarks/gate_overhead.py's turn-by-turn timing (the script itself times networks for
+minutes; here only its bookkeeping, on a fake clock)."""
 
 import importlib.util
 from pathlib import Path
@@ -17,40 +17,14 @@ def script():
     return module
 
 
-def test_phase_split_pairs_turns_and_drops_warmup(script):
-    # Two warm-up calls (huge, must be left out), then three turns. The attention side's
-    # forward is 2 ms slower in every turn, its backward 1 ms slower in two turns of three and
-    # its optimizer step the same; the base step's median is 10 ms.
-    base = [(9.0, 9.0, 9.0)] * 2 + [(0.003, 0.006, 0.001), (0.004, 0.005, 0.001),
-                                    (0.002, 0.007, 0.001)]  # fmt: skip
-    attn = [(9.0, 9.0, 9.0)] * 2 + [(0.005, 0.007, 0.001), (0.006, 0.006, 0.001),
-                                    (0.004, 0.007, 0.001)]  # fmt: skip
-    out = script.phase_split(base, attn)
-    assert list(out) == ["forward", "backward", "optimizer"]
-    assert out["forward"]["base_s"] == pytest.approx(0.003)
-    assert out["forward"]["attn_s"] == pytest.approx(0.005)
-    assert out["forward"]["diff_s"] == pytest.approx(0.002)
-    assert out["forward"]["diff_share"] == pytest.approx(0.2)
-    assert out["backward"]["diff_s"] == pytest.approx(0.001)
-    assert out["backward"]["diff_share"] == pytest.approx(0.1)
-    assert out["optimizer"]["diff_s"] == pytest.approx(0.0)
+class FakeClock:
+    """perf_counter that advances only when a candidate runs."""
 
+    def __init__(self) -> None:
+        self.now = 0.0
 
-def test_phase_split_difference_is_per_turn_not_of_medians(script):
-    # The turns' differences are 1, 1 and 5 ms (median 1 ms); the sides' medians, 3 and 6 ms,
-    # differ by 3 ms: a burst of load in one turn moves the medians, not the paired figure.
-    base = [(0, 0, 0)] * 2 + [(0.001, 0, 0), (0.005, 0, 0), (0.003, 0, 0)]
-    attn = [(0, 0, 0)] * 2 + [(0.002, 0, 0), (0.006, 0, 0), (0.008, 0, 0)]
-    out = script.phase_split(base, attn)["forward"]
-    assert out["attn_s"] - out["base_s"] == pytest.approx(0.003)
-    assert out["diff_s"] == pytest.approx(0.001)
-
-
-def test_phase_split_rejects_unpaired_calls(script):
-    with pytest.raises(ValueError, match="2 base and 1 attention"):
-        script.phase_split([(1, 1, 1)] * 4, [(1, 1, 1)] * 3)
-    with pytest.raises(ValueError, match="0 base"):
-        script.phase_split([(1, 1, 1)] * 2, [(1, 1, 1)] * 2)
+    def __call__(self) -> float:
+        return self.now
 
 
 def test_interleaved_waits_for_the_device_around_each_call(script):
@@ -58,9 +32,28 @@ def test_interleaved_waits_for_the_device_around_each_call(script):
     # queued, so the wait comes before the clock starts and before it stops, every call.
     events = []
     fns = {"a": lambda: events.append("a"), "b": lambda: events.append("b")}
-    out = script.interleaved(fns, rounds=2, number=3, block=True, sync=lambda: events.append("|"))
-    calls = 2 * (2 + 2 * 3)  # warm-up (2 calls each, no wait needed) + the timed calls
-    assert events.count("a") + events.count("b") == calls
-    timed = "".join(events[4:])  # after the warm-up
-    assert timed == "|a|" * 3 + "|b|" * 3 + "|a|" * 3 + "|b|" * 3
-    assert set(out) >= {"a", "b", "a/", "b/", "a/iqr", "b/iqr"}
+    script.interleaved(fns, turns=3, sync=lambda: events.append("|"))
+    assert "".join(events[:4]) == "aabb"  # two warm-up calls each, not timed
+    assert "".join(events[4:]) == "|a||b|" * 3
+
+
+def test_interleaved_ratios_are_per_turn_against_the_first(script, monkeypatch):
+    # b takes 2, 2 and 12 units in its three turns, a takes 1 each time: the per-turn ratios
+    # are 2, 2 and 12 (median 2), while the ratio of the medians would also be 2 but a burst
+    # in one turn must not move the median ratio.
+    clock = FakeClock()
+    monkeypatch.setattr(script.time, "perf_counter", clock)
+    costs = {"a": iter([0, 0] + [1, 1, 1]), "b": iter([0, 0] + [2, 2, 12])}
+
+    def run(name):
+        def fn():
+            clock.now += next(costs[name])
+
+        return fn
+
+    out = script.interleaved({"a": run("a"), "b": run("b")}, turns=3, sync=lambda: None)
+    assert out["a"]["s"] == pytest.approx(1) and out["a"]["ratio"] == pytest.approx(1)
+    assert out["b"]["s"] == pytest.approx(2)
+    assert out["b"]["ratio"] == pytest.approx(2)
+    low, high = out["b"]["iqr"]
+    assert low <= 2 <= high

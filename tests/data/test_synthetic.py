@@ -219,9 +219,10 @@ def test_occluders_only_hide_part_of_the_target():
 
 @pytest.mark.parametrize("name", ["cluttered", "cluttered-hard"])
 def test_compare_presets_draw_more_clutter_than_default(name):
-    # More objects per scene than "default" (its range is 1-3 objects).
-    d = DIFFICULTIES[name]
-    assert d.distractors[0] >= 2 and d.scale[1] < DIFFICULTIES["default"].scale[1]
+    # More distractors per scene than "default", at both ends of the range, and smaller targets.
+    d, default = DIFFICULTIES[name], DIFFICULTIES["default"]
+    assert d.distractors[0] > default.distractors[0] and d.distractors[1] > default.distractors[1]
+    assert d.scale[1] < default.scale[1]
     s = SyntheticScenes(split="test", length=4, difficulty=name, task="detection").scene(0)
     assert s.boxes.shape == (1, 4) and s.image.shape == (3, 32, 32)
 
