@@ -254,9 +254,9 @@ def run_onnx(path: str | os.PathLike, x: Tensor) -> list[Tensor]:
     """Runs an exported file in onnxruntime (CPU) on ``x``; one tensor per output."""
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
-    feed = {session.get_inputs()[0].name: x.detach().cpu().float().numpy()}
-    return [torch.from_numpy(out) for out in session.run(None, feed)]
+    ort_session = onnxruntime.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    feed = {ort_session.get_inputs()[0].name: x.detach().cpu().float().numpy()}
+    return [torch.from_numpy(out) for out in ort_session.run(None, feed)]
 
 
 def _flatten(out: Any) -> list[Tensor]:
