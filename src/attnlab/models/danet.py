@@ -298,13 +298,20 @@ class DANet(nn.Module):
         return self.forward_head(self.forward_features(x), x.shape[-2:], aux)
 
 
-def _build(name: str, head: str, backbone: str, kwargs: dict) -> DANet:
+def build_segmenter(
+    cls: type[DANet], name: str, head: str, backbone: str, kwargs: dict, head_options: dict
+) -> DANet:
+    """Builds ``cls(backbone, head=head, **kwargs)`` for a registered name and sets its config.
+
+    ``head_options`` maps the head's own options to their defaults; the config records them
+    with the shared ones, so ``create_model(**model.config)`` rebuilds the model.
+    """
     if "head" in kwargs or "backbone" in kwargs:
         raise TypeError(f"{name}: head and backbone are fixed by the name; pick another model name")
     if backbone in _CIFAR_BACKBONES:
         kwargs = {"output_stride": None, **kwargs}
     try:
-        model = DANet(backbone, head=head, **kwargs)
+        model = cls(backbone, head=head, **kwargs)
     except TypeError as err:
         raise TypeError(f"{name}: {err}") from None
     options = {
@@ -312,8 +319,7 @@ def _build(name: str, head: str, backbone: str, kwargs: dict) -> DANet:
         "output_stride": kwargs.get("output_stride", 8),
         "multi_grid": kwargs.get("multi_grid"),
         "dropout": kwargs.get("dropout", 0.1),
-        "cam_variant": kwargs.get("cam_variant", "official"),
-        "pam_kwargs": kwargs.get("pam_kwargs"),
+        **{key: kwargs.get(key, default) for key, default in head_options.items()},
         "align_corners": model.align_corners,
         "attn": kwargs.get("attn"),
         "backbone_kwargs": kwargs.get("backbone_kwargs"),
@@ -326,7 +332,8 @@ def _register(head: str, backbone: str) -> None:
     name = f"{head}_{backbone}"
 
     def factory(**kwargs: Any) -> DANet:
-        return _build(name, head, backbone, kwargs)
+        options = {"cam_variant": "official", "pam_kwargs": None}
+        return build_segmenter(DANet, name, head, backbone, kwargs, options)
 
     factory.__doc__ = f"{name}: {head} head on a dilated {backbone} (segmentation)."
     register_model(

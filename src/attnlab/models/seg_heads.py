@@ -48,9 +48,8 @@ from torch import nn
 from ..layers.criss_cross import CrissCrossAttention
 from ..layers.nonlocal_block import NonLocalBlock
 from ..layers.polarized import PolarizedSelfAttention
-from ..plain import plain
 from ..registry import register_model
-from .danet import _CIFAR_BACKBONES, BACKBONES, DANet
+from .danet import BACKBONES, DANet, build_segmenter
 
 SEG_HEADS = {
     "nl": (NonLocalBlock, {"mode": "embedded_gaussian", "preset": "official"}),
@@ -172,34 +171,12 @@ class AttentionSegNet(DANet):
         return [self.head.attention] + self.backbone.attention_modules()
 
 
-def _build(name: str, head: str, backbone: str, kwargs: dict) -> AttentionSegNet:
-    if "head" in kwargs or "backbone" in kwargs:
-        raise TypeError(f"{name}: head and backbone are fixed by the name; pick another model name")
-    if backbone in _CIFAR_BACKBONES:
-        kwargs = {"output_stride": None, **kwargs}
-    try:
-        model = AttentionSegNet(backbone, head=head, **kwargs)
-    except TypeError as err:
-        raise TypeError(f"{name}: {err}") from None
-    options = {
-        "num_classes": model.num_classes,
-        "output_stride": kwargs.get("output_stride", 8),
-        "multi_grid": kwargs.get("multi_grid"),
-        "dropout": kwargs.get("dropout", 0.1),
-        "head_kwargs": kwargs.get("head_kwargs"),
-        "align_corners": model.align_corners,
-        "attn": kwargs.get("attn"),
-        "backbone_kwargs": kwargs.get("backbone_kwargs"),
-    }
-    model.config = plain({"name": name, **options})  # create_model(**config) rebuilds it
-    return model
-
-
 def _register(head: str, backbone: str) -> None:
     name = f"{head}_{backbone}"
 
     def factory(**kwargs: Any) -> AttentionSegNet:
-        return _build(name, head, backbone, kwargs)
+        options = {"head_kwargs": None}
+        return build_segmenter(AttentionSegNet, name, head, backbone, kwargs, options)
 
     factory.__doc__ = f"{name}: {head} head on a dilated {backbone} (segmentation)."
     register_model(
