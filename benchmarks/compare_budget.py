@@ -32,7 +32,7 @@ def _load() -> str:
 
 
 def _compare(variants, recipe, seeds, jobs, threads, robust):
-    from attnlab.engine.compare import compare
+    from attnlab.lab.compare import compare
 
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
@@ -42,7 +42,7 @@ def _compare(variants, recipe, seeds, jobs, threads, robust):
 
 
 def parallel_vs_serial(repeats: int) -> None:
-    from attnlab.engine.compare import DEFAULT_RECIPE, ROBUST_SCENES, variant_options
+    from attnlab.lab.compare import DEFAULT_RECIPE, ROBUST_SCENES, variant_options
 
     variants = variant_options("main", ["baseline", "cbam"])
     recipe = {**DEFAULT_RECIPE, "epochs": 1}
@@ -64,7 +64,7 @@ def parallel_vs_serial(repeats: int) -> None:
 
 
 def whole(quick: bool) -> None:
-    from attnlab.engine.compare import (
+    from attnlab.lab.compare import (
         DEFAULT_RECIPE,
         DEFAULT_SEEDS,
         QUICK_RECIPE,

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from attnlab.cli import main
-from attnlab.engine.compare.report import aggregate, plateau, time_to_accuracy, verdict
+from attnlab.lab.compare.report import aggregate, plateau, time_to_accuracy, verdict
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TINY = ["--train-size", "64", "--val-size", "32", "--batch-size", "32", "--robust-scenes", "32"]
@@ -61,7 +61,7 @@ def check_inspection(out, results, seeds):
     """The localisation column (synthetic data) and one gallery PNG per variant."""
     from PIL import Image
 
-    from attnlab.engine.compare import GALLERY_IMAGES
+    from attnlab.lab.compare import GALLERY_IMAGES
 
     table = (out / "results.md").read_text()
     assert "| pointing game (Grad-CAM) |" in table
@@ -144,8 +144,8 @@ def test_bad_input_is_one_line_and_exit_code_2(argv, needle, capsys, tmp_path):
 
 def test_any_registered_attention_is_a_variant():
     """`--variants NAME` takes every registered attention: it trains in a ResNet-20 block."""
-    from attnlab.engine.compare import VARIANT_SETS, variant_options
-    from attnlab.engine.compare.runs import warm_up
+    from attnlab.lab.compare import VARIANT_SETS, variant_options
+    from attnlab.lab.compare.runs import warm_up
     from attnlab.registry import list_attention
 
     names = list_attention()
@@ -279,7 +279,7 @@ def test_harder_split_is_deterministic_and_held_out():
     import torch
 
     from attnlab.data.synthetic import SyntheticScenes
-    from attnlab.engine.compare.probe import harder_scenes
+    from attnlab.lab.compare.probe import harder_scenes
 
     a_images, a_labels = harder_scenes("cluttered-hard", length=6, size=32, num_classes=6)
     b_images, b_labels = harder_scenes("cluttered-hard", length=6, size=32, num_classes=6)

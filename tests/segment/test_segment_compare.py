@@ -9,7 +9,7 @@ import math
 import pytest
 
 from attnlab.cli import main
-from attnlab.engine.segment_compare import compare_heads, markdown, summarise
+from attnlab.lab.segment_compare import compare_heads, markdown, summarise
 
 COSTS = {
     h: {"params": 1000 + i, "macs": 2e6, "peak_inference_bytes": 2**20}

@@ -16,7 +16,7 @@ from ..registry import list_classifiers
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    from ..engine.compare import DEFAULT_RECIPE, DEFAULT_SEEDS, QUICK_RECIPE, VARIANT_SETS
+    from ..lab.compare import DEFAULT_RECIPE, DEFAULT_SEEDS, QUICK_RECIPE, VARIANT_SETS
 
     parser = sub.add_parser(
         name,
@@ -92,7 +92,7 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..cli import UsageError
-    from ..engine.compare import (
+    from ..lab.compare import (
         DEFAULT_RECIPE,
         QUICK_RECIPE,
         QUICK_ROBUST_SCENES,

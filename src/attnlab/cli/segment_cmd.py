@@ -8,7 +8,7 @@ CVPR 2019, arXiv 1809.02983) and its ablations.
   ``--data-dir``/``--val-split``), single scale or ``--multi-scale``/``--flip``/``--sliding``.
 - ``compare``: segmentation heads (FCN, DANet, NL, CCNet, PSA) trained side by side with one
   recipe and several seeds; mIoU and pixel accuracy with 95 % intervals, each head's
-  difference from FCN with Welch's interval (see :mod:`attnlab.engine.segment_compare`).
+  difference from FCN with Welch's interval (see :mod:`attnlab.lab.segment_compare`).
 - ``predict``: for each image, ``<out>/<name>_mask.png`` (an index PNG with the VOC colour
   palette: pixel values are class ids, viewers show colours) and ``<out>/<name>_overlay.png``
   (the image with the classes other than background tinted), both at the image's size.
@@ -40,9 +40,9 @@ from ..data.folder import load_image
 from ..data.transforms import pil_to_tensor
 from ..engine.distributed import resolve_device
 from ..engine.files import save_png
-from ..engine.segment_compare import DEFAULT_HEADS as COMPARE_HEADS
-from ..engine.segment_compare import DEFAULT_SEEDS as COMPARE_SEEDS
-from ..engine.segment_compare import QUICK_RECIPE, compare_heads
+from ..lab.segment_compare import DEFAULT_HEADS as COMPARE_HEADS
+from ..lab.segment_compare import DEFAULT_SEEDS as COMPARE_SEEDS
+from ..lab.segment_compare import QUICK_RECIPE, compare_heads
 from ..engine.tasks.segment import evaluate_checkpoint, load_segmenter, main
 from ..engine.tasks.segment_config import MULTI_SCALES, SegmentConfig
 from ..segment.infer import predict_probs

@@ -16,7 +16,7 @@ default), then writes to the output folder:
 Nothing is selected: every seed's final-epoch accuracy counts.
 
 Example:
-    >>> from attnlab.engine.compare import DEFAULT_RECIPE, VARIANT_SETS
+    >>> from attnlab.lab.compare import DEFAULT_RECIPE, VARIANT_SETS
     >>> list(VARIANT_SETS["main"]), DEFAULT_RECIPE["difficulty"]
     (['baseline', 'se', 'cbam', 'eca', 'bam', 'ca'], 'default')
 """
@@ -29,6 +29,7 @@ import os
 import time
 from typing import Any
 
+from ..summary import model_cost
 from .charts import write_chart, write_curves
 from .report import TARGET_FRACTION, accuracy_table, aggregate, cost_table, plateau_line
 from .runs import default_jobs, run_all, warm_up
@@ -86,7 +87,6 @@ def compare(
     Returns:
         The results dict written to ``results.json``.
     """
-    from ...bench import count_macs, count_params, measure_latency
     from ...registry import create_model
 
     if not variants or not seeds:
@@ -121,9 +121,7 @@ def compare(
         model = create_model(**first["model_config"])
         size = first.get("image_size") or 32
         row["options"] = variants[row["variant"]]
-        row["params"] = count_params(model)
-        row["macs"] = count_macs(model, (1, 3, size, size))
-        row["latency_ms"] = 1e3 * measure_latency(model, (1, 3, size, size))
+        row.update(model_cost(model, size, latency=True))
     results = {
         "recipe": recipe,
         "seeds": seeds,

@@ -12,7 +12,7 @@ intra-op threads little work to share; ``benchmarks/compare_budget.py --mode par
 both ways on a machine). Results do not depend on the mode: every run is seeded on its own.
 
 Example:
-    >>> from attnlab.engine.compare.runs import default_jobs
+    >>> from attnlab.lab.compare.runs import default_jobs
     >>> default_jobs(1) == 1
     True
 """
@@ -68,8 +68,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """
     import torch
 
-    from ..config import TrainConfig
-    from ..train import main as train
+    from ...engine.config import TrainConfig
+    from ...engine.train import main as train
     from .probe import gallery, harder_accuracy, pointing
 
     if job.get("threads"):

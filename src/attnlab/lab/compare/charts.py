@@ -3,7 +3,7 @@
 ``curves.png`` (validation accuracy per epoch, mean with a ± std band over seeds).
 
 Example:
-    >>> from attnlab.engine.compare.charts import write_curves
+    >>> from attnlab.lab.compare.charts import write_curves
     >>> callable(write_curves)
     True
 """

@@ -10,7 +10,7 @@ target, which the training scenes never have — drawn from the held-out ``test`
 (``"cluttered-hard"`` leaves models trained on ``"default"`` scenes near chance.)
 
 Example:
-    >>> from attnlab.engine.compare.variants import VARIANT_SETS, variant_options
+    >>> from attnlab.lab.compare.variants import VARIANT_SETS, variant_options
     >>> list(VARIANT_SETS["main"])
     ['baseline', 'se', 'cbam', 'eca', 'bam', 'ca']
     >>> variant_options("main", ["baseline", "eca"])

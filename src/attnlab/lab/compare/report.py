@@ -8,7 +8,7 @@ difference of means with Welch's 95 % interval (:func:`attnlab.metrics.stats.dif
 difference whose interval contains 0 is reported as not distinguishable from noise.
 
 Example:
-    >>> from attnlab.engine.compare.report import plateau, time_to_accuracy
+    >>> from attnlab.lab.compare.report import plateau, time_to_accuracy
     >>> plateau([0.5, 0.7, 0.8, 0.81, 0.812, 0.815, 0.814, 0.815])["reached"]
     True
     >>> plateau([0.5, 0.6, 0.7, 0.75, 0.8, 0.84, 0.87, 0.9])["reached"]
@@ -23,7 +23,8 @@ import math
 import statistics
 from typing import Any
 
-from ...metrics.stats import diff_ci, mean_ci
+from ...metrics.stats import mean_ci
+from ..summary import seed_statistics
 
 PLATEAU_FRACTION = 0.25  # the last quarter of training …
 PLATEAU_TOLERANCE = 0.01  # … changes validation accuracy by less than 1 point
@@ -98,11 +99,12 @@ def aggregate(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]
             for c, r in zip(curves, rs, strict=True)
         ]
         reached = [x for x in reach if x[0] is not None]
+        acc = seed_statistics(accs, None if v == reference else ref_accs)
         row: dict[str, Any] = {
             "variant": v,
             "seeds": [r["seed"] for r in rs],
             "accs": accs,
-            "acc": mean_ci(accs),
+            "acc": acc["mean"],
             "curve_mean": mean_curve,
             "curve_std": std_curve,
             "plateau": plateau(mean_curve),
@@ -114,16 +116,17 @@ def aggregate(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]
                 "seconds": statistics.fmean(x[1] for x in reached) if reached else None,
             },
         }
-        if v != reference:
-            row["vs_baseline"] = diff_ci(accs, ref_accs)
+        if acc["vs_reference"] is not None:
+            row["vs_baseline"] = acc["vs_reference"]
         robust = [r["robust_acc"] for r in rs if r.get("robust_acc") is not None]
         if len(robust) == len(rs):
+            ref_robust = [r["robust_acc"] for r in by_variant[reference]]
+            robust_stats = seed_statistics(robust, None if v == reference else ref_robust)
             row["robust_accs"] = robust
-            row["robust"] = mean_ci(robust)
+            row["robust"] = robust_stats["mean"]
             row["drop"] = mean_ci([a - b for a, b in zip(accs, robust, strict=True)])
-            if v != reference:
-                ref_robust = [r["robust_acc"] for r in by_variant[reference]]
-                row["robust_vs_baseline"] = diff_ci(robust, ref_robust)
+            if robust_stats["vs_reference"] is not None:
+                row["robust_vs_baseline"] = robust_stats["vs_reference"]
         points = [r["pointing"] for r in rs if r.get("pointing") is not None]
         if len(points) == len(rs):
             row["pointings"] = points

@@ -4,12 +4,12 @@
   column), drawn from the generator's ``test`` stream, which no training or validation scene
   comes from;
 - :func:`pointing`: the Grad-CAM pointing game (last stage, true class;
-  :mod:`attnlab.metrics.localization`) on the first :data:`PROBE_SCENES` validation scenes;
+  :mod:`attnlab.viz.localization`) on the first :data:`PROBE_SCENES` validation scenes;
 - :func:`gallery`: input, Grad-CAM and the last attention module of each stage for the first
   :data:`GALLERY_IMAGES` validation images (:mod:`attnlab.viz`, needs matplotlib).
 
 Example:
-    >>> from attnlab.engine.compare.probe import harder_scenes
+    >>> from attnlab.lab.compare.probe import harder_scenes
     >>> images, labels = harder_scenes("cluttered-hard", length=4, size=32, num_classes=6)
     >>> tuple(images.shape), labels.tolist() == harder_scenes(
     ...     "cluttered-hard", length=4, size=32, num_classes=6)[1].tolist()
@@ -38,7 +38,7 @@ def harder_scenes(
 
 
 def _load(summary: dict[str, Any]) -> tuple[torch.nn.Module, dict[str, Any]]:
-    from ..checkpoint import load_model
+    from ...engine.checkpoint import load_model
 
     model, checkpoint = load_model(summary["checkpoint"])
     return model.eval(), checkpoint.get("data_info") or {}
@@ -88,7 +88,7 @@ def _probe_scenes(summary: dict[str, Any], recipe: dict[str, Any]) -> dict[str, 
 def pointing(summary: dict[str, Any], recipe: dict[str, Any]) -> dict[str, Any]:
     """Grad-CAM pointing game and energy in the target, and the attention maps' pointing
     game (None when the model has no spatial attention map), on the probe scenes."""
-    from ...metrics import localization_score
+    from ...viz.localization import localization_score
 
     model, info = _load(summary)
     probe = _probe_scenes(summary, recipe)

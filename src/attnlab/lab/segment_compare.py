@@ -20,7 +20,7 @@ Written to ``out``: ``results.json`` (every run and every head's statistics), ``
 files are written atomically.
 
 Example:
-    >>> from attnlab.engine.segment_compare import DEFAULT_HEADS, QUICK_RECIPE
+    >>> from attnlab.lab.segment_compare import DEFAULT_HEADS, QUICK_RECIPE
     >>> DEFAULT_HEADS, QUICK_RECIPE["epochs"]
     (('fcn', 'danet', 'nl', 'ccnet', 'psa'), 1)
 """
@@ -34,9 +34,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..metrics.stats import diff_ci, mean_ci
+from ..engine.tasks.segment import SegmentConfig, main
 from ..registry import create_model
-from .tasks.segment import SegmentConfig, main
+from .summary import model_cost, seed_statistics
 
 DEFAULT_HEADS = ("fcn", "danet", "nl", "ccnet", "psa")
 BASELINE = "fcn"
@@ -74,24 +74,8 @@ def _check_heads(heads: Sequence[str], backbone: str) -> list[str]:
 
 def head_cost(head: str, recipe: dict[str, Any], num_classes: int) -> dict[str, Any]:
     """Parameters, MACs and peak inference tensor memory of ``{head}_{backbone}``."""
-    import torch
-
-    from ..bench.cost import count_macs
-    from ..bench.memory import peak_memory
-
     model = create_model(f"{head}_{recipe['backbone']}", num_classes=num_classes).eval()
-    size = recipe["image_size"]
-    x = torch.zeros(1, 3, size, size)
-
-    def forward() -> None:
-        with torch.no_grad():
-            model(x)
-
-    return {
-        "params": sum(p.numel() for p in model.parameters()),
-        "macs": count_macs(model, (1, 3, size, size)),
-        "peak_inference_bytes": peak_memory(forward),
-    }
+    return model_cost(model, recipe["image_size"], memory=True)
 
 
 def summarise(runs: list[dict[str, Any]], heads: Sequence[str]) -> list[dict[str, Any]]:
@@ -101,17 +85,20 @@ def summarise(runs: list[dict[str, Any]], heads: Sequence[str]) -> list[dict[str
     for head in heads:
         rs = [r for r in runs if r["head"] == head]
         miou, acc = [r["miou"] for r in rs], [r["pixel_accuracy"] for r in rs]
+        is_base = head == BASELINE
+        miou_stats = seed_statistics(miou, None if is_base else [r["miou"] for r in base])
+        acc_stats = seed_statistics(acc, None if is_base else [r["pixel_accuracy"] for r in base])
         row = {
             "head": head,
             "seeds": [r["seed"] for r in rs],
             "mious": miou,
-            "miou": mean_ci(miou),
-            "pixel_accuracy": mean_ci(acc),
+            "miou": miou_stats["mean"],
+            "pixel_accuracy": acc_stats["mean"],
             "train_seconds": sum(r["train_seconds"] for r in rs) / len(rs),
         }
-        if head != BASELINE:
-            row["miou_vs_fcn"] = diff_ci(miou, [r["miou"] for r in base])
-            row["acc_vs_fcn"] = diff_ci(acc, [r["pixel_accuracy"] for r in base])
+        if not is_base:
+            row["miou_vs_fcn"] = miou_stats["vs_reference"]
+            row["acc_vs_fcn"] = acc_stats["vs_reference"]
         rows.append(row)
     return rows
 
