@@ -148,10 +148,10 @@ def visualize(args: argparse.Namespace) -> dict[str, Any]:
     """Writes the outputs described in the module docstring; returns the summary."""
     from ..engine.checkpoint import load_model
     from ..engine.distributed import resolve_device
-    from ..metrics import localization_score
     from ..viz import maps as vmaps
     from ..viz import plots
     from ..viz.gradcam import grad_cam
+    from ..viz.localization import localization_score
     from . import UsageError
 
     for flag in ("count", "rows"):

@@ -1,4 +1,5 @@
-"""Metrics: localisation of saliency and attention maps (pointing game, energy in mask);
+"""Metrics: localisation of saliency and attention maps (pointing game, energy in mask; the
+maps themselves are scored by :func:`attnlab.viz.localization_score`);
 detection mAP (VOC mAP@0.5, COCO-style mAP@[.5:.95], per-class AP table; COCO's own numbers
 through pycocotools); segmentation
 confusion matrix, per-class IoU, mIoU and pixel accuracy.
@@ -16,7 +17,7 @@ Example:
 
 from .coco import coco_evaluate
 from .detection import ap_table, evaluate_detections
-from .localization import energy_in_mask, localization_score, pointing_game
+from .localization import energy_in_mask, pointing_game
 from .segmentation import ConfusionMatrix, confusion_matrix
 
 __all__ = [
@@ -26,6 +27,5 @@ __all__ = [
     "confusion_matrix",
     "energy_in_mask",
     "evaluate_detections",
-    "localization_score",
     "pointing_game",
 ]

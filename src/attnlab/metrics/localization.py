@@ -19,8 +19,8 @@ Conventions (the same for both):
   chance level — and so does an all-zero map's energy (it is read as uniform).
 - Images whose mask is empty score NaN; means (``reduction="mean"``) skip NaNs.
 
-:func:`localization_score` runs both scores for Grad-CAM and for every spatial attention map
-of a model on scenes with masks (the synthetic scenes).
+:func:`attnlab.viz.localization_score` runs both scores for Grad-CAM and for every spatial
+attention map of a model on scenes with masks (the synthetic scenes).
 
 Example:
     >>> import torch
@@ -39,12 +39,10 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 _TIE_RTOL = 1e-6
 
@@ -115,128 +113,3 @@ def energy_in_mask(maps: Tensor, masks: Tensor, *, reduction: str = "none") -> T
         total > 0, (flat * inside).sum(1) / total.clamp(min=1e-300), inside.double().mean(1)
     )
     return _reduce(torch.where(inside.any(1), ratio, math.nan).float(), reduction)
-
-
-def _scene_batches(
-    data: Any, count: int | None, batch_size: int, normalize: Sequence[Sequence[float]] | None
-) -> Iterable[tuple[Tensor, Tensor | None, Tensor]]:
-    """(images, labels or None, object masks) batches from scenes or an iterable of batches."""
-    if hasattr(data, "scene"):  # SyntheticScenes: the target object's mask, from its label
-        total = len(data) if count is None else min(count, len(data))
-        mean, std = (None, None) if normalize is None else (
-            torch.tensor(normalize[0]).view(1, -1, 1, 1),
-            torch.tensor(normalize[1]).view(1, -1, 1, 1),
-        )  # fmt: skip
-        for start in range(0, total, batch_size):
-            scenes = [data.scene(i) for i in range(start, min(start + batch_size, total))]
-            images = torch.stack([s.image for s in scenes])  # B×3×S×S in [0, 1]
-            if mean is not None:
-                images = (images - mean) / std
-            labels = torch.tensor([s.label for s in scenes])
-            masks = torch.stack([s.mask == s.label + 1 for s in scenes])  # B×S×S
-            yield images, labels, masks
-        return
-    seen = 0
-    for batch in data:  # (images, masks) or (images, labels, masks), images ready for the model
-        if len(batch) == 2:
-            images, labels, masks = batch[0], None, batch[1]
-        elif len(batch) == 3:
-            images, labels, masks = batch
-        else:
-            raise ValueError(
-                "localization_score: batches must be (images, masks) or (images, labels, masks)"
-            )
-        if count is not None and seen + len(images) > count:
-            keep = count - seen
-            images, masks = images[:keep], masks[:keep]
-            labels = None if labels is None else labels[:keep]
-        seen += len(images)
-        yield images, labels, masks
-        if count is not None and seen >= count:
-            return
-
-
-def localization_score(
-    model: nn.Module,
-    data: Any,
-    *,
-    count: int | None = None,
-    batch_size: int = 64,
-    normalize: Sequence[Sequence[float]] | None = None,
-    layer: str | nn.Module | None = None,
-    method: str = "gradcam",
-    target: str = "label",
-    attention: bool = True,
-) -> dict[str, Any]:
-    """Pointing game and energy in mask of Grad-CAM and of the model's spatial attention maps.
-
-    Args:
-        model: a classifier (put in eval mode here).
-        data: a :class:`~attnlab.data.synthetic.SyntheticScenes` (the target object's mask is
-            used; images are normalised with ``normalize``), or an iterable of
-            ``(images, masks)`` / ``(images, labels, masks)`` batches ready for the model
-            (e.g. a DataLoader).
-        count: score at most this many images (default: all).
-        batch_size: scenes per forward pass (scenes only).
-        normalize: ``(mean, std)`` per channel applied to the scenes' [0, 1] images.
-        layer: Grad-CAM layer, a module name or module (default: the last stage).
-        method: ``"gradcam"`` or ``"gradcam++"``.
-        target: Grad-CAM class: ``"label"`` (the true class where known, else the predicted)
-            or ``"predicted"``.
-        attention: also score every spatial attention map (see
-            :func:`attnlab.viz.maps.spatial_maps`).
-
-    Returns:
-        ``{"count": n, "gradcam": {"pointing", "energy"}, "attention": {"pointing", "energy",
-        "modules": {module: {"kind", "pointing", "energy"}}} or None}``: means over images
-        (and, for ``"attention"``'s top-level values, over modules); ``None`` where the model
-        has no spatial attention maps.
-    """
-    from ..viz.gradcam import grad_cam
-    from ..viz.maps import collect_attention, spatial_maps
-
-    if target not in ("label", "predicted"):
-        raise ValueError(
-            f"localization_score: target must be 'label' or 'predicted', got {target!r}"
-        )
-    model.eval()
-    device = next(model.parameters()).device
-    cam_scores: dict[str, list[Tensor]] = {"pointing": [], "energy": []}
-    module_scores: dict[str, dict[str, Any]] = {}
-    n = 0
-    for images, labels, masks in _scene_batches(data, count, batch_size, normalize):
-        images = images.to(device)
-        classes = labels if target == "label" else None
-        result = grad_cam(model, images, layer=layer, target=classes, method=method)
-        cam_scores["pointing"].append(pointing_game(result.maps, masks))
-        cam_scores["energy"].append(energy_in_mask(result.maps, masks))
-        n += len(images)
-        if not attention:
-            continue
-        _, entries = collect_attention(model, images)
-        for name, (kind, maps) in spatial_maps(entries).items():
-            scores = module_scores.setdefault(name, {"kind": kind, "pointing": [], "energy": []})
-            scores["pointing"].append(pointing_game(maps, masks))
-            scores["energy"].append(energy_in_mask(maps, masks))
-    if n == 0:
-        raise ValueError("localization_score: no images to score")
-
-    def mean(values: list[Tensor]) -> float:
-        return float(torch.cat(values).nanmean())
-
-    summary: dict[str, Any] = {
-        "count": n,
-        "gradcam": {"pointing": mean(cam_scores["pointing"]), "energy": mean(cam_scores["energy"])},
-        "attention": None,
-    }
-    if module_scores:
-        modules = {
-            name: {"kind": s["kind"], "pointing": mean(s["pointing"]), "energy": mean(s["energy"])}
-            for name, s in module_scores.items()
-        }
-        summary["attention"] = {
-            key: sum(m[key] for m in modules.values()) / len(modules)
-            for key in ("pointing", "energy")
-        }
-        summary["attention"]["modules"] = modules
-    return summary

@@ -6,9 +6,9 @@
 - :mod:`~attnlab.viz.draw`: detected boxes and segmentation masks drawn on images
   (torchvision's drawing utilities);
 - :mod:`~attnlab.viz.plots`: overlays, galleries and per-stage channel-weight histograms as
-  PNG (needs the ``viz`` extra, matplotlib, imported only when drawing).
-
-Localisation scores of these maps are in :mod:`attnlab.metrics`.
+  PNG (needs the ``viz`` extra, matplotlib, imported only when drawing);
+- :mod:`~attnlab.viz.localization`: pointing game and energy in the object mask of Grad-CAM
+  and of the attention maps (the scores themselves are in :mod:`attnlab.metrics`).
 
 Example:
     >>> import torch, attnlab
@@ -25,6 +25,7 @@ Example:
 
 from .draw import PALETTE, draw_boxes, overlay_labels
 from .gradcam import CAMResult, default_layer, grad_cam, resolve_layer
+from .localization import localization_score
 from .maps import (
     AttentionMap,
     affinity_maps,
@@ -55,6 +56,7 @@ __all__ = [
     "default_layer",
     "draw_boxes",
     "grad_cam",
+    "localization_score",
     "model_columns",
     "overlay",
     "overlay_labels",
