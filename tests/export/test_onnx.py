@@ -21,13 +21,7 @@ from attnlab.export import (
     onnx_op_types,
     run_onnx,
 )
-from attnlab.layers import CBAM, SE, PositionAttention
-
-# Modules that do not make the round trip, and why (asserted, so a fix is noticed).
-# cc: the exported graph holds EyeLike, which onnxruntime implements for no float type here.
-# fca: adaptive average pooling to FcaNet's fixed 7×7 grid, which the TorchScript exporter
-#   supports only for fixed sizes that are multiples of 7 (not with dynamic axes).
-KNOWN_FAILURES = {"cc": "EyeLike", "fca": "adaptive_avg_pool2d"}
+from attnlab.layers import CBAM, SE, CrissCrossAttention, MultiSpectralAttention, PositionAttention
 
 
 def randomized(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -84,12 +78,27 @@ def test_resnet18_round_trip(tmp_path, attn):
 @pytest.mark.parametrize("attn", attnlab.list_attention())
 def test_every_registered_attention_in_resnet18(tmp_path, attn):
     model = small_resnet18(attn)
-    if attn in KNOWN_FAILURES:
-        with pytest.raises(Exception, match=KNOWN_FAILURES[attn]):
-            round_trip(model, tmp_path / "r.onnx", (1, 3, 64, 64), [(2, 3, 96, 64)])
-        return
     ops = round_trip(model, tmp_path / "r.onnx", (1, 3, 64, 64), [(2, 3, 96, 64)])
     assert [op for op in ops if op in POOLING_OPS] == ["MaxPool"]  # the stem's, nothing else
+
+
+def test_criss_cross_masks_the_centre_without_eye_like(tmp_path):
+    """The centre mask is a comparison of two ranges: no EyeLike (onnxruntime has no float
+    kernel for it), and the column length stays symbolic (non-square maps at other sizes)."""
+    ops = round_trip(randomized(CrissCrossAttention(16)), tmp_path / "c.onnx", (1, 16, 9, 7),
+                     [(2, 16, 5, 12), (1, 16, 1, 3)])  # fmt: skip
+    assert "EyeLike" not in ops and "Range" in ops and "Equal" in ops
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"dct_size": (7, 14)}, {"preset": "native"}])
+def test_fca_exports_with_dynamic_size(tmp_path, kwargs):
+    """FcaNet's pooling to the DCT grid is folded into its basis (built in the graph from the
+    input's size): sizes below, at, above and between multiples of the grid, no pooling op."""
+    model = randomized(MultiSpectralAttention(32, **kwargs))
+    ops = round_trip(model, tmp_path / "f.onnx", (1, 32, 9, 7),
+                     [(2, 32, 7, 14), (1, 32, 1, 1), (3, 32, 30, 23)])  # fmt: skip
+    assert not set(ops) & set(POOLING_OPS) and "MatMul" in ops
+    assert not [op for op in ops if "Pool" in op]  # no adaptive pooling either
 
 
 @pytest.mark.slow
@@ -182,3 +191,14 @@ def test_dynamo_exporter(tmp_path):
     assert "ReduceMean" in ops and "ReduceMax" in ops and not set(ops) & set(POOLING_OPS)
     imports = onnx.load(str(tmp_path / "d.onnx")).opset_import
     assert [o.version for o in imports if o.domain in ("", "ai.onnx")] == [18]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module_class", [CrissCrossAttention, MultiSpectralAttention])
+def test_dynamo_exporter_keeps_sizes_symbolic(tmp_path, module_class):
+    """The size-dependent graphs of cc (centre mask) and fca (pooling folded into the basis)
+    under the torch.export-based exporter: symbolic batch, height and width."""
+    pytest.importorskip("onnxscript", reason="dynamo=True needs onnxscript")
+    ops = round_trip(randomized(module_class(16)), tmp_path / "d.onnx", (1, 16, 9, 7),
+                     [(2, 16, 5, 12), (1, 16, 30, 23)], dynamo=True)  # fmt: skip
+    assert "Range" in ops and "EyeLike" not in ops and not set(ops) & set(POOLING_OPS)

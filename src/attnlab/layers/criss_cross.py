@@ -55,8 +55,10 @@ def criss_cross_attention(
     height, width = q.shape[-2:]
     # energy_col[b, h, w, g] = q[:, h, w] · k[:, g, w]: the column of (h, w), B×H×W×H
     energy_col = torch.einsum("bchw,bcgw->bhwg", q, k)
-    # The centre (g == h) also belongs to the row: count it there only.
-    centre = torch.eye(height, dtype=torch.bool, device=q.device)[:, None, :]  # H×1×H
+    # The centre (g == h) also belongs to the row: count it there only. The mask compares two
+    # ranges (not torch.eye: its ONNX form, EyeLike, has no float kernel in onnxruntime).
+    rows = torch.arange(height, device=q.device)
+    centre = (rows[:, None] == rows[None, :])[:, None, :]  # H×1×H
     energy_col = energy_col.masked_fill(centre, float("-inf"))
     energy_row = torch.einsum("bchw,bchv->bhwv", q, k)  # the row of (h, w), B×H×W×W
     attention = torch.softmax(torch.cat([energy_col, energy_row], dim=-1), dim=-1)

@@ -23,6 +23,14 @@ Map sizes (the choice the 7×7 grid leaves open), as presets:
   (u·H/7, v·W/7), which is the authors' scaling wherever H and W are multiples of 7 (identical
   to ``"official"`` with dct_size = H there) and continues it to every other size.
 
+Both presets compute their filters from the input's size with tensor operations only, so the
+module exports to ONNX with symbolic height and width (no adaptive pooling operator). Adaptive
+average pooling is linear and the basis separable (B^{u,v} = rowᵤ ⊗ col_v), so pooling to the
+grid and then filtering equals filtering the input with (rowᵤ Pₕ) ⊗ (col_v P_w), where P
+(grid × input) averages each adaptive bin [⌊iN/n⌋, ⌈(i+1)N/n⌉) (P = I at the grid's own size,
+so the basis is then exactly the grid's). The native basis cos(π (uH/7)(h+½)/H) is
+cos(π u (h+½)/7): only its scale 1/√H depends on H.
+
 Example:
     >>> import torch
     >>> from attnlab.layers import MultiSpectralAttention
@@ -38,7 +46,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..registry import register_attention
@@ -82,14 +89,30 @@ def dct_basis_1d(freq: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Ten
     return torch.where(freq[:, None] == 0, basis, basis * math.sqrt(2))
 
 
-def dct_filters(
-    freqs: list[tuple[float, float]], channels: int, height: int, width: int, dtype, device=None
-) -> torch.Tensor:
-    """C×H×W filters: channel part i (C/n channels) holds B^{uᵢ,vᵢ} on an H×W grid."""
-    u = torch.tensor([f[0] for f in freqs], dtype=dtype, device=device)
-    v = torch.tensor([f[1] for f in freqs], dtype=dtype, device=device)
-    basis = dct_basis_1d(u, height, dtype)[:, :, None] * dct_basis_1d(v, width, dtype)[:, None]
-    return basis.repeat_interleave(channels // len(freqs), dim=0)  # C×H×W
+def native_basis_1d(freq: torch.Tensor, size: int) -> torch.Tensor:
+    """F×N rows at frequency f·N/7 on N points: cos(π f (t + ½) / 7) / √N, ×√2 where f ≠ 0.
+
+    ``size`` may be a traced size: every step is a tensor operation, so exports keep N symbolic.
+    """
+    t = torch.arange(size, dtype=freq.dtype, device=freq.device) + 0.5  # N
+    length = torch.ones_like(t).sum()  # N as a tensor
+    basis = torch.cos(math.pi * freq[:, None] * t[None, :] / 7) * length.rsqrt()
+    return torch.where(freq[:, None] == 0, basis, basis * math.sqrt(2))
+
+
+def pooling_matrix(size: int, bins: int, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """bins×N matrix of adaptive average pooling along one axis of length N = ``size``.
+
+    Row i averages the points [⌊iN/n⌋, ⌈(i+1)N/n⌉) (n = ``bins``), the bins of
+    :func:`torch.nn.functional.adaptive_avg_pool2d`; built from ranges, so a traced ``size``
+    stays symbolic in an export.
+    """
+    i = torch.arange(bins, device=device)
+    start = torch.div(i * size, bins, rounding_mode="floor")  # n
+    end = torch.div((i + 1) * size + bins - 1, bins, rounding_mode="floor")  # n, a ceiling
+    t = torch.arange(size, device=device)
+    inside = (t[None, :] >= start[:, None]) & (t[None, :] < end[:, None])  # n×N
+    return inside.to(dtype) / (end - start).to(dtype)[:, None]
 
 
 @register_attention(
@@ -156,9 +179,15 @@ class MultiSpectralAttention(nn.Module):
         self.dct_size = size
         # The authors' scaling: frequency indices times dct_size // 7 (integers).
         scaled = [(u * (size[0] // 7), v * (size[1] // 7)) for u, v in self.freqs]
-        filters = dct_filters(scaled, channels, size[0], size[1], torch.get_default_dtype())
+        dtype = torch.get_default_dtype()
+        u, v = (torch.tensor([f[k] for f in self.freqs], dtype=dtype) for k in (0, 1))
+        scaled_u, scaled_v = (torch.tensor([f[k] for f in scaled], dtype=dtype) for k in (0, 1))
         # Derived from the options, so not saved: state dicts hold the learned weights only.
-        self.register_buffer("dct_filter", filters, persistent=False)
+        # The basis is separable, B^{u,v} = rowᵤ ⊗ col_v: its 1-D factors are kept.
+        self.register_buffer("freq_u", u, persistent=False)  # n, along H
+        self.register_buffer("freq_v", v, persistent=False)  # n, along W
+        self.register_buffer("dct_rows", dct_basis_1d(scaled_u, size[0], dtype), persistent=False)
+        self.register_buffer("dct_cols", dct_basis_1d(scaled_v, size[1], dtype), persistent=False)
         hidden = reduced_channels(owner, channels, rd_ratio, rd_channels, rd_divisor)
         self.fc1 = nn.Linear(channels, hidden, bias=bias)
         self.act = act_layer()
@@ -171,13 +200,18 @@ class MultiSpectralAttention(nn.Module):
         h, w = x.shape[2], x.shape[3]
         if self.size_mode == "native":
             # Frequencies continued from the 7×7 grid: u·H/7 along H, v·W/7 along W.
-            freqs = [(u * h / 7, v * w / 7) for u, v in self.freqs]
-            filters = dct_filters(freqs, self.channels, h, w, x.dtype, x.device)
+            rows = native_basis_1d(self.freq_u.to(x.dtype), h)  # n×H
+            cols = native_basis_1d(self.freq_v.to(x.dtype), w)  # n×W
         else:
-            if (h, w) != self.dct_size:
-                x = F.adaptive_avg_pool2d(x, self.dct_size)  # B×C×dct_h×dct_w
-            filters = self.dct_filter.to(x.dtype)
-        return (x * filters).sum((2, 3))
+            # Adaptive pooling to the grid folded into the basis: rowᵤ Pₕ and col_v P_w (exact
+            # at the grid's own size, where both P are identities).
+            pool_h = pooling_matrix(h, self.dct_size[0], x.dtype, x.device)  # dct_h×H
+            pool_w = pooling_matrix(w, self.dct_size[1], x.dtype, x.device)  # dct_w×W
+            rows = self.dct_rows.to(x.dtype) @ pool_h  # n×H
+            cols = self.dct_cols.to(x.dtype) @ pool_w  # n×W
+        basis = rows[:, None, :, None] * cols[:, None, None, :]  # n×1×H×W
+        parts = x.unflatten(1, (len(self.freqs), -1))  # B×n×C/n×H×W
+        return (parts * basis).sum((3, 4)).flatten(1)  # B×C
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
