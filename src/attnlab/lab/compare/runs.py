@@ -10,6 +10,7 @@ Parallel runs use ``spawn``-started processes with ``threads`` intra-op threads 
 one run per core, one thread each: a network as small as ResNet-20 on 32×32 images leaves
 intra-op threads little work to share; ``benchmarks/compare_budget.py --mode parallel`` times
 both ways on a machine). Results do not depend on the mode: every run is seeded on its own.
+The workers end with their parent: interrupted, terminated or killed (:mod:`attnlab.lab.pool`).
 
 Example:
     >>> from attnlab.lab.compare.runs import default_jobs
@@ -23,6 +24,8 @@ import json
 import os
 import time
 from typing import Any
+
+from ..pool import run_parallel
 
 
 def default_jobs(runs: int) -> int:
@@ -104,22 +107,16 @@ def run_all(
             rows.append(run_one({**job, "threads": threads}))
             _say(log, rows[-1])
         return rows
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    context = multiprocessing.get_context("spawn")
-    rows: list[dict[str, Any] | None] = [None] * total
     log(f"{total} runs, {parallel} at a time, {threads or 1} thread(s) each …")
-    with ProcessPoolExecutor(parallel, mp_context=context) as pool:
-        futures = {
-            pool.submit(run_one, {**job, "threads": threads or 1}): i for i, job in enumerate(jobs)
-        }
-        for done, future in enumerate(as_completed(futures), 1):
-            row = future.result()
-            rows[futures[future]] = row
-            log(f"[{done}/{total}] {row['variant']} seed {row['seed']}")
-            _say(log, row)
-    return [r for r in rows if r is not None]
+    done = []
+
+    def finished(index: int, row: dict[str, Any]) -> None:
+        done.append(index)
+        log(f"[{len(done)}/{total}] {row['variant']} seed {row['seed']}")
+        _say(log, row)
+
+    jobs = [{**job, "threads": threads or 1} for job in jobs]
+    return run_parallel(run_one, jobs, parallel=parallel, on_result=finished)
 
 
 def _say(log, row: dict[str, Any]) -> None:
