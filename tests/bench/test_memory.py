@@ -55,6 +55,34 @@ def test_forward_backward_costs_more_than_forward():
     assert train > grads > forward
 
 
+def test_linear_chain_matches_its_activation_bytes():
+    """A chain of L bias-free Linear(d, d) layers on n ≫ d rows: one activation is A = 4·n·d
+    bytes, all weights together W = 4·L·d² bytes (W = A / 16 here, so activations dominate).
+
+    - no grad: the input exists before the call, so the peak is two activations alive at once
+      (a layer's output while the next is computed), exactly 2·A;
+    - forward + backward: the L − 1 hidden activations are saved for backward and the first
+      backward step makes an input gradient of A while they are alive, so the peak is at least
+      L·A; weight gradients add at most W (and the scalar loss a few bytes).
+    """
+    n, d, layers = 4096, 64, 4
+    model = nn.Sequential(*[nn.Linear(d, d, bias=False) for _ in range(layers)])
+    x = torch.randn(n, d)
+    activation, weights = 4 * n * d, 4 * layers * d * d
+    with torch.no_grad():
+        assert peak_memory(lambda: model(x)) == 2 * activation
+
+    def step():
+        model(x).sum().backward()
+
+    fresh = peak_memory(step)
+    assert layers * activation <= fresh <= layers * activation + weights + 64
+    # Gradients that exist before the call accumulate in place: not counted again.
+    again = peak_memory(step)
+    assert layers * activation <= again < fresh
+    assert all(p.grad is not None for p in model.parameters())
+
+
 def test_custom_op_counts_its_outputs():
     # Blocked position attention runs as one custom op: the tracker sees its outputs (the
     # 1×8×1024 result at least), not its per-block scratch (rss_growth measures that).
