@@ -40,11 +40,11 @@ from ..data.folder import load_image
 from ..data.transforms import pil_to_tensor
 from ..engine.distributed import resolve_device
 from ..engine.files import save_png
+from ..engine.tasks.segment import evaluate_checkpoint, load_segmenter, main
+from ..engine.tasks.segment_config import MULTI_SCALES, SegmentConfig
 from ..lab.segment_compare import DEFAULT_HEADS as COMPARE_HEADS
 from ..lab.segment_compare import DEFAULT_SEEDS as COMPARE_SEEDS
 from ..lab.segment_compare import QUICK_RECIPE, compare_heads
-from ..engine.tasks.segment import evaluate_checkpoint, load_segmenter, main
-from ..engine.tasks.segment_config import MULTI_SCALES, SegmentConfig
 from ..segment.infer import predict_probs
 from . import UsageError
 from .config_flags import add_config_flags
@@ -135,6 +135,10 @@ def _add_compare(actions: argparse._SubParsersAction) -> None:
         "--out", default="runs/segment-compare", metavar="DIR", help="output folder"
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--jobs", type=int, metavar="N",
+        help="CPU runs at a time, one thread each (default: one per CPU core; 1: one by one)",
+    )  # fmt: skip
 
 
 def _add_train(actions: argparse._SubParsersAction) -> None:
@@ -179,8 +183,9 @@ def _compare(args: argparse.Namespace) -> int:
     seeds = args.seeds or ([0, 1] if args.quick else list(COMPARE_SEEDS))
     try:
         result = compare_heads(
-            args.heads, seeds=seeds, recipe=recipe, out=args.out, device=args.device
-        )
+            args.heads, seeds=seeds, recipe=recipe, out=args.out, device=args.device,
+            jobs=args.jobs,
+        )  # fmt: skip
     except ValueError as err:
         raise UsageError(str(err)) from None
     print(result["markdown"])

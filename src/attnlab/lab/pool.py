@@ -34,6 +34,12 @@ POLL_SECONDS = 0.5  # how often a worker checks that its parent is alive
 STOP_SECONDS = 5.0  # how long a terminated worker may take before it is killed
 
 
+def default_jobs(runs: int) -> int:
+    """Parallel runs by default: one per CPU core this process may use, at most ``runs``."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(runs, cores or 1))
+
+
 def _watch_parent(parent: int, interval: float) -> None:
     while os.getppid() == parent:
         time.sleep(interval)

@@ -36,6 +36,7 @@ from typing import Any
 
 from ..engine.tasks.segment import SegmentConfig, main
 from ..registry import create_model
+from .pool import default_jobs, run_parallel
 from .summary import model_cost, seed_statistics
 
 DEFAULT_HEADS = ("fcn", "danet", "nl", "ccnet", "psa")
@@ -175,6 +176,31 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def run_head(job: dict[str, Any]) -> dict[str, Any]:
+    """Trains one head with one seed (a job of :func:`compare_heads`, run in a worker process
+    when runs are parallel).
+
+    Args:
+        job: ``{"head", "seed", "config": SegmentConfig fields, "threads": int or None}``.
+
+    Returns:
+        The run's row: head, seed, mIoU, pixel accuracy, parameters, training and wall seconds,
+        and ``num_classes``.
+    """
+    if job.get("threads"):
+        import torch
+
+        torch.set_num_threads(job["threads"])
+    started = time.perf_counter()
+    summary = main(SegmentConfig(**job["config"]))
+    return {
+        "head": job["head"], "seed": job["seed"], "miou": summary["miou"],
+        "pixel_accuracy": summary["pixel_accuracy"], "params": summary["params"],
+        "train_seconds": summary["epoch_time"] * summary["epochs"],
+        "wall_seconds": time.perf_counter() - started, "num_classes": len(summary["iou"]),
+    }  # fmt: skip
+
+
 def compare_heads(
     heads: Sequence[str] = DEFAULT_HEADS,
     *,
@@ -182,6 +208,7 @@ def compare_heads(
     recipe: dict[str, Any] | None = None,
     out: str = "runs/segment-compare",
     device: str = "cpu",
+    jobs: int | None = None,
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
     """Trains every head with every seed and writes the comparison.
@@ -193,43 +220,65 @@ def compare_heads(
             :class:`~attnlab.engine.tasks.segment.SegmentConfig` field).
         out: output folder.
         device: where the runs train.
+        jobs: runs at a time on the CPU, in worker processes of one thread each (default: one
+            per CPU core, :func:`attnlab.lab.pool.default_jobs`); 1 runs them one after
+            another in this process. Runs on another device go one at a time.
         log: called with one line per finished run; None for silence.
 
     Returns:
-        ``{"recipe", "runs", "rows", "costs", "markdown"}``.
+        ``{"recipe", "seeds", "jobs", "runs", "rows", "costs", "markdown"}``.
     """
     recipe = {**DEFAULT_RECIPE, **(recipe or {})}
     seeds = list(seeds)
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"segment compare: seeds must be distinct and non-empty, got {seeds}")
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"segment compare: jobs must be >= 1, got {jobs}")
     heads = _check_heads(heads, recipe["backbone"])
     options = {k: v for k, v in recipe.items() if k != "backbone"}
     os.makedirs(out, exist_ok=True)
-    runs, total = [], len(heads) * len(seeds)
-    for head in heads:
-        for seed in seeds:
-            config = SegmentConfig(
-                model=f"{head}_{recipe['backbone']}", seed=seed, device=device, progress=False,
-                out=os.path.join(out, "runs", f"{head}-seed{seed}"), overwrite=True, **options,
-            )  # fmt: skip
-            started = time.perf_counter()
-            summary = main(config)
-            seconds = time.perf_counter() - started
-            runs.append({
-                "head": head, "seed": seed, "miou": summary["miou"],
-                "pixel_accuracy": summary["pixel_accuracy"], "params": summary["params"],
-                "train_seconds": summary["epoch_time"] * summary["epochs"], "wall_seconds": seconds,
-            })  # fmt: skip
-            if log is not None:
-                log(
-                    f"[{len(runs)}/{total}] {head} seed {seed}: mIoU {100 * summary['miou']:.1f} "
-                    f"pixel acc {100 * summary['pixel_accuracy']:.1f} ({seconds:.0f} s)"
-                )
-    num_classes = len(summary["iou"])
+    total = len(heads) * len(seeds)
+    parallel = (default_jobs(total) if jobs is None else min(jobs, total)) if device == "cpu" else 1
+    work = [
+        {
+            "head": head,
+            "seed": seed,
+            "threads": 1 if parallel > 1 else None,
+            "config": dict(
+                model=f"{head}_{recipe['backbone']}",
+                seed=seed,
+                device=device,
+                progress=False,
+                out=os.path.join(out, "runs", f"{head}-seed{seed}"),
+                overwrite=True,
+                **options,
+            ),
+        }  # fmt: skip
+        for head in heads
+        for seed in seeds
+    ]
+    done = []
+
+    def finished(index: int, run: dict[str, Any]) -> None:
+        done.append(index)
+        if log is not None:
+            log(
+                f"[{len(done)}/{total}] {run['head']} seed {run['seed']}: mIoU "
+                f"{100 * run['miou']:.1f} pixel acc {100 * run['pixel_accuracy']:.1f} "
+                f"({run['wall_seconds']:.0f} s)"
+            )
+
+    runs = run_parallel(run_head, work, parallel=parallel, on_result=finished)
+    num_classes = runs[0]["num_classes"]
+    for run in runs:
+        del run["num_classes"]
     costs = {head: head_cost(head, recipe, num_classes) for head in heads}
     rows = summarise(runs, heads)
     text = markdown(rows, costs, recipe)
-    result = {"recipe": recipe, "seeds": seeds, "runs": runs, "rows": rows, "costs": costs}
+    result = {
+        "recipe": recipe, "seeds": seeds, "jobs": parallel, "runs": runs, "rows": rows,
+        "costs": costs,
+    }  # fmt: skip
     _write_atomic(
         os.path.join(out, "results.json"),
         json.dumps(_strict(result), indent=2, allow_nan=False) + "\n",

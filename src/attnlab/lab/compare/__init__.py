@@ -29,10 +29,11 @@ import os
 import time
 from typing import Any
 
+from ..pool import default_jobs
 from ..summary import model_cost
 from .charts import write_chart, write_curves
 from .report import TARGET_FRACTION, accuracy_table, aggregate, cost_table, plateau_line
-from .runs import default_jobs, run_all, warm_up
+from .runs import run_all, warm_up
 from .variants import (
     DEFAULT_RECIPE,
     DEFAULT_SEEDS,
@@ -78,8 +79,9 @@ def compare(
         recipe: TrainConfig fields shared by every run (model, data, epochs, …).
         seeds: training seeds; each variant runs once per seed.
         out: output folder (created).
-        jobs: runs at a time (default: one per CPU core, :func:`.runs.default_jobs`); 1 runs
-            them one after another in this process.
+        jobs: runs at a time (default: one per CPU core,
+            :func:`attnlab.lab.pool.default_jobs`); 1 runs them one after another in this
+            process.
         threads: intra-op threads per run (default: 1 when parallel, torch's setting when not).
         robust_scenes: size of the harder split (synthetic data; 0: no robustness column).
         log: where progress lines go.

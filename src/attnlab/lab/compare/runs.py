@@ -13,9 +13,9 @@ both ways on a machine). Results do not depend on the mode: every run is seeded 
 The workers end with their parent: interrupted, terminated or killed (:mod:`attnlab.lab.pool`).
 
 Example:
-    >>> from attnlab.lab.compare.runs import default_jobs
-    >>> default_jobs(1) == 1
-    True
+    >>> from attnlab.lab.compare.runs import run_all
+    >>> run_all([], parallel=1, threads=None)
+    []
 """
 
 from __future__ import annotations
@@ -26,12 +26,6 @@ import time
 from typing import Any
 
 from ..pool import run_parallel
-
-
-def default_jobs(runs: int) -> int:
-    """Parallel runs by default: one per CPU core this process may use, at most ``runs``."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(runs, cores or 1))
 
 
 def warm_up(variants: dict[str, dict[str, Any]], recipe: dict[str, Any]) -> float:
