@@ -57,6 +57,7 @@ def test_one_seed_says_so():
         ({"heads": ["nl", "nl"]}, "distinct"),
         ({"heads": ["aspp"]}, "aspp_resnet20"),
         ({"seeds": []}, "seeds"),
+        ({"jobs": 0}, "jobs must be >= 1, got 0"),
     ],
 )
 def test_bad_arguments_are_refused(tmp_path, kwargs, needle):
