@@ -1,5 +1,5 @@
 """Detection data: synthetic wrapper, VOC/YOLO loaders on written files (malformed → error
-naming the file), boxes that follow the pixels under every augmentation, degenerate boxes."""
+naming the file). The augmentations: tests/data/test_detection_transforms.py."""
 
 from __future__ import annotations
 
@@ -11,19 +11,10 @@ import torch
 from PIL import Image
 
 from attnlab.data.detection import (
-    Compose,
-    HorizontalFlip,
-    HSVJitter,
-    Letterbox,
-    RandomScaleTranslate,
     SyntheticDetection,
     VOCDetection,
     YOLODetection,
-    clip_and_filter,
     collate_detection,
-    hsv_to_rgb,
-    rgb_to_hsv,
-    train_transform,
 )
 
 CLASSES = ["cat", "dog"]
@@ -150,87 +141,6 @@ def test_yolo_label_without_image(tmp_path):
     make_yolo(tmp_path, {"orphan": "0 0.5 0.5 0.2 0.2\n"}, images=["other"])
     with pytest.raises(ValueError, match=r"orphan\.txt: no matching image"):
         YOLODetection(str(tmp_path), CLASSES)
-
-
-def rectangle_scene(height=48, width=64, box=(10, 8, 30, 40)):
-    """A black image with a white filled rectangle and its target."""
-    image = torch.zeros(3, height, width)
-    x1, y1, x2, y2 = box
-    image[:, y1:y2, x1:x2] = 1.0
-    return image, torch.tensor([[1.0, x1, y1, x2, y2]])
-
-
-def assert_box_covers_rectangle(image, targets):
-    """Inside the box (1 px margin) the image is white; just outside it is not."""
-    assert len(targets) == 1
-    _, x1, y1, x2, y2 = targets[0].tolist()
-    inner = image[0, int(y1) + 1 : int(y2) - 1, int(x1) + 1 : int(x2) - 1]
-    assert inner.numel() > 0 and inner.min() > 0.9
-    ring = image[0].clone()
-    ring[max(int(y1) - 1, 0) : int(y2) + 2, max(int(x1) - 1, 0) : int(x2) + 2] = 0
-    assert ring.max() < 0.6
-
-
-@pytest.mark.parametrize("seed", range(8))
-@pytest.mark.parametrize(
-    "transform",
-    [
-        HorizontalFlip(p=1.0),
-        RandomScaleTranslate(scale=(0.6, 1.4), translate=0.1),
-        Letterbox(96),
-        Letterbox((32, 96)),
-    ],
-    ids=["flip", "scale-translate", "letterbox", "letterbox-wide"],
-)
-def test_boxes_follow_pixels(transform, seed):
-    torch.manual_seed(seed)
-    image, targets = rectangle_scene()
-    out, out_targets = transform(image, targets)
-    assert_box_covers_rectangle(out, out_targets)
-
-
-def test_flip_exact():
-    image, targets = rectangle_scene()
-    out, t = HorizontalFlip(p=1.0)(image, targets)
-    assert t.tolist() == [[1.0, 34.0, 8.0, 54.0, 40.0]]
-    assert HorizontalFlip(p=0.0)(image, targets)[1] is targets
-
-
-def test_hsv_jitter_keeps_boxes_and_round_trips():
-    torch.manual_seed(0)
-    image = torch.rand(3, 16, 16)
-    torch.testing.assert_close(hsv_to_rgb(rgb_to_hsv(image)), image, rtol=1e-5, atol=1e-5)
-    out, t = HSVJitter()(image, torch.tensor([[0.0, 1, 2, 3, 4]]))
-    assert t.tolist() == [[0.0, 1.0, 2.0, 3.0, 4.0]] and out.shape == image.shape
-    assert out.min() >= 0 and out.max() <= 1 and not torch.allclose(out, image)
-    gray = torch.full((3, 4, 4), 0.5)  # no saturation: hue and saturation gains do nothing
-    assert torch.allclose(HSVJitter(value=0.0)(gray, t)[0], gray)
-
-
-def test_degenerate_boxes_dropped():
-    targets = torch.tensor([[0.0, -5, -5, 1, 20], [1.0, 10, 10, 30, 30], [2.0, 63, 0, 80, 10]])
-    kept = clip_and_filter(targets, 40, 64)
-    assert kept.tolist() == [[1.0, 10.0, 10.0, 30.0, 30.0]]
-    torch.manual_seed(0)
-    image, small = rectangle_scene(box=(0, 0, 4, 4))
-    identity = RandomScaleTranslate(scale=(1.0, 1.0), translate=0.0)
-    assert identity(image, small)[1].tolist() == small.tolist()
-    shrink = RandomScaleTranslate(scale=(0.3, 0.3), translate=0.0)
-    assert len(shrink(image, small)[1]) == 0  # 4 px → 1.2 px, below min_size
-    # Shifted by half the image: the corner box leaves the image.
-    image, corner = rectangle_scene(box=(0, 0, 10, 10))
-    torch.manual_seed(0)
-    away = RandomScaleTranslate(scale=(1.0, 1.0), translate=0.5)
-    kept = [len(away(image, corner)[1]) for _ in range(20)]
-    assert 0 in kept and 1 in kept
-
-
-def test_train_transform_pipeline():
-    torch.manual_seed(0)
-    image, targets = rectangle_scene()
-    out, t = train_transform(64)(image, targets)
-    assert out.shape == (3, 64, 64) and t.shape[1] == 5 and len(t) <= 1
-    assert isinstance(train_transform(64, hsv=False), Compose)
 
 
 def test_voc_size_must_match_the_image(tmp_path):

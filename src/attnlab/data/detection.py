@@ -1,12 +1,12 @@
-"""Detection data: synthetic scenes, VOC XML and YOLO txt layouts, box-aware augmentations.
+"""Detection data: synthetic scenes, VOC XML and YOLO txt layouts.
 
 Every dataset yields ``(image, targets)``: a float image 3×H×W in [0, 1] and targets N×5
 (class, x1, y1, x2, y2) in pixel-edge coordinates of that image (a box covering pixels 0..9
-has x1 = 0, x2 = 10). Transforms take and return such a pair; :func:`collate_detection`
-stacks images and keeps targets as a list. Augmentations (Bochkovskiy et al., YOLOv4, arXiv
-2004.10934, section 3.3 and the reference repositories: random scale/translate, flip, HSV
-jitter, letterbox; no mosaic) move boxes with the pixels, clip them to the image and drop those
-left narrower or lower than ``min_size`` pixels.
+has x1 = 0, x2 = 10). A dataset's ``transform`` takes and returns such a pair;
+:func:`collate_detection` stacks images and keeps targets as a list. The augmentations (YOLOv4,
+Bochkovskiy et al., arXiv 2004.10934: letterbox, random scale/translate, flip, HSV jitter) are
+joint v2 transforms in :mod:`attnlab.data.detection_transforms`; :func:`train_transform` and
+:func:`eval_transform` (re-exported here) build the default pipelines.
 
 - VOC (``root/Annotations/<id>.xml``, ``root/JPEGImages/<id>.jpg``,
   ``root/ImageSets/Main/<split>.txt``): VOC's 1-based inclusive pixel indices become edges
@@ -18,10 +18,8 @@ Malformed files (unparsable XML, unknown class, coordinates outside the image, w
 fields, a missing image) raise ValueError naming the file, when the dataset is built.
 
 Example:
-    >>> import torch
-    >>> from attnlab.data.detection import Compose, HorizontalFlip, SyntheticDetection
-    >>> ds = SyntheticDetection(size=64, length=4, num_targets=2,
-    ...                         transform=Compose([HorizontalFlip(p=1.0)]))
+    >>> from attnlab.data.detection import SyntheticDetection, train_transform
+    >>> ds = SyntheticDetection(size=64, length=4, num_targets=2, transform=train_transform(64))
     >>> image, targets = ds[0]
     >>> tuple(image.shape), targets.shape[1], bool((targets[:, 3] <= 64).all())
     ((3, 64, 64), 5, True)
@@ -36,12 +34,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..detect.boxes import letterbox
+from .detection_transforms import DetectionTransform, eval_transform, train_transform
 from .synthetic import SyntheticScenes
 
 # fmt: off
@@ -52,20 +49,23 @@ VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 Pair = tuple[Tensor, Tensor]
+__all__ = [
+    "VOC_CLASSES",
+    "DetectionTransform",
+    "SyntheticDetection",
+    "VOCDetection",
+    "YOLODetection",
+    "collate_detection",
+    "eval_transform",
+    "parse_voc_xml",
+    "parse_yolo_txt",
+    "train_transform",
+]
 
 
 def collate_detection(batch: Sequence[Pair]) -> tuple[Tensor, list[Tensor]]:
     """(B×3×H×W images, list of B target tensors N×5) for a DataLoader."""
     return torch.stack([image for image, _ in batch]), [t for _, t in batch]
-
-
-def clip_and_filter(targets: Tensor, height: int, width: int, min_size: float = 2.0) -> Tensor:
-    """Clips boxes to the image and drops those narrower or lower than ``min_size`` pixels."""
-    t = targets.clone()
-    t[:, [1, 3]] = t[:, [1, 3]].clamp(0, width)
-    t[:, [2, 4]] = t[:, [2, 4]].clamp(0, height)
-    keep = (t[:, 3] - t[:, 1] >= min_size) & (t[:, 4] - t[:, 2] >= min_size)
-    return t[keep]
 
 
 def _load_image(path: str) -> Tensor:
@@ -305,150 +305,3 @@ class YOLODetection(_FileDetection):
             else:
                 record = parse_yolo_txt(os.devnull, self.num_classes, height, width)
             self.records.append({"id": stem, "image": image, "size": (height, width), **record})
-
-
-# ---------------------------------------------------------------------------------------------
-# Augmentations on (image, targets)
-
-
-class Compose:
-    """Applies (image, targets) transforms in order."""
-
-    def __init__(self, transforms: Sequence[Callable[[Tensor, Tensor], Pair]]) -> None:
-        self.transforms = list(transforms)
-
-    def __call__(self, image: Tensor, targets: Tensor) -> Pair:
-        for transform in self.transforms:
-            image, targets = transform(image, targets)
-        return image, targets
-
-
-class HorizontalFlip:
-    """Mirrors the image and its boxes with probability ``p``."""
-
-    def __init__(self, p: float = 0.5) -> None:
-        self.p = p
-
-    def __call__(self, image: Tensor, targets: Tensor) -> Pair:
-        if torch.rand(()) >= self.p:
-            return image, targets
-        width = image.shape[-1]
-        t = targets.clone()
-        t[:, 1], t[:, 3] = width - targets[:, 3], width - targets[:, 1]
-        return image.flip(-1), t
-
-
-class RandomScaleTranslate:
-    """Rescales by a random factor and shifts by a random offset; the output keeps the input's
-    size, uncovered areas are ``fill`` grey, boxes move with the pixels and are clipped, and
-    those left smaller than ``min_size`` are dropped.
-
-    Args:
-        scale: range of the scale factor.
-        translate: largest shift as a fraction of the image side (each axis).
-        fill: value of uncovered pixels.
-        min_size: smallest box side kept, in pixels.
-    """
-
-    def __init__(
-        self, scale=(0.5, 1.5), translate: float = 0.2, fill: float = 0.5, min_size: float = 2.0
-    ) -> None:
-        self.scale, self.translate, self.fill, self.min_size = scale, translate, fill, min_size
-
-    def __call__(self, image: Tensor, targets: Tensor) -> Pair:
-        _, height, width = image.shape
-        s = float(torch.empty(()).uniform_(*self.scale))
-        new_h, new_w = max(1, round(height * s)), max(1, round(width * s))
-        sx, sy = new_w / width, new_h / height
-        # Centre the scaled image, then shift by up to ±translate of the side.
-        shift = (torch.rand(2) * 2 - 1) * self.translate
-        ox = round((width - new_w) / 2 + float(shift[0]) * width)
-        oy = round((height - new_h) / 2 + float(shift[1]) * height)
-        resized = F.interpolate(
-            image[None], size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=s < 1
-        )[0]
-        out = image.new_full(image.shape, self.fill)
-        # Paste the overlap of [ox, ox + new_w) × [oy, oy + new_h) with the canvas.
-        x0, y0 = max(ox, 0), max(oy, 0)
-        x1, y1 = min(ox + new_w, width), min(oy + new_h, height)
-        if x1 > x0 and y1 > y0:
-            out[:, y0:y1, x0:x1] = resized[:, y0 - oy : y1 - oy, x0 - ox : x1 - ox]
-        t = targets.clone()
-        t[:, [1, 3]] = targets[:, [1, 3]] * sx + ox
-        t[:, [2, 4]] = targets[:, [2, 4]] * sy + oy
-        return out, clip_and_filter(t, height, width, self.min_size)
-
-
-def rgb_to_hsv(image: Tensor) -> Tensor:
-    """3×H×W RGB in [0, 1] → HSV, hue in [0, 1)."""
-    r, g, b = image.unbind(0)
-    value, argmax = image.max(0)
-    delta = value - image.min(0).values
-    saturation = torch.where(value > 0, delta / value.clamp(min=1e-12), torch.zeros_like(value))
-    d = delta.clamp(min=1e-12)
-    hue = torch.stack([((g - b) / d) % 6, (b - r) / d + 2, (r - g) / d + 4])
-    hue = hue.gather(0, argmax[None])[0] / 6
-    hue = torch.where(delta > 0, hue, torch.zeros_like(hue))
-    return torch.stack([hue % 1.0, saturation, value])
-
-
-def hsv_to_rgb(hsv: Tensor) -> Tensor:
-    """3×H×W HSV (hue in [0, 1)) → RGB."""
-    h, s, v = hsv.unbind(0)
-    k = (torch.tensor([5.0, 3.0, 1.0], device=hsv.device)[:, None, None] + h * 6) % 6
-    return v - v * s * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
-
-
-class HSVJitter:
-    """Random hue shift and saturation/value gains (YOLOv5's hsv_h, hsv_s, hsv_v defaults).
-
-    Hue moves by a uniform offset in ±``hue`` of the colour circle; saturation and value are
-    multiplied by uniform gains in [1 − s, 1 + s], [1 − v, 1 + v]. Boxes are unchanged.
-    """
-
-    def __init__(self, hue: float = 0.015, saturation: float = 0.7, value: float = 0.4) -> None:
-        self.hue, self.saturation, self.value = hue, saturation, value
-
-    def __call__(self, image: Tensor, targets: Tensor) -> Pair:
-        gains = torch.rand(3) * 2 - 1  # uniform in [-1, 1]
-        hsv = rgb_to_hsv(image.clamp(0, 1))
-        hsv[0] = (hsv[0] + gains[0] * self.hue) % 1.0
-        hsv[1] = (hsv[1] * (1 + gains[1] * self.saturation)).clamp(0, 1)
-        hsv[2] = (hsv[2] * (1 + gains[2] * self.value)).clamp(0, 1)
-        return hsv_to_rgb(hsv), targets
-
-
-class Letterbox:
-    """Resizes to ``size`` keeping the aspect ratio, pads with grey; boxes follow.
-
-    Args:
-        size: output side or (height, width).
-        fill: padding value.
-        min_size: smallest box side kept after resizing, in pixels.
-    """
-
-    def __init__(self, size: int | tuple[int, int], fill: float = 0.5, min_size: float = 1.0):
-        self.size, self.fill, self.min_size = size, fill, min_size
-
-    def __call__(self, image: Tensor, targets: Tensor) -> Pair:
-        out, scale, (pad_x, pad_y) = letterbox(image, self.size, self.fill)
-        t = targets.clone()
-        t[:, [1, 3]] = targets[:, [1, 3]] * scale + pad_x
-        t[:, [2, 4]] = targets[:, [2, 4]] * scale + pad_y
-        return out, clip_and_filter(t, out.shape[1], out.shape[2], self.min_size)
-
-
-def train_transform(
-    size: int, *, scale=(0.5, 1.5), translate: float = 0.2, flip: float = 0.5, hsv: bool = True
-) -> Compose:
-    """The default training augmentation: letterbox, scale/translate, flip, HSV jitter."""
-    steps: list[Callable] = [Letterbox(size), RandomScaleTranslate(scale, translate)]
-    steps.append(HorizontalFlip(flip))
-    if hsv:
-        steps.append(HSVJitter())
-    return Compose(steps)
-
-
-def eval_transform(size: int) -> Compose:
-    """Letterbox only."""
-    return Compose([Letterbox(size)])

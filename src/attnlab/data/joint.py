@@ -44,11 +44,13 @@ def _pair(name: str, size: int | Sequence[int]) -> tuple[int, int]:
     return pair  # type: ignore[return-value]
 
 
-def _is_image(inpt: Any) -> bool:
+def is_image(inpt: Any) -> bool:
+    """An image of the sample: a ``tv_tensors.Image`` or a plain tensor."""
     return isinstance(inpt, tv_tensors.Image) or type(inpt) is torch.Tensor
 
 
-def _check_image(name: str, image: torch.Tensor) -> None:
+def check_image(name: str, image: torch.Tensor) -> None:
+    """Raises TypeError, naming transform ``name``, unless ``image`` is a float C×H×W tensor."""
     if image.dim() != 3 or not image.is_floating_point():
         raise TypeError(
             f"{name}: expected a float tensor C×H×W, got {image.dtype} tensor of shape "
@@ -56,7 +58,7 @@ def _check_image(name: str, image: torch.Tensor) -> None:
         )
 
 
-def _size(flat_inputs: list[Any]) -> tuple[int, int]:
+def sample_size(flat_inputs: list[Any]) -> tuple[int, int]:
     """(height, width) of the sample (its masks and images share it)."""
     for inpt in flat_inputs:
         if isinstance(inpt, (tv_tensors.Mask, tv_tensors.Image)) or type(inpt) is torch.Tensor:
@@ -102,8 +104,8 @@ class RandomHorizontalFlip(JointTransform):
         return {"flip": torch.rand(()).item() < self.p}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        if _is_image(inpt):
-            _check_image("RandomHorizontalFlip", inpt)
+        if is_image(inpt):
+            check_image("RandomHorizontalFlip", inpt)
         return TF.horizontal_flip(inpt) if params["flip"] else inpt
 
 
@@ -136,7 +138,7 @@ class RandomCrop(JointTransform):
         self.fill, self.ignore_index = fill, ignore_index
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        height, width = _size(flat_inputs)
+        height, width = sample_size(flat_inputs)
         height, width = height + 2 * self.padding, width + 2 * self.padding
         out_h, out_w = self.size
         pad_h, pad_w = 0, 0
@@ -163,9 +165,9 @@ class RandomCrop(JointTransform):
             if p or pad_h or pad_w:
                 data = F.pad(data, (p, p + pad_w, p, p + pad_h), value=self.ignore_index)
             return _rewrap(inpt, data[..., top : top + out_h, left : left + out_w])
-        if not _is_image(inpt):
+        if not is_image(inpt):
             return inpt
-        _check_image("RandomCrop", inpt)
+        check_image("RandomCrop", inpt)
         data = inpt.as_subclass(torch.Tensor)
         if p:
             data = F.pad(data, (p,) * 4)
@@ -192,7 +194,7 @@ class RandomScale(JointTransform):
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         low, high = self.scale
         factor = low + (high - low) * torch.rand(()).item()
-        height, width = _size(flat_inputs)
+        height, width = sample_size(flat_inputs)
         return {"size": (max(1, round(height * factor)), max(1, round(width * factor)))}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
@@ -204,7 +206,7 @@ class RandomScale(JointTransform):
             # interpolate wants N×C×H×W: H×W → 1×1×H×W and back.
             resized = F.interpolate(data[None, None].float(), size=size, mode="nearest-exact")
             return _rewrap(inpt, resized[0, 0].to(data.dtype))
-        if not _is_image(inpt):
+        if not is_image(inpt):
             return inpt
         data = inpt.as_subclass(torch.Tensor)
         resized = F.interpolate(data[None], size=size, mode="bilinear", align_corners=False)
@@ -230,7 +232,7 @@ class PhotometricJitter(JointTransform):
         return {"factors": factors}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        if not _is_image(inpt):
+        if not is_image(inpt):
             return inpt
         brightness, contrast, saturation = params["factors"]
         image = inpt.as_subclass(torch.Tensor)
@@ -261,9 +263,9 @@ class Normalize(JointTransform):
             raise ValueError(f"Normalize: std must be positive, got {list(std)}")
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        if not _is_image(inpt):
+        if not is_image(inpt):
             return inpt
-        _check_image("Normalize", inpt)
+        check_image("Normalize", inpt)
         image = inpt.as_subclass(torch.Tensor)
         if image.shape[0] != self.mean.numel():
             raise ValueError(
@@ -293,7 +295,7 @@ class Resize(JointTransform):
         self.size = size
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        height, width = _size(flat_inputs)
+        height, width = sample_size(flat_inputs)
         if isinstance(self.size, int):
             short, long = sorted((height, width))
             new_long = max(1, int(self.size * long / short))
@@ -311,9 +313,9 @@ class Resize(JointTransform):
             data = inpt.as_subclass(torch.Tensor)
             resized = F.interpolate(data[None, None].float(), params["size"], mode="nearest-exact")
             return _rewrap(inpt, resized[0, 0].to(data.dtype))
-        if not _is_image(inpt):
+        if not is_image(inpt):
             return inpt
-        _check_image("Resize", inpt)
+        check_image("Resize", inpt)
         # interpolate wants a batch: C×H×W → 1×C×H×W and back.
         data = inpt.as_subclass(torch.Tensor)[None]
         resized = F.interpolate(
@@ -334,7 +336,7 @@ class CenterCrop(JointTransform):
         self.size = _pair("CenterCrop", size)
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        height, width = _size(flat_inputs)
+        height, width = sample_size(flat_inputs)
         out_h, out_w = self.size
         pad_h, pad_w = max(out_h - height, 0), max(out_w - width, 0)
         pads = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
@@ -350,10 +352,10 @@ class CenterCrop(JointTransform):
                 inpt = TF.pad(inpt, [left_pad, top_pad, right_pad, bottom_pad])
             return TF.crop(inpt, top, left, out_h, out_w)
         is_mask = isinstance(inpt, tv_tensors.Mask)
-        if not (is_mask or _is_image(inpt)):
+        if not (is_mask or is_image(inpt)):
             return inpt
         if not is_mask:
-            _check_image("CenterCrop", inpt)
+            check_image("CenterCrop", inpt)
         data = inpt.as_subclass(torch.Tensor)
         if any(pads):
             data = F.pad(data, pads, value=IGNORE_INDEX if is_mask else 0.0)
