@@ -33,7 +33,7 @@ def randomized(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             if not p.any():  # γ of PAM/CAM, zero biases: a scale that lets attention through
                 p.copy_(torch.rand(p.shape, generator=g) * 0.4 + 0.1)
         for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_var is not None:
+            if getattr(m, "running_var", None) is not None:  # BatchNorm statistics
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
     return model.eval()
