@@ -7,6 +7,8 @@ exported size and, with dynamic axes, at another batch and spatial size.
 
 from __future__ import annotations
 
+import copy
+
 import onnx
 import pytest
 import torch
@@ -74,11 +76,37 @@ def test_resnet18_round_trip(tmp_path, attn):
     assert "ReduceMean" in ops
 
 
+# DANet's channel attention (CAM) takes a softmax of unscaled energies, sums over all H·W
+# positions (as in the paper), which amplifies float32 rounding: in a randomized ResNet-18 with
+# CAM in every block, PyTorch's own float32 output can differ from float64 by 1e-3 to 1e-1 for
+# some weight draws. For it, onnxruntime is held to PyTorch's float32 accuracy instead of 1e-4.
+ILL_CONDITIONED_IN_FLOAT32 = {"cam"}
+
+
+def assert_as_accurate_as_pytorch(model, path, x):
+    """max|onnx − float64| ≤ 2·max|PyTorch float32 − float64| + 1e-4."""
+    with export_mode(model), torch.no_grad():
+        single = model(x).double()
+        double = copy.deepcopy(model).double()(x.double())
+    onnx_error = float((run_onnx(path, x)[0].double() - double).abs().max())
+    torch_error = float((single - double).abs().max())
+    assert onnx_error <= 2 * torch_error + 1e-4, (onnx_error, torch_error)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("attn", attnlab.list_attention())
 def test_every_registered_attention_in_resnet18(tmp_path, attn):
-    model = small_resnet18(attn)
-    ops = round_trip(model, tmp_path / "r.onnx", (1, 3, 64, 64), [(2, 3, 96, 64)])
+    torch.manual_seed(0)
+    model, path = small_resnet18(attn), tmp_path / "r.onnx"
+    shapes = [(1, 3, 64, 64), (2, 3, 96, 64)]
+    if attn in ILL_CONDITIONED_IN_FLOAT32:
+        export_onnx(model, shapes[0], path, dynamic=True)
+        onnx.checker.check_model(str(path))
+        for shape in shapes:
+            assert_as_accurate_as_pytorch(model, path, torch.randn(shape))
+        ops = onnx_op_types(path)
+    else:
+        ops = round_trip(model, path, shapes[0], shapes[1:])
     assert [op for op in ops if op in POOLING_OPS] == ["MaxPool"]  # the stem's, nothing else
 
 
