@@ -1,7 +1,7 @@
 """Measuring what attention costs: parameters, MACs and FLOPs, time, and peak memory.
 
 - :mod:`.flops`: MACs (the papers' "FLOPs") and FLOPs with a per-op breakdown;
-- :mod:`.memory`: peak tensor memory of a call (CPU dispatch-mode tracker, CUDA allocator);
+- :mod:`.memory`: peak tensor memory of a call (CPU function-mode tracker, CUDA allocator);
 - :mod:`.cost`: parameters, robust timing (rounds of calls, medians, interleaved comparisons);
 - :mod:`.runner`: the ``attnlab bench`` benchmarks; :mod:`.report`: their JSON/Markdown/PNG report.
 """

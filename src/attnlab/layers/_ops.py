@@ -14,7 +14,18 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
+
+# Every batch-normalising layer of torch.nn, named by its public classes (their common base
+# class is private).
+BATCH_NORMS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.LazyBatchNorm1d,
+    nn.LazyBatchNorm2d,
+    nn.LazyBatchNorm3d,
+    nn.SyncBatchNorm,
+)
 
 
 def make_divisible(value: float, divisor: int = 1, min_value: int | None = None) -> int:
@@ -190,7 +201,7 @@ def check_batch_statistics(owner: str, norm: nn.Module, count: int, advice: str)
     """
     if (
         count == 1
-        and isinstance(norm, _BatchNorm)
+        and isinstance(norm, BATCH_NORMS)
         and (norm.training or not norm.track_running_stats)
     ):
         raise ValueError(
