@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from attnlab.bench import bench_models, bench_modules, paper_macs_table, write_report
+from attnlab.bench import bench_models, bench_modules, write_report
+from attnlab.bench.papers import PAPER_VARIANTS
 from attnlab.bench.report import format_markdown
 from attnlab.bench.runner import environment, stage_shapes
 
@@ -25,8 +26,8 @@ def modules():
 
 
 @pytest.fixture(scope="module")
-def papers():
-    return paper_macs_table(models=("resnet50",))
+def papers(paper_table):
+    return paper_table
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,12 @@ def test_model_rows(models):
 
 
 def test_paper_table(papers):
-    rows = {r["variant"]: r for r in papers["rows"]}
+    # The default models, each with every variant; torchvision's ResNet-101 has 44,549,160.
+    count = len(PAPER_VARIANTS)
+    assert [r["model"] for r in papers["rows"]] == ["resnet50"] * count + ["resnet101"] * count
+    assert papers["rows"][count]["variant"] == "baseline"
+    assert papers["rows"][count]["params"] == 44_549_160
+    rows = {r["variant"]: r for r in papers["rows"] if r["model"] == "resnet50"}
     assert rows["baseline"]["params"] == 25_557_032
     assert rows["baseline"]["macs"] == 4_089_184_256
     # ECA with its authors' kernels (3, 5, 5, 7): 80 parameters, their 24.37 M in 2^20 units.

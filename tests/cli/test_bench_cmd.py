@@ -8,11 +8,14 @@ import pytest
 import torch
 
 import attnlab
-from attnlab.bench import count_params
+from attnlab.bench import count_params, papers
 from attnlab.cli import main
 
 
-def test_bench_quick_end_to_end(tmp_path, capsys):
+def test_bench_quick_end_to_end(tmp_path, capsys, monkeypatch, paper_table):
+    # The papers' table is the same whatever the flags (it takes none): the session's copy of
+    # it stands in for a second count of its networks (tests/bench/test_runner.py checks it).
+    monkeypatch.setattr(papers, "paper_macs_table", lambda: paper_table)
     out = tmp_path / "bench"
     argv = ["bench", "--quick", "--attn", "se", "--model", "resnet20", "--stages", "1", "2"]
     assert main([*argv, "--threads", "1", "--out", str(out)]) == 0
