@@ -3,7 +3,7 @@
 Writes a small, easy dataset in the CIFAR-10 python-batch format (the loader ``attnlab train
 --data cifar10`` reads): 1,500 training and 500 test images of the ``"easy"`` synthetic scenes,
 10 classes, as 5 ``data_batch_*`` files of 300 images, ``test_batch`` and ``batches.meta``.
-Then trains ``attnlab train``'s defaults (ResNet-20, SGD 0.1, cosine, batch 128) for a few
+Then trains ``attnlab train``'s defaults (ResNet-20, SGD 0.1, cosine, batch 64) for a few
 epochs, with and without ``zero_init_last`` and with and without precise BN, for the baseline
 and CBAM (whose official preset has a spatial BatchNorm of momentum 0.01), and prints the
 validation accuracy after every epoch.

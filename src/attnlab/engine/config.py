@@ -80,6 +80,13 @@ class TrainConfig(RunConfig):
         default=None, metadata=_help("number of synthetic validation scenes")
     )
     difficulty: str = field(default="default", metadata=_help("synthetic scene difficulty"))
+    augment: bool = field(
+        default=True,
+        metadata=_help(
+            "training augmentation (random crop; CIFAR and folders also flip); off: the "
+            "training images as they are"
+        ),
+    )
     data_seed: int = field(
         default=0,
         metadata=_help("synthetic scene seed (kept apart from --seed: same data for every seed)"),
@@ -87,7 +94,7 @@ class TrainConfig(RunConfig):
     # Optimisation
     epochs: int = field(default=10, metadata=_help("training epochs"))
     batch_size: int = field(
-        default=128, metadata=_help("global batch size (split evenly across processes)")
+        default=64, metadata=_help("global batch size (split evenly across processes)")
     )
     optimizer: str = field(default="sgd", metadata=_help("sgd (momentum) or adamw"))
     lr: float = field(default=0.1, metadata=_help("peak learning rate"))

@@ -109,7 +109,7 @@ class ClassifyTask:
                 self.datasets = build_datasets(
                     c.data, data_dir=c.data_dir, image_size=c.image_size,
                     train_size=c.train_size, val_size=c.val_size, difficulty=c.difficulty,
-                    seed=c.data_seed, download=c.download,
+                    seed=c.data_seed, download=c.download, augment=c.augment,
                 )  # fmt: skip
             finally:
                 if info.is_main:

@@ -18,7 +18,7 @@ Nothing is selected: every seed's final-epoch accuracy counts.
 Example:
     >>> from attnlab.lab.compare import DEFAULT_RECIPE, VARIANT_SETS
     >>> list(VARIANT_SETS["main"]), DEFAULT_RECIPE["difficulty"]
-    (['baseline', 'se', 'cbam', 'eca', 'bam', 'ca'], 'default')
+    (['baseline', 'se', 'cbam', 'eca', 'bam', 'ca'], 'medium')
 """
 
 from __future__ import annotations
