@@ -32,6 +32,7 @@ from typing import Any
 from ..pool import default_jobs
 from ..summary import model_cost
 from .charts import write_chart, write_curves
+from .claims import check_claims, claims_table
 from .report import TARGET_FRACTION, accuracy_table, aggregate, cost_table, plateau_line
 from .runs import run_all, warm_up
 from .variants import (
@@ -124,6 +125,7 @@ def compare(
         size = first.get("image_size") or 32
         row["options"] = variants[row["variant"]]
         row.update(model_cost(model, size, latency=True))
+    claims = check_claims(summary["rows"])
     results = {
         "recipe": recipe,
         "seeds": seeds,
@@ -134,6 +136,7 @@ def compare(
         "target_acc": summary["target_acc"],
         "rows": summary["rows"],
         "runs": runs,
+        "claims": claims,
         "setup_seconds": setup_seconds,
         "train_seconds": train_seconds,
         "total_seconds": time.perf_counter() - started,
@@ -142,6 +145,8 @@ def compare(
     text = json.dumps(_strict(results), indent=2, default=str, allow_nan=False)
     _write_text(os.path.join(out, "results.json"), text)
     tables = accuracy_table(summary["rows"]) + "\n\n" + cost_table(summary["rows"])
+    if claims:
+        tables += "\n\nClaims checked:\n\n" + claims_table(claims)
     charts = [
         write_chart(summary["rows"], os.path.join(out, "results.png")),
         write_curves(summary["rows"], os.path.join(out, "curves.png"), summary["target_acc"]),
