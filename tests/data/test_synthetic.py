@@ -243,7 +243,7 @@ def test_easy_scenes_are_learnable():
             xs, ys = zip(*(ds[i] for i in range(n)), strict=True)
             return torch.stack(xs), torch.tensor(ys)
 
-        x, y = load("train", 1000)
+        x, y = load("train", 500)
         xv, yv = load("val", 300)
         mean, std = x.mean((0, 2, 3), keepdim=True), x.std((0, 2, 3), keepdim=True)
         x, xv = (x - mean) / std, (xv - mean) / std
@@ -266,7 +266,7 @@ def test_easy_scenes_are_learnable():
             acc = (model(xv).argmax(1) == yv).float().mean().item()
     finally:
         torch.set_num_threads(threads)
-    # Measured 0.50-0.71 over torch seeds 0-3; chance is 1/6.
+    # Measured 0.90-0.99 over torch seeds 0-3 (1.00 with 1,000 scenes); chance is 1/6.
     assert acc > 2 / k, f"accuracy {acc:.3f} after {epochs} epochs on easy scenes"
 
 
