@@ -156,7 +156,7 @@ def test_custom_difficulty():
     [
         ({"split": "validation"}, "split"),
         ({"task": "depth"}, "task"),
-        ({"difficulty": "medium"}, "difficulty"),
+        ({"difficulty": "impossible"}, "difficulty"),
         ({"size": 15}, "size"),
         ({"size": 32.0}, "size"),
         ({"num_classes": 1}, "num_classes"),
