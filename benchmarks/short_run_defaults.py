@@ -75,10 +75,10 @@ def main() -> None:
                             data="cifar10", data_dir=root, epochs=args.epochs, attn=attn,
                             model_kwargs={"zero_init_last": zero_init}, seed=seed,
                             precise_bn_images=precise, progress=False, save_every=0,
-                            out=os.path.join(tmp, "run"),
+                            out=os.path.join(tmp, f"run-{attn}-{zero_init}-{precise}-{seed}"),
                         )  # fmt: skip
                         train(config)
-                        with open(os.path.join(tmp, "run", "metrics.csv")) as handle:
+                        with open(os.path.join(config.out, "metrics.csv")) as handle:
                             rows = handle.read().splitlines()[1:]
                         accs = [100 * float(r.split(",")[3]) for r in rows]
                         print(
