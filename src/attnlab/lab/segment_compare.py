@@ -34,10 +34,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..engine.files import atomic_write_text
 from ..engine.tasks.segment import SegmentConfig, main
 from ..registry import create_model
 from .pool import default_jobs, run_parallel
-from .summary import model_cost, seed_statistics
+from .summary import model_cost, seed_statistics, strict_json
 
 DEFAULT_HEADS = ("fcn", "danet", "nl", "ccnet", "psa")
 BASELINE = "fcn"
@@ -166,24 +167,6 @@ def markdown(rows: list[dict[str, Any]], costs: dict[str, dict], recipe: dict[st
     return "\n".join(lines) + "\n"
 
 
-def _strict(value: Any) -> Any:
-    """NaN (a 1-seed interval) → None, recursively, so the JSON is strict."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
-    return value
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def run_head(job: dict[str, Any]) -> dict[str, Any]:
     """Trains one head with one seed (a job of :func:`compare_heads`, run in a worker process
     when runs are parallel).
@@ -287,9 +270,9 @@ def compare_heads(
         "recipe": recipe, "seeds": seeds, "jobs": parallel, "runs": runs, "rows": rows,
         "costs": costs,
     }  # fmt: skip
-    _write_atomic(
+    atomic_write_text(
         os.path.join(out, "results.json"),
-        json.dumps(_strict(result), indent=2, allow_nan=False) + "\n",
+        json.dumps(strict_json(result), indent=2, allow_nan=False) + "\n",
     )
-    _write_atomic(os.path.join(out, "results.md"), text)
+    atomic_write_text(os.path.join(out, "results.md"), text)
     return {**result, "markdown": text}

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,3 +87,15 @@ def model_cost(
 
         cost["peak_inference_bytes"] = peak_memory(forward)
     return cost
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every float NaN or infinity (an undefined statistic, e.g. one seed's
+    interval) replaced by None, recursively, so that it is written as strict JSON (null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value

@@ -24,13 +24,13 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from typing import Any
 
+from ...engine.files import atomic_write_text
 from ..pool import default_jobs
-from ..summary import model_cost
+from ..summary import model_cost, strict_json
 from .charts import write_chart, write_curves
 from .claims import check_claims, claims_table
 from .report import TARGET_FRACTION, accuracy_table, aggregate, cost_table, plateau_line
@@ -142,8 +142,8 @@ def compare(
         "total_seconds": time.perf_counter() - started,
     }
     # Strict JSON: an undefined statistic (one seed's std or interval) is written as null.
-    text = json.dumps(_strict(results), indent=2, default=str, allow_nan=False)
-    _write_text(os.path.join(out, "results.json"), text)
+    text = json.dumps(strict_json(results), indent=2, default=str, allow_nan=False)
+    atomic_write_text(os.path.join(out, "results.json"), text)
     tables = accuracy_table(summary["rows"]) + "\n\n" + cost_table(summary["rows"])
     if claims:
         tables += "\n\nClaims checked:\n\n" + claims_table(claims)
@@ -151,7 +151,7 @@ def compare(
         write_chart(summary["rows"], os.path.join(out, "results.png")),
         write_curves(summary["rows"], os.path.join(out, "curves.png"), summary["target_acc"]),
     ]
-    _write_text(os.path.join(out, "results.md"), _markdown(results, tables))
+    atomic_write_text(os.path.join(out, "results.md"), _markdown(results, tables))
     log("")
     log(tables)
     log("")
@@ -194,25 +194,6 @@ def _markdown(results: dict[str, Any], tables: str) -> str:
         "Curves: curves.png; galleries: gallery-<variant>.png.\n\n"
         f"Plateau check:\n{plateaus}\n"
     )
-
-
-def _strict(value: Any) -> Any:
-    """``value`` with every float NaN or infinity replaced by None (JSON null)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
-    return value
-
-
-def _write_text(path: str, text: str) -> None:
-    """Writes atomically: a temporary file in the same folder, then a rename."""
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
 
 
 def _slug(name: str) -> str:
