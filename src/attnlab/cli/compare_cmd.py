@@ -16,7 +16,7 @@ from ..registry import list_classifiers
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
-    from ..lab.compare import DEFAULT_RECIPE, DEFAULT_SEEDS, QUICK_RECIPE, VARIANT_SETS
+    from ..lab.compare import DEFAULT_RECIPE, DEFAULT_SEEDS, QUICK_RECIPE, QUICK_SEEDS, VARIANT_SETS
 
     parser = sub.add_parser(
         name,
@@ -45,8 +45,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument(
         "--seeds",
         type=int,
-        default=DEFAULT_SEEDS,
-        help=f"seeds per variant (default {DEFAULT_SEEDS})",
+        default=None,
+        help=f"seeds per variant (default {DEFAULT_SEEDS}; {QUICK_SEEDS} with --quick)",
     )
     parser.add_argument(
         "--quick",
@@ -94,8 +94,10 @@ def run(args: argparse.Namespace) -> int:
     from ..cli import UsageError
     from ..lab.compare import (
         DEFAULT_RECIPE,
+        DEFAULT_SEEDS,
         QUICK_RECIPE,
         QUICK_ROBUST_SCENES,
+        QUICK_SEEDS,
         ROBUST_SCENES,
         compare,
         variant_options,
@@ -110,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
                              ("--robust-scenes", args.robust_scenes, 0)):  # fmt: skip
         if value is not None and value < low:
             raise UsageError(f"{flag} must be >= {low}, got {value}")
+    seeds = args.seeds or (QUICK_SEEDS if args.quick else DEFAULT_SEEDS)
     recipe = dict(DEFAULT_RECIPE)
     if args.quick:
         recipe.update(QUICK_RECIPE)
@@ -137,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     if robust is None:
         robust = QUICK_ROBUST_SCENES if args.quick else ROBUST_SCENES
     out = args.out or time.strftime("runs/compare-%Y%m%d-%H%M%S")
-    compare(variants, recipe=recipe, seeds=list(range(args.seeds)), out=out, jobs=args.jobs,
+    compare(variants, recipe=recipe, seeds=list(range(seeds)), out=out, jobs=args.jobs,
             threads=args.threads, robust_scenes=robust)  # fmt: skip
     return 0
 
