@@ -16,6 +16,7 @@ from ..registry import list_classifiers
 
 
 def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
+    from ..data.synthetic import DIFFICULTIES
     from ..lab.compare import DEFAULT_RECIPE, DEFAULT_SEEDS, QUICK_RECIPE, QUICK_SEEDS, VARIANT_SETS
 
     parser = sub.add_parser(
@@ -64,7 +65,11 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     )
     parser.add_argument("--data-dir", help="folder of the real dataset")
     parser.add_argument("--download", action="store_true", help="download CIFAR if absent")
-    parser.add_argument("--difficulty", help="synthetic scene difficulty (default: default)")
+    parser.add_argument(
+        "--difficulty",
+        help="synthetic scene difficulty: " + ", ".join(DIFFICULTIES)
+        + f" (default {DEFAULT_RECIPE['difficulty']})",
+    )
     parser.add_argument("--epochs", type=int, help="training epochs per run")
     parser.add_argument("--train-size", type=int, help="synthetic training scenes")
     parser.add_argument("--val-size", type=int, help="synthetic validation scenes")
