@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from attnlab.lab.pool import run_parallel, stop_processes
+from attnlab.lab.pool import deferred_signals, raise_for, run_parallel, stop_processes
 
 # A parent running hour-long jobs in two workers; each job first marks its worker's pid.
 PARENT = r"""
@@ -72,3 +72,18 @@ def test_serial_runs_in_order_and_reports_each_result():
     with pytest.raises(ValueError, match="parallel must be >= 1, got 0"):
         run_parallel(abs, [1], parallel=0)
     stop_processes([])  # nothing to stop
+
+
+def test_signals_are_recorded_and_raised_where_the_caller_chooses():
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with deferred_signals() as received:
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)  # the handlers run between two bytecodes of this thread
+        assert received == [signal.SIGINT, signal.SIGTERM]
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    with pytest.raises(KeyboardInterrupt):
+        raise_for(signal.SIGINT)
+    with pytest.raises(SystemExit) as exit_info:
+        raise_for(signal.SIGTERM)
+    assert exit_info.value.code == 143

@@ -4,10 +4,13 @@ A comparison trains many models at once in ``spawn``-started worker processes (a
 :class:`concurrent.futures.ProcessPoolExecutor`). Left alone, workers keep training when their
 parent dies; :func:`run_parallel` ends them on every path out:
 
-- the parent is interrupted (Ctrl-C: ``KeyboardInterrupt``; ``SIGTERM``, turned into
-  ``SystemExit(143)`` while the jobs run) or a job fails: pending jobs are cancelled and the
-  workers are terminated (``SIGTERM``, then ``SIGKILL`` for one that does not stop) before the
-  exception goes on;
+- the parent is interrupted (Ctrl-C, ``SIGINT``: ``KeyboardInterrupt``; ``SIGTERM``:
+  ``SystemExit(143)``) or a job fails: pending jobs are cancelled and the workers are
+  terminated (``SIGTERM``, then ``SIGKILL`` for one that does not stop) before the exception
+  goes on. While the jobs run, both signals are only recorded, and raised by the waiting loop
+  between two waits: an exception raised at an arbitrary point inside the executor's waiting
+  code could leave one of its locks held, and the executor's exit handler would then wait
+  forever;
 - the parent is killed outright (``SIGKILL``) and runs no code at all: every worker runs a
   daemon thread (:func:`exit_with_parent`) that polls its parent's process id and ends the
   worker once the parent is gone (the worker is re-parented, so ``os.getppid`` changes).
@@ -30,7 +33,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-POLL_SECONDS = 0.5  # how often a worker checks that its parent is alive
+POLL_SECONDS = 0.5  # how often a worker checks its parent, and the parent for a signal
 STOP_SECONDS = 5.0  # how long a terminated worker may take before it is killed
 
 
@@ -62,21 +65,32 @@ def exit_with_parent(parent: int, interval: float = POLL_SECONDS) -> None:
 
 
 @contextlib.contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """Within: ``SIGTERM`` raises ``SystemExit(143)`` in the main thread, so ``except`` and
-    ``finally`` blocks run (outside the main thread, where handlers cannot be set: nothing)."""
+def deferred_signals() -> Iterator[list[int]]:
+    """Within: ``SIGINT`` and ``SIGTERM`` are appended to the yielded list instead of acting,
+    so the caller raises at a point of its choosing (:func:`raise_for`). Outside the main
+    thread, where handlers cannot be set, signals act as usual and the list stays empty."""
+    received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield received
         return
 
     def handler(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
+        received.append(signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield received
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def raise_for(signum: int) -> None:
+    """Raises what the signal means: ``KeyboardInterrupt`` for ``SIGINT``, else
+    ``SystemExit(128 + signum)``."""
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
 
 
 def stop_processes(processes: Sequence[Any]) -> None:
@@ -122,7 +136,7 @@ def run_parallel(
             if on_result is not None:
                 on_result(i, results[i])
         return results
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     before = set(multiprocessing.active_children())
     pool = ProcessPoolExecutor(
@@ -130,13 +144,18 @@ def run_parallel(
         initializer=exit_with_parent, initargs=(os.getpid(),),
     )  # fmt: skip
     try:
-        with sigterm_raises():
+        with deferred_signals() as received:
             futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
-            for future in as_completed(futures):
-                i = futures[future]
-                results[i] = future.result()
-                if on_result is not None:
-                    on_result(i, results[i])
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+                if received:
+                    raise_for(received[0])
+                for future in sorted(done, key=futures.__getitem__):
+                    i = futures[future]
+                    results[i] = future.result()
+                    if on_result is not None:
+                        on_result(i, results[i])
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         stop_processes([p for p in multiprocessing.active_children() if p not in before])
