@@ -67,7 +67,8 @@ def add_parser(sub: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--download", action="store_true", help="download CIFAR if absent")
     parser.add_argument(
         "--difficulty",
-        help="synthetic scene difficulty: " + ", ".join(DIFFICULTIES)
+        help="synthetic scene difficulty: "
+        + ", ".join(DIFFICULTIES)
         + f" (default {DEFAULT_RECIPE['difficulty']})",
     )
     parser.add_argument("--epochs", type=int, help="training epochs per run")
