@@ -3,6 +3,7 @@ runs), terminated (SIGTERM) or interrupted (SIGINT)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 
 import pytest
+from _sleeper import interrupt_parent
 
 from attnlab.lab.pool import deferred_signals, raise_for, run_parallel, stop_processes
 
@@ -87,3 +89,13 @@ def test_signals_are_recorded_and_raised_where_the_caller_chooses():
     with pytest.raises(SystemExit) as exit_info:
         raise_for(signal.SIGTERM)
     assert exit_info.value.code == 143
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_an_interrupt_during_the_last_job_is_not_lost():
+    # The job's SIGINT reaches this process while its result is on the way: run_parallel
+    # raises KeyboardInterrupt instead of returning, and no worker is left behind.
+    before = set(multiprocessing.active_children())
+    with pytest.raises(KeyboardInterrupt):
+        run_parallel(interrupt_parent, [7], parallel=2)
+    assert not any(alive(p.pid) for p in multiprocessing.active_children() if p not in before)

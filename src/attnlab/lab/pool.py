@@ -147,15 +147,15 @@ def run_parallel(
         with deferred_signals() as received:
             futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
             pending = set(futures)
-            while pending:
+            while pending and not received:
                 done, pending = wait(pending, timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
-                if received:
-                    raise_for(received[0])
                 for future in sorted(done, key=futures.__getitem__):
                     i = futures[future]
                     results[i] = future.result()
                     if on_result is not None:
                         on_result(i, results[i])
+            if received:  # also one that came with the last result: the user asked to stop
+                raise_for(received[0])
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         stop_processes([p for p in multiprocessing.active_children() if p not in before])
