@@ -5,14 +5,19 @@ ResNet-50 with attention in every bottleneck vs the same ResNet-50 with attentio
 backward, SGD step) and an inference pass (eval, no grad). Targets: CBAM training ≤ 1.06×,
 inference ≤ 1.03×; SE and ECA training ≤ 1.03×.
 
-Each attention network is timed on up to three paths, in the same turns as the plain network:
+Each attention network is timed on up to three paths, in the same turns as the plain network
+(``plain``) and the plain network given ``kernels.fuse`` too (``plain, fused``: each block's
+last BatchNorm, addition and ReLU in one pass):
 
-- ``fast, fused``: the kernels (:mod:`attnlab.kernels`) with ``kernels.fuse(model)``, the
-  block's addition and ReLU done in the gate's output pass (what a user pays);
-- ``fast``: the kernels, the block adding and applying its ReLU itself as the plain network
-  does (the attention's own cost: both sides have the same block tail);
+- ``fast, fused``: the kernels (:mod:`attnlab.kernels`) with ``kernels.fuse(model)`` (what a
+  user pays). SE and ECA blocks fold their last BatchNorm into the gate and do the addition
+  and ReLU in its output pass; CBAM blocks do the addition and ReLU in the gate's output pass;
+- ``fast``: CBAM's kernels, the block applying its norm, addition and ReLU itself as the plain
+  network does;
 - ``reference``: the modules' own PyTorch code.
 
+The "same tail" columns give what the attention itself costs: ``fast, fused`` against
+``plain, fused`` where the blocks fold their norm (SE, ECA), else ``fast`` against ``plain``.
 A path that runs the same code as another for a module (no kernel path, nothing fused) is left
 out. Every turn calls each candidate once (plain first), ``--rounds × --number`` turns; a time
 is the median over the turns, a ratio the median over the turns of the two sides' ratio in the
@@ -49,12 +54,9 @@ MODES = ("train", "infer")
 
 def interleaved(
     fns: dict[str, Callable[[], object]], turns: int, sync: Callable[[], object]
-) -> dict[str, dict]:
-    """Times the candidates in turns (one call each per turn, in order) after two warm-up calls.
-
-    Returns per candidate its median time ``s`` and, against the first candidate, the median
-    of the per-turn ratios ``ratio`` and their quartiles ``iqr``.
-    """
+) -> dict[str, list[float]]:
+    """Times the candidates in turns (one call each per turn, in order) after two warm-up calls;
+    returns each candidate's times, turn by turn."""
     for fn in fns.values():
         for _ in range(2):
             fn()
@@ -66,17 +68,15 @@ def interleaved(
             fn()
             sync()
             times[name].append(time.perf_counter() - start)
-    base = times[next(iter(fns))]
-    out = {}
-    for name, values in times.items():
-        ratios = [t / t0 for t, t0 in zip(values, base, strict=True)]
-        q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
-        out[name] = {
-            "s": statistics.median(values),
-            "ratio": statistics.median(ratios),
-            "iqr": (q[0], q[2]),
-        }
-    return out
+    return times
+
+
+def paired(values: list[float], base: list[float]) -> dict:
+    """The median time ``s`` of ``values`` and, against ``base`` timed in the same turns, the
+    median of the per-turn ratios ``ratio`` and their quartiles ``iqr``."""
+    ratios = [t / t0 for t, t0 in zip(values, base, strict=True)]
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return {"s": statistics.median(values), "ratio": statistics.median(ratios), "iqr": (q[0], q[2])}
 
 
 def steady_malloc() -> bool:
@@ -113,19 +113,30 @@ class Path:
         return run
 
 
-def paths_for(attn: str, device: str) -> dict[str, Path]:
-    """The plain network and the attention network's distinct paths (see the module doc)."""
+def paths_for(attn: str, device: str) -> tuple[dict[str, Path], str | None]:
+    """The candidates (see the module doc) and the one each attention network's same-tail
+    ratio is taken against: ``plain, fused`` where ``kernels.fuse`` folds the block's last norm
+    into the gate (the plain network's blocks get the same fold), else None (the ``fast`` path
+    against the plain network, both blocks with their own tail)."""
     fast = "fast" if device == "cuda" else "auto"
-    paths = {"plain": Path(attnlab.create_model("resnet50").to(device), fast)}
+    plain = attnlab.create_model("resnet50").to(device)
+    paths = {"plain": Path(plain, fast)}
+    plain_fused = copy.deepcopy(plain)
+    if kernels.fuse(plain_fused):
+        paths["plain, fused"] = Path(plain_fused, fast)
     model = attnlab.create_model("resnet50", attn=attn).to(device)
+    specs = [m.kernel_spec() for m in model.modules() if hasattr(m, "kernel_spec")]
+    # modules with a spatial part take the kernels in their own forward; channel gates only
+    # in a fused block, with the norm folded
+    own_kernels = any(s is not None and s.spatial is not None for s in specs)
     fused = copy.deepcopy(model)
-    has_kernel = any(getattr(m, "kernel_spec", lambda: None)() for m in model.modules())
     if kernels.fuse(fused):
         paths["fast, fused"] = Path(fused, fast)
-    if has_kernel:
+    if own_kernels:
         paths["fast"] = Path(model, fast)
     paths["reference"] = Path(copy.deepcopy(model), "reference")
-    return paths
+    folded = "plain, fused" in paths and "fast, fused" in paths and not own_kernels
+    return paths, "plain, fused" if folded else None
 
 
 def network(attns, *, batch, size, turns, modes, device="cpu") -> list[dict]:
@@ -135,8 +146,8 @@ def network(attns, *, batch, size, turns, modes, device="cpu") -> list[dict]:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     rows = []
     for attn in attns:
-        paths = paths_for(attn, device)
-        result = {}
+        paths, tail_base = paths_for(attn, device)
+        times = {}
         for mode in modes:
             for p in paths.values():
                 p.model.train(mode == "train")
@@ -144,27 +155,37 @@ def network(attns, *, batch, size, turns, modes, device="cpu") -> list[dict]:
                 name: p.train_step(x, y) if mode == "train" else p.infer(x)
                 for name, p in paths.items()
             }
-            result[mode] = interleaved(fns, turns, sync)
-        for name in list(paths)[1:]:
+            times[mode] = interleaved(fns, turns, sync)
+        for name in paths:
+            if name.startswith("plain"):
+                continue
             row = {"attn": attn, "path": name}
-            cells = []
+            cells, tails = [], []
             for mode in MODES:
-                if mode not in result:
+                if mode not in times:
                     cells.append("— | —")
+                    tails.append("—")
                     continue
-                r, base = result[mode][name], result[mode]["plain"]
-                row[mode] = {"plain_s": base["s"], **r}
+                t = times[mode]
+                r = paired(t[name], t["plain"])
+                row[mode] = {"plain_s": statistics.median(t["plain"]), **r}
                 cells.append(
-                    f"{1e3 * base['s']:.0f} → {1e3 * r['s']:.0f} ms | **{r['ratio']:.3f}×** "
-                    f"({r['iqr'][0]:.2f}–{r['iqr'][1]:.2f})"
+                    f"{1e3 * row[mode]['plain_s']:.0f} → {1e3 * r['s']:.0f} ms | "
+                    f"**{r['ratio']:.3f}×** ({r['iqr'][0]:.2f}–{r['iqr'][1]:.2f})"
                 )
-            same_tail = "— | —"
-            if name == "fast, fused" and "train" in result and "fast" in result["train"]:
-                same_tail = " | ".join(
-                    f"{result[m]['fast']['ratio']:.3f}×" if m in result else "—" for m in MODES
-                )
+                if name == "fast, fused":
+                    same = (
+                        paired(t[name], t[tail_base])
+                        if tail_base
+                        else (paired(t["fast"], t["plain"]) if "fast" in t else None)
+                    )
+                    row[mode]["same_tail"] = same and same["ratio"]
+                    tails.append(f"{same['ratio']:.3f}×" if same else "—")
+                else:
+                    tails.append("—")
             rows.append(row)
-            print(f"| resnet50+{attn} | {name} | {' | '.join(cells)} | {same_tail} |", flush=True)
+            print(f"| resnet50+{attn} | {name} | {' | '.join(cells)} | {' | '.join(tails)} |",
+                  flush=True)  # fmt: skip
     return rows
 
 
@@ -195,8 +216,8 @@ def main() -> None:
     print(
         f"# {machine}, torch {torch.__version__}, malloc {malloc}, medians over {turns} turns\n"
         f"\nResNet-50, batch {args.batch}, {args.size}×{args.size}, attention vs attention off "
-        "(targets: CBAM train ≤ 1.06×, infer ≤ 1.03×; SE, ECA train ≤ 1.03×). Last column: "
-        "the 'fast' path's ratios (train | infer), both sides with the block's own tail.\n"
+        "(targets: CBAM train ≤ 1.06×, infer ≤ 1.03×; SE, ECA train ≤ 1.03×). Last columns: "
+        "'fast, fused' against the plain network with the same block tail (train | infer).\n"
     )
     print(
         "| model | path | train step | ratio vs plain (quartiles) | inference | ratio vs plain "

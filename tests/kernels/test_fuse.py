@@ -18,9 +18,10 @@ def _blocks(model):
     return [m for m in model.modules() if isinstance(m, (resnet.BasicBlock, resnet.Bottleneck))]
 
 
+@pytest.mark.parametrize("attn", ["cbam", "se", "eca", None])
 @pytest.mark.parametrize(("name", "count"), [("resnet18", 8), ("resnet50", 16), ("resnet20", 9)])
-def test_fuse_rewires_the_blocks_with_a_kernel_gate(name, count):
-    model = attnlab.create_model(name, attn="cbam", num_classes=5)
+def test_fuse_rewires_the_blocks_with_a_kernel_gate_or_a_foldable_norm(name, count, attn):
+    model = attnlab.create_model(name, attn=attn, num_classes=5)
     keys = list(model.state_dict())
     assert kernels.fuse(model) == count
     assert kernels.is_fused(model)
@@ -32,11 +33,25 @@ def test_fuse_rewires_the_blocks_with_a_kernel_gate(name, count):
     assert {type(b) for b in _blocks(model)} <= {resnet.BasicBlock, resnet.Bottleneck}
 
 
-@pytest.mark.parametrize("attn", ["se", "eca", None])
+@pytest.mark.parametrize("attn", ["ca", "gc", "scse"])
 def test_blocks_without_a_kernel_gate_stay(attn):
+    # neither a kernel path of their own nor an average-pool channel gate the norm folds into
     model = attnlab.create_model("resnet18", attn=attn, num_classes=5)
     assert kernels.fuse(model) == 0
     assert not kernels.is_fused(model)
+
+
+def test_blocks_whose_norm_or_activation_differs_stay():
+    model = attnlab.create_model("resnet18", attn="se", num_classes=5)
+
+    class MyNorm(torch.nn.BatchNorm2d):  # a subclass may compute something else
+        pass
+
+    model.layer1[0].bn2 = MyNorm(64)
+    model.layer1[1].relu = torch.nn.GELU()
+    assert kernels.fuse(model) == 6
+    assert not isinstance(model.layer1[0], kernels.FusedTail)
+    assert not isinstance(model.layer1[1], kernels.FusedTail)
 
 
 def test_checkpoints_load_both_ways():
@@ -57,24 +72,32 @@ def test_fuse_refuses_what_is_not_a_module():
 
 
 @needs_kernels
+@pytest.mark.parametrize("attn", ["cbam", "se", "eca", None])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
-def test_a_fused_network_computes_the_plain_one(name, mode):
+def test_a_fused_network_computes_the_plain_one(name, mode, attn):
     # same outputs, gradients and running statistics as the unfused network on the reference
     # path, whose blocks add and apply their ReLU themselves; in float64, as training-mode
-    # BatchNorm on a batch of two 1×1 maps (the last stage) magnifies float32 rounding
+    # BatchNorm on a batch of four 1×1 maps (the last stage) magnifies float32 rounding
     torch.manual_seed(0)
-    model = attnlab.create_model(name, attn="cbam", num_classes=5).double()
+    model = attnlab.create_model(name, attn=attn, num_classes=5).double()
     model.train(mode == "train")
     for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d) and m.num_features == 1:
-            torch.nn.init.uniform_(m.weight, 0.5, 1.5)  # CBAM's spatial norm: not zero
+        if isinstance(m, torch.nn.BatchNorm2d):  # zero-initialised last norms: not zero;
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)  # running statistics not the defaults
+            torch.nn.init.uniform_(m.bias, -0.3, 0.3)
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
     ref = copy.deepcopy(model)
     kernels.fuse(model)
-    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
     y = model(x)
     with kernels.backend("reference"):
         y_ref = ref(x)
+    if mode == "train":  # a second batch: the running statistics after two updates
+        y = model(x.flip(0))
+        with kernels.backend("reference"):
+            y_ref = ref(x.flip(0))
     tol = dict(rtol=1e-7, atol=1e-9)  # float64 sums in another order, through up to 16 blocks
     torch.testing.assert_close(y, y_ref, **tol)
     if mode == "train":
@@ -87,6 +110,19 @@ def test_a_fused_network_computes_the_plain_one(name, mode):
             torch.testing.assert_close(p.grad, q.grad, **scaled, msg=n)
     for b, c in zip(model.buffers(), ref.buffers(), strict=True):
         torch.testing.assert_close(b, c, **tol)
+
+
+@needs_kernels
+@pytest.mark.parametrize("attn", ["se", None])
+def test_a_fused_block_folds_its_norm_and_falls_back(attn):
+    block = attnlab.create_model("resnet18", attn=attn).layer1[0]
+    kernels.fuse(block)
+    x = torch.randn(2, 64, 8, 8)
+    assert block(x).grad_fn.name() == "_NormTailBackward"
+    with kernels.backend("reference"):
+        assert block(x).grad_fn.name() == "ReluBackward0"  # the plain tail
+    out = block(x.contiguous(memory_format=torch.channels_last))
+    assert out.grad_fn.name() == "ReluBackward0"
 
 
 @needs_kernels

@@ -7,7 +7,7 @@ import torch
 from _cases import BUILDERS, build, rand, run
 
 from attnlab import kernels
-from attnlab.layers import CBAM, SE
+from attnlab.layers import CBAM, ECA, SE, GlobalContext
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="CPU kernels unavailable")
 
@@ -118,11 +118,25 @@ def test_map_taps_see_the_maps_the_output_used():
 
 def test_modules_without_a_kernel_path_decline():
     x = rand((2, 16, 4, 4), torch.float32)
-    assert not kernels.enabled(x, SE(16))
+    assert not kernels.enabled(x, GlobalContext(16))
     assert not kernels.enabled(x, CBAM(16, order="parallel"))
     assert not kernels.enabled(x, CBAM(16, spatial=False))
-    with pytest.raises(ValueError, match="SE has no kernel path"):
-        kernels.gate(SE(16), x)
+    with pytest.raises(ValueError, match="GlobalContext has no kernel path"):
+        kernels.gate(GlobalContext(16), x)
+
+
+def test_channel_gates_offer_their_pooled_gate_only():
+    # SE and ECA: a channel gate read from the average pool (folded with a block's norm by
+    # kernels.fuse); their own forward stays on their equations
+    for module in (SE(16), ECA(16)):
+        spec = module.kernel_spec()
+        assert spec.spatial is None and not spec.channel_max
+        z = torch.randn(2, 16)
+        torch.testing.assert_close(
+            spec.channel(z, None),
+            module.attention(z[:, :, None, None] * torch.ones(1, 1, 3, 3)).flatten(1),
+        )
+        assert module(torch.randn(2, 16, 3, 3)).grad_fn.name() == "MulBackward0"
 
 
 def test_a_mismatched_shortcut_is_refused():

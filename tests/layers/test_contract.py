@@ -190,7 +190,10 @@ def test_compile_fullgraph_matches_eager(name):
     torch._dynamo.reset()
     module = perturb_(build(name, {})).train()
     compiled = torch.compile(module, fullgraph=True)
-    x = torch.randn(2, CHANNELS, 9, 7)
+    # SK's fuse BatchNorm normalises one pooled value per sample and channel: a batch of two
+    # would make it magnify float32 rounding beyond any useful tolerance
+    batch = 8 if name == "sk" else 2
+    x = torch.randn(batch, CHANNELS, 9, 7, generator=torch.Generator().manual_seed(0))
     x_eager = x.clone().requires_grad_(True)
     x_compiled = x.clone().requires_grad_(True)
     # Eager backward first: eager BatchNorm saves the running stats for backward, and the
@@ -202,10 +205,8 @@ def test_compile_fullgraph_matches_eager(name):
     # Inductor fuses and reorders float32 reductions; results agree to rounding.
     torch.testing.assert_close(y_compiled, y_eager, rtol=1e-5, atol=1e-5)
     # Gradients pass through BatchNorm's batch reductions, whose order inductor picks by thread
-    # count: seen 1.07e-5 apart on an element of ~5e-3 with one thread. SK's fuse BatchNorm
-    # normalises 2 pooled values per channel, which amplifies them: seen 6.5e-5.
-    atol = 2e-4 if name == "sk" else 5e-5
-    torch.testing.assert_close(x_compiled.grad, x_eager.grad, rtol=1e-4, atol=atol)
+    # count and vector width: seen 1.07e-5 apart on an element of ~5e-3 with one thread.
+    torch.testing.assert_close(x_compiled.grad, x_eager.grad, rtol=1e-4, atol=5e-5)
 
 
 BAD_INPUTS = [

@@ -35,6 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import norm_tail
 from .product import gate
 from .select import enabled
 
@@ -51,10 +52,20 @@ class FusedTail:
         out = self.relu(self.bn1(self.conv1(x)))
         if hasattr(self, "conv3"):
             out = self.relu(self.bn2(self.conv2(out)))
-            out = self.bn3(self.conv3(out))
+            conv, norm = self.conv3, self.bn3
         else:
-            out = self.bn2(self.conv2(out))
-        if enabled(out, self.attn) and shortcut.shape == out.shape:
+            conv, norm = self.conv2, self.bn2
+        out = conv(out)
+        if (
+            norm_tail.foldable(norm, self.attn)
+            and enabled(out)
+            and out.is_cpu
+            and shortcut.shape == out.shape
+            and shortcut.dtype == out.dtype
+        ):
+            return norm_tail.apply(norm, self.attn, out, shortcut)
+        out = norm(out)
+        if _gate_path(self.attn) and enabled(out, self.attn) and shortcut.shape == out.shape:
             return gate(self.attn, out, shortcut)
         return self.relu(self.attn(out) + shortcut)
 
@@ -67,8 +78,18 @@ def _fusable(block: nn.Module) -> bool:
         return False
     if block.attention_site()[0] != names[-1]:  # the attention takes the last norm's output
         return False
-    spec = getattr(block.attn, "kernel_spec", None)
-    return spec is not None and spec() is not None
+    if not isinstance(block.relu, nn.ReLU):
+        return False
+    if norm_tail.foldable(getattr(block, names[-1]), block.attn):
+        return True
+    return _gate_path(block.attn)
+
+
+def _gate_path(attn: nn.Module) -> bool:
+    """Whether the tail runs in :func:`attnlab.kernels.gate`'s pass without norm folding: a gate
+    with a spatial part (a channel gate alone gains too little there)."""
+    spec = attn.kernel_spec() if hasattr(attn, "kernel_spec") else None
+    return spec is not None and spec.spatial is not None
 
 
 def _fused_class(cls: type) -> type:

@@ -31,6 +31,7 @@ import math
 import torch
 from torch import nn
 
+from .. import kernels
 from ..registry import register_attention
 from ._ops import check_channels, check_choice, check_input, check_odd_kernel, resolve_preset
 from .maps import MapTap
@@ -120,6 +121,12 @@ class ECA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
         return x * self.attention(x)
+
+    def kernel_spec(self) -> kernels.GateSpec:
+        """The gate as :func:`attnlab.kernels.fuse` folds it with a block's last BatchNorm."""
+        return kernels.GateSpec(
+            channel=lambda y, _max: self.weights(y), channel_max=False, spatial=None
+        )
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, preset={self.preset!r}, k_size={self.k_size}"

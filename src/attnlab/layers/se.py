@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import kernels
 from ..registry import register_attention
 from ._ops import (
     check_batch_statistics,
@@ -113,3 +114,9 @@ class SE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(self, x)
         return x * self.attention(x)
+
+    def kernel_spec(self) -> kernels.GateSpec:
+        """The gate as :func:`attnlab.kernels.fuse` folds it with a block's last BatchNorm."""
+        return kernels.GateSpec(
+            channel=lambda z, _max: self.excite(z), channel_max=False, spatial=None
+        )

@@ -1,8 +1,9 @@
 """The CPU gate kernels: C++/OpenMP operators ``torch.ops.attnlab_kernels.*``, built on first use.
 
-The sources (``ops.cpp``: the operator schemas; ``pool.cpp``, ``apply.cpp``, ``grad.cpp``: one
-kernel family each) are compiled with :func:`torch.utils.cpp_extension.load` (a C++ compiler
-and ninja are needed; about a minute, once) and cached under ``TORCH_EXTENSIONS_DIR`` (default
+The sources (``ops.cpp``: the operator schemas; ``pool.cpp``, ``apply.cpp``, ``grad.cpp``,
+``norm.cpp``: one kernel family each) are compiled with
+:func:`torch.utils.cpp_extension.load` (a C++ compiler and ninja are needed; about a minute,
+once) and cached under ``TORCH_EXTENSIONS_DIR`` (default
 ``~/.cache/torch_extensions``), keyed by a hash of the sources and their folder, the torch
 version, the compiler flags and this machine's CPU features (the build uses
 ``-march=native``). A failed build is remembered, and :func:`error` says why. Paper: CBAM,
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 
 _DIR = Path(__file__).parent
-SOURCES = ("ops.cpp", "pool.cpp", "apply.cpp", "grad.cpp")
+SOURCES = ("ops.cpp", "pool.cpp", "apply.cpp", "grad.cpp", "norm.cpp")
 HEADERS = ("common.h", "ops.h")
 # -fno-trapping-math / -fno-math-errno let the compiler vectorise the branch-free selects and
 # float comparisons; results are unchanged for finite inputs.

@@ -29,4 +29,13 @@ Tensor gate_grad_input(const Tensor& g, const Tensor& x, const Tensor& cw,
                        const c10::optional<Tensor>& se, const c10::optional<Tensor>& smx,
                        const Tensor& ca, const Tensor& ce, const Tensor& cmx);
 
+// norm.cpp
+std::tuple<Tensor, Tensor> row_moments(const Tensor& x);
+Tensor affine_relu(const Tensor& x, const Tensor& scale, const Tensor& shift,
+                   const Tensor& residual);
+std::tuple<Tensor, Tensor, Tensor> relu_grad_sums(const Tensor& g, const Tensor& out,
+                                                  const Tensor& x);
+Tensor affine_grad(const Tensor& d, const Tensor& x, const Tensor& p, const Tensor& m,
+                   const Tensor& q, const Tensor& r);
+
 }  // namespace attnlab
