@@ -5,19 +5,21 @@ ResNet-50 with attention in every bottleneck vs the same ResNet-50 with attentio
 backward, SGD step) and an inference pass (eval, no grad). Targets: CBAM training ≤ 1.06×,
 inference ≤ 1.03×; SE and ECA training ≤ 1.03×.
 
-Each attention network is timed on up to three paths, in the same turns as the plain network
+Each attention network is timed on up to four paths, in the same turns as the plain network
 (``plain``) and the plain network given ``kernels.fuse`` too (``plain, fused``: each block's
 last BatchNorm, addition and ReLU in one pass):
 
-- ``fast, fused``: the kernels (:mod:`attnlab.kernels`) with ``kernels.fuse(model)`` (what a
-  user pays). SE and ECA blocks fold their last BatchNorm into the gate and do the addition
-  and ReLU in its output pass; CBAM blocks do the addition and ReLU in the gate's output pass;
-- ``fast``: CBAM's kernels, the block applying its norm, addition and ReLU itself as the plain
-  network does;
+- ``fast, fused``: the kernels (:mod:`attnlab.kernels`) with ``kernels.fuse(model)``: each
+  block's last BatchNorm folded into the gate's passes, the addition and ReLU in its output
+  pass (what a user of ``fuse`` pays);
+- ``fast, fused, norm apart``: ``kernels.fuse(model, fold_norm=False)``, the block's norm
+  running as itself (CBAM only: what the norm folding earns);
+- ``fast``: CBAM's own forward on the kernels, the block applying its norm, addition and ReLU
+  itself as the plain network does (what a user who does not fuse pays);
 - ``reference``: the modules' own PyTorch code.
 
 The "same tail" columns give what the attention itself costs: ``fast, fused`` against
-``plain, fused`` where the blocks fold their norm (SE, ECA), else ``fast`` against ``plain``.
+``plain, fused``, both networks with the same block-tail fusion.
 A path that runs the same code as another for a module (no kernel path, nothing fused) is left
 out. Every turn calls each candidate once (plain first), ``--rounds × --number`` turns; a time
 is the median over the turns, a ratio the median over the turns of the two sides' ratio in the
@@ -48,6 +50,7 @@ import torch.nn.functional as F
 
 import attnlab
 from attnlab import kernels
+from attnlab.layers import CBAM, SpatialGate
 
 MODES = ("train", "infer")
 
@@ -114,10 +117,8 @@ class Path:
 
 
 def paths_for(attn: str, device: str) -> tuple[dict[str, Path], str | None]:
-    """The candidates (see the module doc) and the one each attention network's same-tail
-    ratio is taken against: ``plain, fused`` where ``kernels.fuse`` folds the block's last norm
-    into the gate (the plain network's blocks get the same fold), else None (the ``fast`` path
-    against the plain network, both blocks with their own tail)."""
+    """The candidates (see the module doc) and the one the ``fast, fused`` path's same-tail
+    ratio is taken against (None where nothing is fused)."""
     fast = "fast" if device == "cuda" else "auto"
     plain = attnlab.create_model("resnet50").to(device)
     paths = {"plain": Path(plain, fast)}
@@ -125,18 +126,23 @@ def paths_for(attn: str, device: str) -> tuple[dict[str, Path], str | None]:
     if kernels.fuse(plain_fused):
         paths["plain, fused"] = Path(plain_fused, fast)
     model = attnlab.create_model("resnet50", attn=attn).to(device)
-    specs = [m.kernel_spec() for m in model.modules() if hasattr(m, "kernel_spec")]
-    # modules with a spatial part take the kernels in their own forward; channel gates only
-    # in a fused block, with the norm folded
-    own_kernels = any(s is not None and s.spatial is not None for s in specs)
+    probe = torch.randn(1, 8, 4, 4, device=device)
+    # modules whose own forward takes the kernels (CBAM, its spatial gate); channel gates
+    # (SE, ECA) take them only inside a fused block
+    own = any(
+        isinstance(m, (CBAM, SpatialGate)) and kernels.enabled(probe, m) for m in model.modules()
+    )
     fused = copy.deepcopy(model)
     if kernels.fuse(fused):
         paths["fast, fused"] = Path(fused, fast)
-    if own_kernels:
+    apart = copy.deepcopy(model)
+    if kernels.fuse(apart, fold_norm=False):
+        paths["fast, fused, norm apart"] = Path(apart, fast)
+    if own:
         paths["fast"] = Path(model, fast)
     paths["reference"] = Path(copy.deepcopy(model), "reference")
-    folded = "plain, fused" in paths and "fast, fused" in paths and not own_kernels
-    return paths, "plain, fused" if folded else None
+    both = "plain, fused" in paths and "fast, fused" in paths
+    return paths, "plain, fused" if both else None
 
 
 def network(attns, *, batch, size, turns, modes, device="cpu") -> list[dict]:

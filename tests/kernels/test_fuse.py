@@ -41,6 +41,14 @@ def test_blocks_without_a_kernel_gate_stay(attn):
     assert not kernels.is_fused(model)
 
 
+@pytest.mark.parametrize(("attn", "count"), [("cbam", 8), ("se", 0), (None, 0)])
+def test_without_norm_folding_only_gates_with_their_own_kernels_fuse(attn, count):
+    model = attnlab.create_model("resnet18", attn=attn, num_classes=5)
+    assert kernels.fuse(model, fold_norm=False) == count
+    assert kernels.unfuse(model) == count
+    assert not any(hasattr(m, "attnlab_fold_norm") for m in model.modules())
+
+
 def test_blocks_whose_norm_or_activation_differs_stay():
     model = attnlab.create_model("resnet18", attn="se", num_classes=5)
 
@@ -72,10 +80,13 @@ def test_fuse_refuses_what_is_not_a_module():
 
 
 @needs_kernels
-@pytest.mark.parametrize("attn", ["cbam", "se", "eca", None])
+@pytest.mark.parametrize(
+    ("attn", "fold_norm"),
+    [("cbam", True), ("cbam", False), ("se", True), ("eca", True), (None, True)],
+)
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
-def test_a_fused_network_computes_the_plain_one(name, mode, attn):
+def test_a_fused_network_computes_the_plain_one(name, mode, attn, fold_norm):
     # same outputs, gradients and running statistics as the unfused network on the reference
     # path, whose blocks add and apply their ReLU themselves; in float64, as training-mode
     # BatchNorm on a batch of four 1×1 maps (the last stage) magnifies float32 rounding
@@ -85,11 +96,12 @@ def test_a_fused_network_computes_the_plain_one(name, mode, attn):
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):  # zero-initialised last norms: not zero;
             torch.nn.init.uniform_(m.weight, 0.5, 1.5)  # running statistics not the defaults
+            m.weight.data[1::2] *= -1  # negative scales too
             torch.nn.init.uniform_(m.bias, -0.3, 0.3)
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 1.5)
     ref = copy.deepcopy(model)
-    kernels.fuse(model)
+    assert kernels.fuse(model, fold_norm=fold_norm) > 0
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
     y = model(x)
     with kernels.backend("reference"):

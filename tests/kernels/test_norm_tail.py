@@ -107,12 +107,17 @@ def test_without_grad_the_tail_updates_the_statistics_alone():
     assert int(norm.num_batches_tracked) == 1
 
 
-def test_row_moments_are_the_mean_and_biased_variance():
-    x = torch.randn(3, 5, 7, 9, dtype=torch.float64) * 3 + 10
-    mean, var = torch.ops.attnlab_kernels.row_moments(x)
+def test_row_moments_are_the_mean_biased_variance_max_and_ties():
+    x = ((torch.randn(3, 5, 7, 9, dtype=torch.float64) * 3).round() / 2) + 10  # many ties
+    mean, var, ext = torch.ops.attnlab_kernels.row_moments(x, True, True)
     ref_var, ref_mean = torch.var_mean(x, dim=(2, 3), correction=0)
     torch.testing.assert_close(mean, ref_mean)
     torch.testing.assert_close(var, ref_var)
+    for k, ref in ((0, x.amax((2, 3))), (2, x.amin((2, 3)))):
+        torch.testing.assert_close(ext[..., k], ref)
+        ties = (x == ref[:, :, None, None]).sum((2, 3)).double()
+        torch.testing.assert_close(ext[..., k + 1], ties)
+    assert torch.ops.attnlab_kernels.row_moments(x)[2].numel() == 0
 
 
 def test_what_the_tail_takes():

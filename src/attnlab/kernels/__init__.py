@@ -1,8 +1,9 @@
 """The optional fast path of the gate modules: CPU kernels (C++/OpenMP) and Triton kernels.
 
 Layers reach it by one call: ``if kernels.enabled(x, self): return kernels.gate(self, x)``.
-Block-level fusion (a residual block's add and ReLU in the gate's output pass) is an explicit
-model transformation, :func:`fuse` / :func:`unfuse`. Selection: ``ATTNLAB_BACKEND`` (``auto``,
+Block-level fusion (a residual block's last BatchNorm folded into the gate's passes, its add and
+ReLU in the gate's output pass) is an explicit model transformation, :func:`fuse` /
+:func:`unfuse`. Selection: ``ATTNLAB_BACKEND`` (``auto``,
 ``fast``, ``reference``) or :func:`backend`; see :mod:`attnlab.kernels.select`. Which modules
 use it and the figures behind it: docs/performance.md. Paper: CBAM, arXiv 1807.06521.
 

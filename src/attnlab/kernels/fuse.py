@@ -1,17 +1,20 @@
-"""Block-level fusion: a residual block's tail, relu(attn(out) + shortcut), in the gate's pass.
+"""Block-level fusion: a residual block's tail, relu(attn(bn(y)) + shortcut), in the gate's passes.
 
-:func:`fuse` rewires, by structure, the residual blocks of a model whose attention module has
-a kernel path (``kernel_spec()`` not None, e.g. CBAM): a block with ``conv1``/``bn1``,
-``conv2``/``bn2`` (BasicBlock) and optionally ``conv3``/``bn3`` (Bottleneck), ``relu``,
-``attn``, ``downsample`` and ``attention_site()`` naming its last norm. The block's class is
-swapped for a subclass whose forward hands the tail to :func:`attnlab.kernels.gate`: the gate's
-output pass reads the shortcut too and writes relu(out + shortcut), so the block's addition and
-ReLU (two full-size passes) disappear forward, and the backward applies the ReLU's mask once.
+:func:`fuse` rewires, by structure, the residual blocks of a model: a block with ``conv1``/
+``bn1``, ``conv2``/``bn2`` (BasicBlock) and optionally ``conv3``/``bn3`` (Bottleneck), an
+``nn.ReLU`` ``relu``, ``attn``, ``downsample`` and ``attention_site()`` naming its last norm,
+whose attention is a gate with a kernel path (``kernel_spec()`` not None: CBAM, SE, ECA) or none
+(``nn.Identity``). The block's class is swapped for a subclass whose forward hands the tail to
+the kernels: the last norm (an exact ``nn.BatchNorm2d``) is folded into the gate's passes
+(:mod:`attnlab.kernels.norm_tail` for channel gates and blocks without attention,
+:func:`attnlab.kernels.gate` with ``norm`` for CBAM), and the gate's output pass reads the
+shortcut too and writes relu(out + shortcut). The norm's output, the addition and the ReLU
+(three full-size passes) disappear forward, and the backward applies the ReLU's mask once.
 No module is added or removed, so the state dict keeps its keys and checkpoints load both ways;
 :func:`unfuse` restores the original classes. Where the kernels are not enabled for the input
 (see :func:`attnlab.kernels.enabled`) the fused forward computes the plain one.
-Forward hooks registered on the attention module itself do not run in a fused block (its
-map taps do); call :func:`unfuse` before registering such hooks.
+Forward hooks registered on a fused block's attention module or its last norm do not run (the
+attention's map taps do); call :func:`unfuse` before registering such hooks.
 
 Paper: CBAM (Woo et al., arXiv 1807.06521), the gate whose blocks this fuses.
 
@@ -36,12 +39,13 @@ import torch
 from torch import nn
 
 from . import norm_tail
-from .product import gate
+from .product import folds, gate
 from .select import enabled
 
 _BASIC = ("conv1", "relu", "attn", "bn1", "conv2", "bn2")
 _BOTTLENECK = (*_BASIC, "conv3", "bn3")
 _FUSED: dict[type, type] = {}
+FOLD_ATTR = "attnlab_fold_norm"  # set on each fused block: whether its last norm is folded
 
 
 class FusedTail:
@@ -56,21 +60,25 @@ class FusedTail:
         else:
             conv, norm = self.conv2, self.bn2
         out = conv(out)
+        fold = getattr(self, FOLD_ATTR, True)
         if (
-            norm_tail.foldable(norm, self.attn)
+            fold
+            and norm_tail.foldable(norm, self.attn)
             and enabled(out)
             and out.is_cpu
             and shortcut.shape == out.shape
             and shortcut.dtype == out.dtype
         ):
             return norm_tail.apply(norm, self.attn, out, shortcut)
-        out = norm(out)
         if _gate_path(self.attn) and enabled(out, self.attn) and shortcut.shape == out.shape:
-            return gate(self.attn, out, shortcut)
+            if fold and out.is_cpu and folds(norm, self.attn):
+                return gate(self.attn, out, shortcut, norm=norm)
+            return gate(self.attn, norm(out), shortcut)
+        out = norm(out)
         return self.relu(self.attn(out) + shortcut)
 
 
-def _fusable(block: nn.Module) -> bool:
+def _fusable(block: nn.Module, fold_norm: bool) -> bool:
     if isinstance(block, FusedTail) or not hasattr(block, "attention_site"):
         return False
     names = _BOTTLENECK if hasattr(block, "conv3") else _BASIC
@@ -80,7 +88,7 @@ def _fusable(block: nn.Module) -> bool:
         return False
     if not isinstance(block.relu, nn.ReLU):
         return False
-    if norm_tail.foldable(getattr(block, names[-1]), block.attn):
+    if fold_norm and norm_tail.foldable(getattr(block, names[-1]), block.attn):
         return True
     return _gate_path(block.attn)
 
@@ -98,14 +106,23 @@ def _fused_class(cls: type) -> type:
     return _FUSED[cls]
 
 
-def fuse(model: nn.Module) -> int:
-    """Rewires ``model``'s recognised residual blocks in place; returns how many."""
+def fuse(model: nn.Module, *, fold_norm: bool = True) -> int:
+    """Rewires ``model``'s recognised residual blocks in place; returns how many.
+
+    Args:
+        model: any module; its residual blocks are found by structure (see the module doc).
+        fold_norm: fold each block's last ``BatchNorm2d`` into the gate's passes (its own
+            forward and hooks then do not run; its parameters and running statistics are used
+            and updated as it would). False: the norm runs as itself, and only blocks whose
+            attention has a kernel path of its own (CBAM) are fused.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"kernels.fuse: expected an nn.Module, got {type(model).__name__}")
     count = 0
     for block in model.modules():
-        if _fusable(block):
+        if _fusable(block, fold_norm):
             block.__class__ = _fused_class(type(block))
+            setattr(block, FOLD_ATTR, bool(fold_norm))
             count += 1
     return count
 
@@ -118,6 +135,8 @@ def unfuse(model: nn.Module) -> int:
     for block in model.modules():
         if isinstance(block, FusedTail):
             block.__class__ = type(block).__mro__[2]  # (FusedX, FusedTail, X, …)
+            if FOLD_ATTR in vars(block):
+                delattr(block, FOLD_ATTR)
             count += 1
     return count
 

@@ -86,8 +86,8 @@ def apply(
     b, c, h, w = y.shape
     if batch_stats and b * h * w == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got {y.shape}")
-    moments = ops.row_moments(y) if batch_stats or gate is not None else None
-    factor = _running_update_factor(norm)
+    moments = ops.row_moments(y, False)[:2] if batch_stats or gate is not None else None
+    factor = running_update_factor(norm)
     params = [p for p in _params(norm, attn) if p.requires_grad]
     if torch.is_grad_enabled() and (y.requires_grad or shortcut.requires_grad or params):
         holder: list = []
@@ -98,7 +98,7 @@ def apply(
             scale, shift, stats = _affine(norm, gate, moments, batch_stats, y.dtype)
             out = ops.affine_relu(y, _rows(scale, b), _rows(shift, b), shortcut)
     if factor is not None and batch_stats:
-        _update_running(norm, stats, factor, b * h * w)
+        update_running(norm, stats, factor, b * h * w)
     return out
 
 
@@ -107,8 +107,9 @@ def _params(norm: nn.BatchNorm2d, attn: nn.Module | None) -> list[torch.Tensor]:
     return found + ([] if attn is None else list(attn.parameters()))
 
 
-def _running_update_factor(norm: nn.BatchNorm2d) -> float | None:
-    """As ``_BatchNorm.forward``: count the batch and return the running average's factor."""
+def running_update_factor(norm: nn.BatchNorm2d) -> float | None:
+    """As ``BatchNorm2d.forward``: counts the batch and returns the running average's factor
+    (None where the running statistics are not updated)."""
     if not (norm.training and norm.track_running_stats):
         return None
     if norm.num_batches_tracked is not None:
@@ -118,7 +119,9 @@ def _running_update_factor(norm: nn.BatchNorm2d) -> float | None:
     return norm.momentum if norm.momentum is not None else 0.0
 
 
-def _update_running(norm: nn.BatchNorm2d, stats, factor: float, n: int) -> None:
+def update_running(norm: nn.BatchNorm2d, stats, factor: float, n: int) -> None:
+    """As ``BatchNorm2d`` in training: the running averages of the batch's mean and unbiased
+    variance over ``n`` values per channel."""
     mean, var = stats
     with torch.no_grad():
         norm.running_mean.mul_(1 - factor).add_(mean.to(norm.running_mean.dtype), alpha=factor)
@@ -126,11 +129,11 @@ def _update_running(norm: nn.BatchNorm2d, stats, factor: float, n: int) -> None:
         norm.running_var.mul_(1 - factor).add_(unbiased.to(norm.running_var.dtype), alpha=factor)
 
 
-def _affine(norm, gate, moments, batch_stats: bool, dtype: torch.dtype):
-    """The folded tail's scale and shift (C or B×C) and the batch's (μ, σ²) from the moments
-    (m, v), B×C each, or None where neither the statistics nor the gate need them."""
-    m, v = moments if moments is not None else (None, None)
+def affine(norm, moments, batch_stats: bool, dtype: torch.dtype):
+    """BN(y) = a_c·y + t_c: the C-vectors a and t, and the statistics (μ, σ²) it normalises
+    with: the batch's from the per-row moments (m, v), B×C each, or the running ones."""
     if batch_stats:
+        m, v = moments
         mean = m.mean(0)
         var = (v + (m - mean) ** 2).mean(0)
     else:
@@ -141,10 +144,15 @@ def _affine(norm, gate, moments, batch_stats: bool, dtype: torch.dtype):
     t = -mean * a
     if norm.bias is not None:
         t = t + norm.bias.to(dtype)
-    stats = (mean.detach(), var.detach())
+    return a, t, (mean.detach(), var.detach())
+
+
+def _affine(norm, gate, moments, batch_stats: bool, dtype: torch.dtype):
+    """The folded tail's scale and shift (C or B×C) and the batch's (μ, σ²)."""
+    a, t, stats = affine(norm, moments, batch_stats, dtype)
     if gate is None:
         return a, t, stats
-    g = gate(m * a + t, None).to(dtype)
+    g = gate(moments[0] * a + t, None).to(dtype)
     return a * g, t * g, stats
 
 
