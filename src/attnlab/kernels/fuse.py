@@ -1,20 +1,25 @@
-"""Block-level fusion: a residual block's tail, relu(attn(bn(y)) + shortcut), in the gate's passes.
+"""Block-level fusion: a residual block's tail, relu(attn(bn(y)) + shortcut), on the kernels.
 
 :func:`fuse` rewires, by structure, the residual blocks of a model: a block with ``conv1``/
 ``bn1``, ``conv2``/``bn2`` (BasicBlock) and optionally ``conv3``/``bn3`` (Bottleneck), an
 ``nn.ReLU`` ``relu``, ``attn``, ``downsample`` and ``attention_site()`` naming its last norm,
 whose attention is a gate with a kernel path (``kernel_spec()`` not None: CBAM, SE, ECA) or none
 (``nn.Identity``). The block's class is swapped for a subclass whose forward hands the tail to
-the kernels: the last norm (an exact ``nn.BatchNorm2d``) is folded into the gate's passes
-(:mod:`attnlab.kernels.norm_tail` for channel gates and blocks without attention,
-:func:`attnlab.kernels.gate` with ``norm`` for CBAM), and the gate's output pass reads the
-shortcut too and writes relu(out + shortcut). The norm's output, the addition and the ReLU
-(three full-size passes) disappear forward, and the backward applies the ReLU's mask once.
-No module is added or removed, so the state dict keeps its keys and checkpoints load both ways;
-:func:`unfuse` restores the original classes. Where the kernels are not enabled for the input
-(see :func:`attnlab.kernels.enabled`) the fused forward computes the plain one.
-Forward hooks registered on a fused block's attention module or its last norm do not run (the
-attention's map taps do); call :func:`unfuse` before registering such hooks.
+the kernels:
+
+- SE, ECA and no attention: the last norm (an exact ``nn.BatchNorm2d``) is folded into the
+  gate's passes (:mod:`attnlab.kernels.norm_tail`), and the addition and ReLU into its output
+  pass: of the four full-size tensors the textbook tail writes (the norm's output, the gate's
+  product, the sum, the ReLU), one is left.
+- CBAM: the norm runs as itself; the gate's output pass (:func:`attnlab.kernels.gate`) reads
+  the shortcut too and writes relu(out + shortcut), so the addition and ReLU disappear.
+
+The backward applies the ReLU's mask once. No module is added or removed, so the state dict
+keeps its keys and checkpoints load both ways; :func:`unfuse` restores the original classes.
+Where the kernels are not enabled for the input (see :func:`attnlab.kernels.enabled`) the fused
+forward computes the plain one. Forward hooks registered on a fused block's attention module or
+its folded norm do not run (the attention's map taps do); call :func:`unfuse` before
+registering such hooks, or fuse with ``fold_norm=False``.
 
 Paper: CBAM (Woo et al., arXiv 1807.06521), the gate whose blocks this fuses.
 
@@ -39,7 +44,7 @@ import torch
 from torch import nn
 
 from . import norm_tail
-from .product import folds, gate
+from .product import gate
 from .select import enabled
 
 _BASIC = ("conv1", "relu", "attn", "bn1", "conv2", "bn2")
@@ -71,8 +76,6 @@ class FusedTail:
         ):
             return norm_tail.apply(norm, self.attn, out, shortcut)
         if _gate_path(self.attn) and enabled(out, self.attn) and shortcut.shape == out.shape:
-            if fold and out.is_cpu and folds(norm, self.attn):
-                return gate(self.attn, out, shortcut, norm=norm)
             return gate(self.attn, norm(out), shortcut)
         out = norm(out)
         return self.relu(self.attn(out) + shortcut)
@@ -111,10 +114,10 @@ def fuse(model: nn.Module, *, fold_norm: bool = True) -> int:
 
     Args:
         model: any module; its residual blocks are found by structure (see the module doc).
-        fold_norm: fold each block's last ``BatchNorm2d`` into the gate's passes (its own
-            forward and hooks then do not run; its parameters and running statistics are used
-            and updated as it would). False: the norm runs as itself, and only blocks whose
-            attention has a kernel path of its own (CBAM) are fused.
+        fold_norm: fold the last ``BatchNorm2d`` of SE, ECA and attention-free blocks into
+            the gate's passes (its own forward and hooks then do not run; its parameters and
+            running statistics are used and updated as its forward would). False: those
+            blocks are left as they are, and only CBAM blocks are fused.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"kernels.fuse: expected an nn.Module, got {type(model).__name__}")

@@ -86,7 +86,7 @@ def apply(
     b, c, h, w = y.shape
     if batch_stats and b * h * w == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got {y.shape}")
-    moments = ops.row_moments(y, False)[:2] if batch_stats or gate is not None else None
+    moments = ops.row_moments(y) if batch_stats or gate is not None else None
     factor = running_update_factor(norm)
     params = [p for p in _params(norm, attn) if p.requires_grad]
     if torch.is_grad_enabled() and (y.requires_grad or shortcut.requires_grad or params):

@@ -4,10 +4,7 @@
 // in PyTorch). The norm's batch statistics and the gate's pooled descriptor both come from the
 // per-row moments of x, so x is read once for the statistics and once for the output.
 //
-// row_moments:    per (b, c), the mean and the biased variance over positions, and optionally
-//                 the max and the min, with (``ties``) the number of positions equal to each
-//                 (a max pool's gradient is split evenly among them, as amax's is):
-//                 max_p(a·x + t) is a·max x + t for a > 0 and a·min x + t for a < 0.
+// row_moments:    per (b, c), the mean and the biased variance over positions.
 // affine_relu:    the tail's forward, one read of x and residual, one write.
 // relu_grad_sums: d = g·[out > 0] (the ReLU's backward, also the residual's gradient), and per
 //                 (b, c) the sums of d and of d·x, from which the scale's and shift's
@@ -23,53 +20,30 @@ namespace attnlab {
 namespace {
 
 // One pass per row: sums of d = x − x₀ and d² (x₀, the row's first value, keeps the variance's
-// cancellation small) in x's type over blocks of kBlock values, the blocks' sums in double, and
-// the row's max and min; a second pass counts the ties where they are asked for.
+// cancellation small) in x's type over blocks of kBlock values, the blocks' sums in double.
 constexpr int64_t kBlock = 256;
 
-template <typename T, bool kExtremes>
-void moments_kernel(const T* x, int64_t rows, int64_t P, T* mean, T* var, T* ext, bool ties) {
+template <typename T>
+void moments_kernel(const T* x, int64_t rows, int64_t P, T* mean, T* var) {
   at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const T* __restrict__ row = x + i * P;
       const T x0 = row[0];
       double s = 0, q = 0;
-      T top = x0, low = x0;
       for (int64_t p0 = 0; p0 < P; p0 += kBlock) {
         const int64_t n = std::min(kBlock, P - p0);
         const T* __restrict__ r = row + p0;
         T bs = 0, bq = 0;
-        if (kExtremes) {
-#pragma omp simd reduction(+ : bs, bq) reduction(max : top) reduction(min : low)
-          for (int64_t p = 0; p < n; ++p) {
-            const T d = r[p] - x0;
-            bs += d, bq += d * d;
-            top = r[p] > top ? r[p] : top;
-            low = r[p] < low ? r[p] : low;
-          }
-        } else {
 #pragma omp simd reduction(+ : bs, bq)
-          for (int64_t p = 0; p < n; ++p) {
-            const T d = r[p] - x0;
-            bs += d, bq += d * d;
-          }
+        for (int64_t p = 0; p < n; ++p) {
+          const T d = r[p] - x0;
+          bs += d, bq += d * d;
         }
         s += bs, q += bq;
       }
       const double m = s / P, v = q / P - m * m;
       mean[i] = static_cast<T>(x0 + m);
       var[i] = static_cast<T>(v > 0 ? v : 0);
-      if (!kExtremes) continue;
-      T* e = ext + 4 * i;  // max, its count, min, its count
-      e[0] = top, e[2] = low, e[1] = e[3] = T(0);
-      if (!ties) continue;
-      T kt = 0, kl = 0;
-#pragma omp simd reduction(+ : kt, kl)
-      for (int64_t p = 0; p < P; ++p) {
-        kt += row[p] == top ? T(1) : T(0);
-        kl += row[p] == low ? T(1) : T(0);
-      }
-      e[1] = kt, e[3] = kl;
     }
   });
 }
@@ -135,23 +109,16 @@ int64_t positions_of(const Tensor& x) { return x.size(2) * x.size(3); }
 
 }  // namespace
 
-std::tuple<Tensor, Tensor, Tensor> row_moments(const Tensor& x, bool extremes, bool ties) {
+std::tuple<Tensor, Tensor> row_moments(const Tensor& x) {
   check_full(x, "row_moments", "x");
   TORCH_CHECK(positions_of(x) > 0, "attnlab_kernels::row_moments: x has no positions");
   Tensor mean = at::empty({x.size(0), x.size(1)}, x.options());
   Tensor var = at::empty_like(mean);
-  Tensor ext = at::empty({extremes ? x.size(0) : 0, extremes ? x.size(1) : 0, 4}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "row_moments", [&] {
-    auto* m = mean.data_ptr<scalar_t>();
-    auto* v = var.data_ptr<scalar_t>();
-    if (extremes)
-      moments_kernel<scalar_t, true>(x.data_ptr<scalar_t>(), rows_of(x), positions_of(x), m, v,
-                                     ext.data_ptr<scalar_t>(), ties);
-    else
-      moments_kernel<scalar_t, false>(x.data_ptr<scalar_t>(), rows_of(x), positions_of(x), m, v,
-                                      nullptr, false);
+    moments_kernel<scalar_t>(x.data_ptr<scalar_t>(), rows_of(x), positions_of(x),
+                             mean.data_ptr<scalar_t>(), var.data_ptr<scalar_t>());
   });
-  return {mean, var, ext};
+  return {mean, var};
 }
 
 Tensor affine_relu(const Tensor& x, const Tensor& scale, const Tensor& shift,

@@ -9,24 +9,17 @@
 
 TORCH_LIBRARY(attnlab_kernels, m) {
   m.def("channel_pool(Tensor x, bool with_max) -> (Tensor, Tensor, Tensor)");
-  m.def("spatial_pool(Tensor x, Tensor cw, Tensor? cb=None) -> (Tensor, Tensor, Tensor)");
-  m.def("gate_apply(Tensor x, Tensor cw, Tensor? sw, Tensor? cb=None) -> Tensor");
-  m.def(
-      "gate_apply_relu(Tensor x, Tensor cw, Tensor? sw, Tensor residual, Tensor? cb=None) -> "
-      "Tensor");
-  m.def("gate_grad_spatial(Tensor g, Tensor x, Tensor cw, Tensor? cb=None) -> Tensor");
+  m.def("spatial_pool(Tensor x, Tensor cw) -> (Tensor, Tensor, Tensor)");
+  m.def("gate_apply(Tensor x, Tensor cw, Tensor? sw) -> Tensor");
+  m.def("gate_apply_relu(Tensor x, Tensor cw, Tensor? sw, Tensor residual) -> Tensor");
+  m.def("gate_grad_spatial(Tensor g, Tensor x, Tensor cw) -> Tensor");
   m.def(
       "gate_grad_channel(Tensor g, Tensor x, Tensor cw, Tensor? sw, Tensor? sa, Tensor? se, "
       "Tensor? smx) -> Tensor");
   m.def(
-      "gate_grad_affine(Tensor g, Tensor x, Tensor cw, Tensor? sw, Tensor? sa, Tensor? se, "
-      "Tensor? smx, Tensor? cb) -> (Tensor, Tensor)");
-  m.def(
       "gate_grad_input(Tensor g, Tensor x, Tensor cw, Tensor? sw, Tensor? sa, Tensor? se, "
-      "Tensor? smx, Tensor ca, Tensor ce, Tensor cmx, Tensor? cb=None, Tensor? cm=None, "
-      "Tensor? cq=None) -> Tensor");
-  m.def(
-      "row_moments(Tensor x, bool extremes=False, bool ties=False) -> (Tensor, Tensor, Tensor)");
+      "Tensor? smx, Tensor ca, Tensor ce, Tensor cmx) -> Tensor");
+  m.def("row_moments(Tensor x) -> (Tensor, Tensor)");
   m.def("affine_relu(Tensor x, Tensor scale, Tensor shift, Tensor residual) -> Tensor");
   m.def("relu_grad_sums(Tensor g, Tensor out, Tensor x) -> (Tensor, Tensor, Tensor)");
   m.def("affine_grad(Tensor d, Tensor x, Tensor p, Tensor m, Tensor q, Tensor r) -> Tensor");
@@ -39,7 +32,6 @@ TORCH_LIBRARY_IMPL(attnlab_kernels, CPU, m) {
   m.impl("gate_apply_relu", &attnlab::gate_apply_relu);
   m.impl("gate_grad_spatial", &attnlab::gate_grad_spatial);
   m.impl("gate_grad_channel", &attnlab::gate_grad_channel);
-  m.impl("gate_grad_affine", &attnlab::gate_grad_affine);
   m.impl("gate_grad_input", &attnlab::gate_grad_input);
   m.impl("row_moments", &attnlab::row_moments);
   m.impl("affine_relu", &attnlab::affine_relu);

@@ -12,36 +12,25 @@ using at::Tensor;
 
 // pool.cpp
 std::tuple<Tensor, Tensor, Tensor> channel_pool(const Tensor& x, bool with_max);
-std::tuple<Tensor, Tensor, Tensor> spatial_pool(const Tensor& x, const Tensor& cw,
-                                                const c10::optional<Tensor>& cb);
+std::tuple<Tensor, Tensor, Tensor> spatial_pool(const Tensor& x, const Tensor& cw);
 
 // apply.cpp
-Tensor gate_apply(const Tensor& x, const Tensor& cw, const c10::optional<Tensor>& sw,
-                  const c10::optional<Tensor>& cb);
+Tensor gate_apply(const Tensor& x, const Tensor& cw, const c10::optional<Tensor>& sw);
 Tensor gate_apply_relu(const Tensor& x, const Tensor& cw, const c10::optional<Tensor>& sw,
-                       const Tensor& residual, const c10::optional<Tensor>& cb);
+                       const Tensor& residual);
 
 // grad.cpp
-Tensor gate_grad_spatial(const Tensor& g, const Tensor& x, const Tensor& cw,
-                         const c10::optional<Tensor>& cb);
+Tensor gate_grad_spatial(const Tensor& g, const Tensor& x, const Tensor& cw);
 Tensor gate_grad_channel(const Tensor& g, const Tensor& x, const Tensor& cw,
                          const c10::optional<Tensor>& sw, const c10::optional<Tensor>& sa,
                          const c10::optional<Tensor>& se, const c10::optional<Tensor>& smx);
-std::tuple<Tensor, Tensor> gate_grad_affine(const Tensor& g, const Tensor& x, const Tensor& cw,
-                                            const c10::optional<Tensor>& sw,
-                                            const c10::optional<Tensor>& sa,
-                                            const c10::optional<Tensor>& se,
-                                            const c10::optional<Tensor>& smx,
-                                            const c10::optional<Tensor>& cb);
 Tensor gate_grad_input(const Tensor& g, const Tensor& x, const Tensor& cw,
                        const c10::optional<Tensor>& sw, const c10::optional<Tensor>& sa,
                        const c10::optional<Tensor>& se, const c10::optional<Tensor>& smx,
-                       const Tensor& ca, const Tensor& ce, const Tensor& cmx,
-                       const c10::optional<Tensor>& cb, const c10::optional<Tensor>& cm,
-                       const c10::optional<Tensor>& cq);
+                       const Tensor& ca, const Tensor& ce, const Tensor& cmx);
 
 // norm.cpp
-std::tuple<Tensor, Tensor, Tensor> row_moments(const Tensor& x, bool extremes, bool ties);
+std::tuple<Tensor, Tensor> row_moments(const Tensor& x);
 Tensor affine_relu(const Tensor& x, const Tensor& scale, const Tensor& shift,
                    const Tensor& residual);
 std::tuple<Tensor, Tensor, Tensor> relu_grad_sums(const Tensor& g, const Tensor& out,

@@ -2,8 +2,8 @@
 //
 // channel_pool: per (b, c), the mean and the max over positions, and the number of positions
 //   equal to the max (the max pool's gradient is split evenly among them, as amax's is).
-// spatial_pool: per (b, p), the mean and the max over channels of y = x·cw (+ cb, where a
-//   folded norm's shift is given), and the number of channels equal to the max.
+// spatial_pool: per (b, p), the mean and the max over channels of y = x·cw, and the number of
+//   channels equal to the max.
 // Sums accumulate in double: the pools feed gates whose gradients are sums over a whole map.
 #include <algorithm>
 #include <vector>
@@ -38,8 +38,8 @@ void channel_pool_kernel(const T* x, int64_t rows, int64_t P, T* avg, T* mx, T* 
 }
 
 template <typename T>
-void spatial_pool_kernel(const T* x, const T* cw, const T* cb, int64_t B, int64_t C, int64_t P,
-                         T* mean, T* mx, T* cnt) {
+void spatial_pool_kernel(const T* x, const T* cw, int64_t B, int64_t C, int64_t P, T* mean,
+                         T* mx, T* cnt) {
   const int64_t nt = tiles(P);
   at::parallel_for(0, B * nt, 1, [&](int64_t begin, int64_t end) {
     std::vector<double> sv(kTile);
@@ -51,14 +51,13 @@ void spatial_pool_kernel(const T* x, const T* cw, const T* cb, int64_t B, int64_
       const int64_t b = i / nt, p0 = (i % nt) * kTile, n = std::min(kTile, P - p0);
       const T* __restrict__ xb = x + b * C * P + p0;
       const T* __restrict__ w = cw + b * C;
-      const T* __restrict__ sh = cb ? cb + b * C : nullptr;
-      for (int64_t p = 0; p < n; ++p) s[p] = 0, m[p] = xb[p] * w[0] + (sh ? sh[0] : T(0)), k[p] = 0;
+      for (int64_t p = 0; p < n; ++p) s[p] = 0, m[p] = xb[p] * w[0], k[p] = 0;
       for (int64_t c = 0; c < C; ++c) {
         const T* __restrict__ r = xb + c * P;
-        const T wc = w[c], bc = sh ? sh[c] : T(0);
+        const T wc = w[c];
 #pragma omp simd
         for (int64_t p = 0; p < n; ++p) {
-          const T y = r[p] * wc + bc;
+          const T y = r[p] * wc;
           s[p] += y;
           k[p] = y > m[p] ? T(1) : k[p] + (y == m[p] ? T(1) : T(0));
           m[p] = y > m[p] ? y : m[p];
@@ -90,19 +89,16 @@ std::tuple<Tensor, Tensor, Tensor> channel_pool(const Tensor& x, bool with_max) 
   return {avg, mx, cnt};
 }
 
-std::tuple<Tensor, Tensor, Tensor> spatial_pool(const Tensor& x, const Tensor& cw,
-                                                const c10::optional<Tensor>& cb) {
+std::tuple<Tensor, Tensor, Tensor> spatial_pool(const Tensor& x, const Tensor& cw) {
   check_full(x, "spatial_pool", "x");
   check_small(cw, x, x.size(1), "spatial_pool", "cw");
-  check_small(cb, x, x.size(1), "spatial_pool", "cb");
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3);
   TORCH_CHECK(C > 0, "attnlab_kernels::spatial_pool: x has no channels");
   Tensor mean = at::empty({B, P}, x.options());
   Tensor mx = at::empty({B, P}, x.options());
   Tensor cnt = at::empty({B, P}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "spatial_pool", [&] {
-    spatial_pool_kernel<scalar_t>(x.data_ptr<scalar_t>(), cw.data_ptr<scalar_t>(),
-                                  ptr_or_null<scalar_t>(cb), B, C, P,
+    spatial_pool_kernel<scalar_t>(x.data_ptr<scalar_t>(), cw.data_ptr<scalar_t>(), B, C, P,
                                   mean.data_ptr<scalar_t>(), mx.data_ptr<scalar_t>(),
                                   cnt.data_ptr<scalar_t>());
   });
