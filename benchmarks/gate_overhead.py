@@ -181,11 +181,9 @@ def network(attns, *, batch, size, turns, modes, device="cpu") -> list[dict]:
                     f"**{r['ratio']:.3f}×** ({r['iqr'][0]:.2f}–{r['iqr'][1]:.2f})"
                 )
                 if name == "fast, fused":
-                    same = (
-                        paired(t[name], t[tail_base])
-                        if tail_base
-                        else (paired(t["fast"], t["plain"]) if "fast" in t else None)
-                    )
+                    # CBAM: its fast path against the plain network, both with their own tail
+                    same = paired(t["fast"], t["plain"]) if tail_base == "fast" else None
+                    same = same or (paired(t[name], t[tail_base]) if tail_base else None)
                     row[mode]["same_tail"] = same and same["ratio"]
                     tails.append(f"{same['ratio']:.3f}×" if same else "—")
                 else:
