@@ -13,11 +13,12 @@ from attnlab.export import check_onnx, export_onnx, run_onnx
 
 
 @pytest.mark.skipif(not kernels.available(), reason="the CPU kernels do not build here")
-def test_fused_model_under_fast_backend_exports_reference_path(tmp_path):
+@pytest.mark.parametrize("attn", ["cbam", "se"])  # the gate's tail; the folded norm
+def test_fused_model_under_fast_backend_exports_reference_path(tmp_path, attn):
     torch.manual_seed(0)
-    model = attnlab.create_model("resnet20", attn="cbam", num_classes=4, zero_init_last=False)
+    model = attnlab.create_model("resnet20", attn=attn, num_classes=4, zero_init_last=False)
     model.eval()
-    reference = attnlab.create_model("resnet20", attn="cbam", num_classes=4)
+    reference = attnlab.create_model("resnet20", attn=attn, num_classes=4)
     reference.load_state_dict(model.state_dict())
     reference.eval()
     assert kernels.fuse(model) > 0

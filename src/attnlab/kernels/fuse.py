@@ -50,7 +50,6 @@ from .select import enabled
 _BASIC = ("conv1", "relu", "attn", "bn1", "conv2", "bn2")
 _BOTTLENECK = (*_BASIC, "conv3", "bn3")
 _FUSED: dict[type, type] = {}
-FOLD_ATTR = "attnlab_fold_norm"  # set on each fused block: whether its last norm is folded
 
 
 class FusedTail:
@@ -65,10 +64,8 @@ class FusedTail:
         else:
             conv, norm = self.conv2, self.bn2
         out = conv(out)
-        fold = getattr(self, FOLD_ATTR, True)
         if (
-            fold
-            and norm_tail.foldable(norm, self.attn)
+            norm_tail.foldable(norm, self.attn)
             and enabled(out)
             and out.is_cpu
             and shortcut.shape == out.shape
@@ -125,7 +122,6 @@ def fuse(model: nn.Module, *, fold_norm: bool = True) -> int:
     for block in model.modules():
         if _fusable(block, fold_norm):
             block.__class__ = _fused_class(type(block))
-            setattr(block, FOLD_ATTR, bool(fold_norm))
             count += 1
     return count
 
@@ -138,8 +134,6 @@ def unfuse(model: nn.Module) -> int:
     for block in model.modules():
         if isinstance(block, FusedTail):
             block.__class__ = type(block).__mro__[2]  # (FusedX, FusedTail, X, …)
-            if FOLD_ATTR in vars(block):
-                delattr(block, FOLD_ATTR)
             count += 1
     return count
 

@@ -87,7 +87,7 @@ def apply(
     if batch_stats and b * h * w == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got {y.shape}")
     moments = ops.row_moments(y) if batch_stats or gate is not None else None
-    factor = running_update_factor(norm)
+    factor = _running_update_factor(norm)
     params = [p for p in _params(norm, attn) if p.requires_grad]
     if torch.is_grad_enabled() and (y.requires_grad or shortcut.requires_grad or params):
         holder: list = []
@@ -98,7 +98,7 @@ def apply(
             scale, shift, stats = _affine(norm, gate, moments, batch_stats, y.dtype)
             out = ops.affine_relu(y, _rows(scale, b), _rows(shift, b), shortcut)
     if factor is not None and batch_stats:
-        update_running(norm, stats, factor, b * h * w)
+        _update_running(norm, stats, factor, b * h * w)
     return out
 
 
@@ -107,7 +107,7 @@ def _params(norm: nn.BatchNorm2d, attn: nn.Module | None) -> list[torch.Tensor]:
     return found + ([] if attn is None else list(attn.parameters()))
 
 
-def running_update_factor(norm: nn.BatchNorm2d) -> float | None:
+def _running_update_factor(norm: nn.BatchNorm2d) -> float | None:
     """As ``BatchNorm2d.forward``: counts the batch and returns the running average's factor
     (None where the running statistics are not updated)."""
     if not (norm.training and norm.track_running_stats):
@@ -119,7 +119,7 @@ def running_update_factor(norm: nn.BatchNorm2d) -> float | None:
     return norm.momentum if norm.momentum is not None else 0.0
 
 
-def update_running(norm: nn.BatchNorm2d, stats, factor: float, n: int) -> None:
+def _update_running(norm: nn.BatchNorm2d, stats, factor: float, n: int) -> None:
     """As ``BatchNorm2d`` in training: the running averages of the batch's mean and unbiased
     variance over ``n`` values per channel."""
     mean, var = stats
@@ -129,9 +129,10 @@ def update_running(norm: nn.BatchNorm2d, stats, factor: float, n: int) -> None:
         norm.running_var.mul_(1 - factor).add_(unbiased.to(norm.running_var.dtype), alpha=factor)
 
 
-def affine(norm, moments, batch_stats: bool, dtype: torch.dtype):
-    """BN(y) = a_c·y + t_c: the C-vectors a and t, and the statistics (μ, σ²) it normalises
-    with: the batch's from the per-row moments (m, v), B×C each, or the running ones."""
+def _affine(norm, gate, moments, batch_stats: bool, dtype: torch.dtype):
+    """The folded tail's scale a·g and shift t·g (C or B×C), with BN(y) = a_c·y + t_c, and the
+    statistics (μ, σ²) the norm uses: the batch's from the per-row moments (m, v), B×C each, or
+    the running ones."""
     if batch_stats:
         m, v = moments
         mean = m.mean(0)
@@ -144,15 +145,10 @@ def affine(norm, moments, batch_stats: bool, dtype: torch.dtype):
     t = -mean * a
     if norm.bias is not None:
         t = t + norm.bias.to(dtype)
-    return a, t, (mean.detach(), var.detach())
-
-
-def _affine(norm, gate, moments, batch_stats: bool, dtype: torch.dtype):
-    """The folded tail's scale and shift (C or B×C) and the batch's (μ, σ²)."""
-    a, t, stats = affine(norm, moments, batch_stats, dtype)
+    stats = (mean.detach(), var.detach())
     if gate is None:
         return a, t, stats
-    g = gate(moments[0] * a + t, None).to(dtype)
+    g = gate(moments[0] * a + t, None).to(dtype)  # the gate reads GAP(BN(y)) = a·m + t
     return a * g, t * g, stats
 
 
