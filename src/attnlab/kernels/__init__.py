@@ -3,9 +3,9 @@
 Layers reach it by one call: ``if kernels.enabled(x, self): return kernels.gate(self, x)``.
 Block-level fusion (a residual block's last BatchNorm folded into the gate's passes, its add and
 ReLU in the gate's output pass) is an explicit model transformation, :func:`fuse` /
-:func:`unfuse`. Selection: ``ATTNLAB_BACKEND`` (``auto``,
-``fast``, ``reference``) or :func:`backend`; see :mod:`attnlab.kernels.select`. Which modules
-use it and the figures behind it: docs/performance.md. Paper: CBAM, arXiv 1807.06521.
+:func:`unfuse`. Selection: ``ATTNLAB_BACKEND`` (``auto``, ``fast``, ``reference``) or
+:func:`backend`; see :mod:`attnlab.kernels.select`. Which modules use it and the figures
+behind it: docs/performance.md. Paper: CBAM, arXiv 1807.06521.
 
 Example:
     >>> import torch
