@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from _cases import BUILDERS, build, rand, run
 
 from attnlab import kernels
 from attnlab.layers import CBAM, ECA, SE, GlobalContext
+from attnlab.layers.maps import MapTap
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="CPU kernels unavailable")
 
@@ -114,6 +117,94 @@ def test_map_taps_see_the_maps_the_output_used():
     assert seen["s"].shape == (2, 1, 5, 5)
     torch.testing.assert_close(seen["s"], ref_map, rtol=1e-5, atol=1e-6)
     assert out.shape == x.shape
+
+
+def _tapped_run(module, x, backend, loss_of):
+    """x's and the parameters' gradients of loss_of(output, maps the taps saw)."""
+    module, x, maps = copy.deepcopy(module), x.clone().requires_grad_(), []
+    for tap in module.modules():
+        if isinstance(tap, MapTap):
+            tap.register_forward_hook(lambda m, i, o: maps.append(o))
+    with kernels.backend(backend):
+        y = module(x)
+    return loss_of(y, maps, x, list(module.parameters()))
+
+
+def _assert_same(fast, ref):
+    assert len(fast) == len(ref)
+    for a, b in zip(fast, ref, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("with_output", [True, False], ids=["maps+output", "maps"])
+@pytest.mark.parametrize("key", ["cbam", "cbam-max-pool", "spatial-gate"])
+def test_a_loss_on_the_tapped_maps_is_differentiated_as_on_the_reference_path(key, with_output):
+    # the small layers sit in the same autograd graph as the kernels' passes, so a loss on the
+    # attention maps (an attention regulariser) reaches x and the parameters through them
+    module, x = build(key, 8, torch.float64), rand((2, 8, 4, 5), torch.float64, ties=True)
+
+    def loss_of(y, maps, x, params):
+        loss = sum((m.pow(2) * (i + 1)).sum() for i, m in enumerate(maps))
+        loss = loss + (y.pow(2).sum() if with_output else 0)
+        return torch.autograd.grad(loss, [x, *params], allow_unused=True)
+
+    _assert_same(
+        _tapped_run(module, x, "fast", loss_of), _tapped_run(module, x, "reference", loss_of)
+    )
+
+
+def test_partial_backwards_over_a_retained_graph():
+    # a first backward that reaches the parameters only, then one from a map to x alone: the
+    # second sees none of the first's terms
+    module, x = build("cbam", 8, torch.float64), rand((2, 8, 4, 5), torch.float64)
+
+    def loss_of(y, maps, x, params):
+        first = torch.autograd.grad(y.pow(2).sum(), params, retain_graph=True)
+        second = torch.autograd.grad(maps[0].sum() + maps[1].pow(2).sum(), x, retain_graph=True)
+        third = torch.autograd.grad(y.pow(2).sum(), x)
+        return [*first, *second, *third]
+
+    _assert_same(
+        _tapped_run(module, x, "fast", loss_of), _tapped_run(module, x, "reference", loss_of)
+    )
+
+
+class _GeneralOps:
+    """The operator set of the Triton kernels (no gate_apply_relu, gate_grad_product or
+    gate_grad_pool): the CPU operators, the two general backward passes by their formulas."""
+
+    def __init__(self, ops):
+        for name in ("channel_pool", "spatial_pool", "gate_apply", "gate_grad_input"):
+            setattr(self, name, getattr(ops, name))
+
+    @staticmethod
+    def gate_grad_spatial(g, x, cw):
+        return (g * x * cw[:, :, None, None]).sum(1).flatten(1)
+
+    @staticmethod
+    def gate_grad_channel(g, x, cw, sw, sa, se, smx):
+        if sw is None:
+            return (g * x).sum((2, 3))
+        b, _, h, w = x.shape
+        sw, sa, se, smx = (t.view(b, 1, h, w) for t in (sw, sa, se, smx))
+        at_max = x * cw[:, :, None, None] == smx
+        return (x * (g * sw + sa + torch.where(at_max, se, 0))).sum((2, 3))
+
+
+@pytest.mark.parametrize("key", ["cbam", "cbam-avg-pool", "spatial-gate"])
+def test_kernels_without_the_fused_backward_passes_compose_the_general_ones(key, monkeypatch):
+    # the backward on an operator set like the Triton kernels': the masked gradient, ∂L/∂sw and
+    # the two shares of ∂L/∂cw from the general passes
+    general = _GeneralOps(kernels.cpu.ops())
+    monkeypatch.setattr(kernels.product, "ops_for", lambda x: general)
+    module = build(key, 8, torch.float64)
+    x = rand((2, 8, 4, 5), torch.float64, ties=True)
+    grad, shortcut = rand(x.shape, torch.float64, seed=1), rand(x.shape, torch.float64, seed=2)
+    fast = run(module, x, grad, "fast", shortcut)
+    ref = run(module, x, grad, "reference", shortcut)
+    _assert_same([fast[0], fast[1], *fast[2]], [ref[0], ref[1], *ref[2]])
 
 
 def test_modules_without_a_kernel_path_decline():

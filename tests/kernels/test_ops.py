@@ -51,13 +51,26 @@ def test_gate_kernels_match_their_formulas(shape, dtype):
     _close(ops.gate_apply_relu(x, cw, sw, r), torch.relu(y * sw.view(b, 1, h, w) + r), dtype)
     _close(ops.gate_apply_relu(x, cw, None, r), torch.relu(y + r), dtype)
 
-    _close(ops.gate_grad_spatial(g, x, cw), (g * y).sum(1).reshape(b, -1), dtype)
-
     sa, se = (torch.randn(b, h * w, dtype=dtype) for _ in range(2))
+    sw4 = sw.view(b, 1, h, w)
+    gm, dsw, dcw = ops.gate_grad_product(g, x, cw, sw, None)
+    assert gm.numel() == 0  # unmasked: the caller's g
+    _close(dsw, (g * y).sum(1).reshape(b, -1), dtype)
+    _close(dcw, (g * x * sw4).sum((2, 3)), dtype)
+    out = rand(shape, dtype, seed=4, ties=True)  # ties: exact zeros, masked as ReLU's backward
+    gm, dsw, dcw = ops.gate_grad_product(g, x, cw, sw, out)
+    masked = torch.ops.aten.threshold_backward(g, out, 0)
+    assert torch.equal(gm, masked)
+    _close(dsw, (masked * y).sum(1).reshape(b, -1), dtype)
+    _close(dcw, (masked * x * sw4).sum((2, 3)), dtype)
+    gm, dsw, dcw = ops.gate_grad_product(g, x, cw, None, out)
+    assert torch.equal(gm, masked) and dsw.numel() == 0
+    _close(dcw, (masked * x).sum((2, 3)), dtype)
+
     at_max = y == smx.view(b, 1, h, w)
-    dy = g * sw.view(b, 1, h, w) + sa.view(b, 1, h, w) + torch.where(at_max, se.view(b, 1, h, w), 0)
-    _close(ops.gate_grad_channel(g, x, cw, sw, sa, se, smx), (dy * x).sum((2, 3)), dtype)
-    _close(ops.gate_grad_channel(g, x, cw, None, None, None, None), (g * x).sum((2, 3)), dtype)
+    pools = sa.view(b, 1, h, w) + torch.where(at_max, se.view(b, 1, h, w), 0)
+    _close(ops.gate_grad_pool(x, cw, sa, se, smx), (pools * x).sum((2, 3)), dtype)
+    dy = g * sw4 + pools
 
     ca, ce = (torch.randn(b, c, dtype=dtype) for _ in range(2))
     tie = torch.where(x == mx[col], ce[col], 0)
@@ -81,8 +94,12 @@ def test_operators_name_bad_input():
         ops.gate_apply(x, torch.ones(2, 4), None)
     with pytest.raises(RuntimeError, match="gate_apply_relu: residual must match x"):
         ops.gate_apply_relu(x, cw, None, x[:1])
-    with pytest.raises(RuntimeError, match="gate_grad_spatial: g must match x"):
-        ops.gate_grad_spatial(x[:1], x, cw)
+    with pytest.raises(RuntimeError, match="gate_grad_product: grad must match x"):
+        ops.gate_grad_product(x[:1], x, cw, None, None)
+    with pytest.raises(RuntimeError, match="gate_grad_product: out must match x"):
+        ops.gate_grad_product(x, x, cw, None, x[:1])
     sw = torch.ones(2, 20)
+    with pytest.raises(RuntimeError, match="gate_grad_pool: smx must be a contiguous 2×20"):
+        ops.gate_grad_pool(x, cw, sw, sw, sw[:, :3])
     with pytest.raises(RuntimeError, match="given together"):
-        ops.gate_grad_channel(x, x, cw, sw, None, None, None)
+        ops.gate_grad_input(x, x, cw, sw, None, None, None, cw, cw, cw)

@@ -12,13 +12,13 @@ TORCH_LIBRARY(attnlab_kernels, m) {
   m.def("spatial_pool(Tensor x, Tensor cw) -> (Tensor, Tensor, Tensor)");
   m.def("gate_apply(Tensor x, Tensor cw, Tensor? sw) -> Tensor");
   m.def("gate_apply_relu(Tensor x, Tensor cw, Tensor? sw, Tensor residual) -> Tensor");
-  m.def("gate_grad_spatial(Tensor g, Tensor x, Tensor cw) -> Tensor");
-  m.def(
-      "gate_grad_channel(Tensor g, Tensor x, Tensor cw, Tensor? sw, Tensor? sa, Tensor? se, "
-      "Tensor? smx) -> Tensor");
   m.def(
       "gate_grad_input(Tensor g, Tensor x, Tensor cw, Tensor? sw, Tensor? sa, Tensor? se, "
       "Tensor? smx, Tensor ca, Tensor ce, Tensor cmx) -> Tensor");
+  m.def(
+      "gate_grad_product(Tensor grad, Tensor x, Tensor cw, Tensor? sw, Tensor? out) -> "
+      "(Tensor, Tensor, Tensor)");
+  m.def("gate_grad_pool(Tensor x, Tensor cw, Tensor sa, Tensor se, Tensor smx) -> Tensor");
   m.def("row_moments(Tensor x) -> (Tensor, Tensor)");
   m.def("affine_relu(Tensor x, Tensor scale, Tensor shift, Tensor residual) -> Tensor");
   m.def("relu_grad_sums(Tensor g, Tensor out, Tensor x) -> (Tensor, Tensor, Tensor)");
@@ -30,9 +30,9 @@ TORCH_LIBRARY_IMPL(attnlab_kernels, CPU, m) {
   m.impl("spatial_pool", &attnlab::spatial_pool);
   m.impl("gate_apply", &attnlab::gate_apply);
   m.impl("gate_apply_relu", &attnlab::gate_apply_relu);
-  m.impl("gate_grad_spatial", &attnlab::gate_grad_spatial);
-  m.impl("gate_grad_channel", &attnlab::gate_grad_channel);
   m.impl("gate_grad_input", &attnlab::gate_grad_input);
+  m.impl("gate_grad_product", &attnlab::gate_grad_product);
+  m.impl("gate_grad_pool", &attnlab::gate_grad_pool);
   m.impl("row_moments", &attnlab::row_moments);
   m.impl("affine_relu", &attnlab::affine_relu);
   m.impl("relu_grad_sums", &attnlab::relu_grad_sums);

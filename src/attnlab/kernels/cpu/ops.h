@@ -20,14 +20,17 @@ Tensor gate_apply_relu(const Tensor& x, const Tensor& cw, const c10::optional<Te
                        const Tensor& residual);
 
 // grad.cpp
-Tensor gate_grad_spatial(const Tensor& g, const Tensor& x, const Tensor& cw);
-Tensor gate_grad_channel(const Tensor& g, const Tensor& x, const Tensor& cw,
-                         const c10::optional<Tensor>& sw, const c10::optional<Tensor>& sa,
-                         const c10::optional<Tensor>& se, const c10::optional<Tensor>& smx);
 Tensor gate_grad_input(const Tensor& g, const Tensor& x, const Tensor& cw,
                        const c10::optional<Tensor>& sw, const c10::optional<Tensor>& sa,
                        const c10::optional<Tensor>& se, const c10::optional<Tensor>& smx,
                        const Tensor& ca, const Tensor& ce, const Tensor& cmx);
+
+std::tuple<Tensor, Tensor, Tensor> gate_grad_product(const Tensor& grad, const Tensor& x,
+                                                     const Tensor& cw,
+                                                     const c10::optional<Tensor>& sw,
+                                                     const c10::optional<Tensor>& out);
+Tensor gate_grad_pool(const Tensor& x, const Tensor& cw, const Tensor& sa, const Tensor& se,
+                      const Tensor& smx);
 
 // norm.cpp
 std::tuple<Tensor, Tensor> row_moments(const Tensor& x);
