@@ -146,3 +146,25 @@ def test_a_fused_block_takes_the_kernels_and_falls_back():
         assert block(x).grad_fn.name() != "_GateProductBackward"  # the plain tail
     out = block(x.contiguous(memory_format=torch.channels_last))  # no kernel: the plain tail
     assert out.grad_fn.name() != "_GateProductBackward"
+
+
+@needs_kernels
+@pytest.mark.parametrize("attn", ["cbam", "se", "eca"])
+def test_a_loss_on_the_tapped_maps_of_a_fused_network_is_differentiated_as_unfused(attn):
+    # an attention regulariser: the gates' small layers stay in the autograd graph of the
+    # fused tail, so the maps' gradients reach the input and every parameter
+    torch.manual_seed(0)
+    model = attnlab.create_model("resnet20", attn=attn).double()
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    grads = []
+    for fused in (True, False):
+        net, inp, maps = copy.deepcopy(model), x.clone().requires_grad_(), []
+        if fused:
+            assert kernels.fuse(net) == 9
+        for tap in net.modules():
+            if isinstance(tap, attnlab.layers.MapTap):
+                tap.register_forward_hook(lambda m, i, o, seen=maps: seen.append(o))
+        loss = net(inp).pow(2).sum() + sum((m.pow(2) * (k + 1)).sum() for k, m in enumerate(maps))
+        grads.append(torch.autograd.grad(loss, [inp, *net.parameters()]))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)

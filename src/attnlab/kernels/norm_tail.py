@@ -12,11 +12,15 @@ addition, the ReLU); here the norm and the gate are one affine map per (sample, 
     GAP(BN(y))[b,c] = a_c m[b,c] + t_c                   (the gate's descriptor, exactly)
     out = relu(y · a_c g[b,c] + t_c g[b,c] + shortcut)   (one read of y and the shortcut)
 
-The small B×C graph (statistics, gate, products) is PyTorch's, kept for autograd. The backward
-is two passes: the ReLU's mask with the per-row sums Σ d and Σ d·y (which give the gradients of
-the B×C scale and shift), then ∂L/∂y = d·a g + (y − m)·2∂L/∂v / P + ∂L/∂m / P, the moments'
-terms folded into the same pass. Running statistics are updated as ``BatchNorm2d`` updates them
-(momentum, or the cumulative average when momentum is None; unbiased variance).
+The small B×C graph (statistics, gate, products) is PyTorch's, in the same autograd graph as
+the two full-size functions (the moments, the output pass). The backward is two passes: the
+ReLU's mask with the per-row sums Σ d and Σ d·y (which give the gradients of the B×C scale and
+shift), then, after the small graph's own backward, ∂L/∂y = d·a g + (y − m)·2∂L/∂v / P +
+∂L/∂m / P, the moments' terms folded into the same pass; d reaches that pass as the gradient
+of a storage-free link output of the moments (see :mod:`attnlab.kernels.product`). A loss on
+the gate's tapped map is differentiated through it to y as on the reference path. Running
+statistics are updated as ``BatchNorm2d`` updates them (momentum, or the cumulative average when
+momentum is None; unbiased variance).
 
 Example:
     >>> import torch
@@ -86,25 +90,23 @@ def apply(
     b, c, h, w = y.shape
     if batch_stats and b * h * w == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got {y.shape}")
-    moments = ops.row_moments(y) if batch_stats or gate is not None else None
     factor = _running_update_factor(norm)
-    params = [p for p in _params(norm, attn) if p.requires_grad]
-    if torch.is_grad_enabled() and (y.requires_grad or shortcut.requires_grad or params):
-        holder: list = []
-        out = _NormTail.apply(y, shortcut, norm, gate, moments, batch_stats, holder, *params)
-        stats = holder[0]
+    needs_moments = batch_stats or gate is not None
+    if torch.is_grad_enabled():
+        shared = _Shared()
+        m, v, link = _Moments.apply(y, shared) if needs_moments else (None, None, None)
+        scale, shift, stats = _affine(norm, gate, (m, v), batch_stats, y.dtype)
+        scale_b, shift_b = (t.expand(b, -1).contiguous() for t in (scale, shift))
+        shared.scale, shared.mean = scale_b.detach(), None if m is None else m.detach()
+        links = () if link is None else (link,)
+        out = _NormTail.apply(y, scale_b, shift_b, shortcut, shared, *links)
     else:
-        with torch.no_grad():
-            scale, shift, stats = _affine(norm, gate, moments, batch_stats, y.dtype)
-            out = ops.affine_relu(y, _rows(scale, b), _rows(shift, b), shortcut)
+        moments = ops.row_moments(y) if needs_moments else None
+        scale, shift, stats = _affine(norm, gate, moments, batch_stats, y.dtype)
+        out = ops.affine_relu(y, _rows(scale, b), _rows(shift, b), shortcut)
     if factor is not None and batch_stats:
         _update_running(norm, stats, factor, b * h * w)
     return out
-
-
-def _params(norm: nn.BatchNorm2d, attn: nn.Module | None) -> list[torch.Tensor]:
-    found = [t for t in (norm.weight, norm.bias) if t is not None]
-    return found + ([] if attn is None else list(attn.parameters()))
 
 
 def _running_update_factor(norm: nn.BatchNorm2d) -> float | None:
@@ -157,47 +159,64 @@ def _rows(t: torch.Tensor, b: int) -> torch.Tensor:
     return t.detach().expand(b, -1).contiguous()
 
 
-class _NormTail(torch.autograd.Function):
+class _Shared:
+    """The B×C scale and row means (detached) the moments' backward reads."""
+
+    __slots__ = ("scale", "mean")
+
+
+class _Moments(torch.autograd.Function):
+    """y → its per-row mean and variance (B×C each) and the link for d (y's shape); backward:
+    ∂L/∂y with every term in one pass."""
+
     @staticmethod
-    def forward(ctx, y, shortcut, norm, gate, moments, batch_stats, holder, *params):
-        leaves = None if moments is None else tuple(t.detach().requires_grad_() for t in moments)
-        with torch.enable_grad():
-            scale, shift, stats = _affine(norm, gate, leaves, batch_stats, y.dtype)
-        holder.append(stats)
-        b = y.shape[0]
-        scale_b = _rows(scale, b)
-        out = cpu.ops().affine_relu(y, scale_b, _rows(shift, b), shortcut)
-        ctx.graph = (scale, shift, leaves, params)
-        ctx.save_for_backward(y, out, scale_b)
+    def forward(ctx, y, shared):
+        ctx.set_materialize_grads(False)
+        m, v = cpu.ops().row_moments(y)
+        ctx.shared = shared
+        ctx.save_for_backward(y)
+        return m, v, y.new_zeros(()).expand(y.shape)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dm, dv, d):
+        (y,) = ctx.saved_tensors
+        return _grad_y(ctx.shared, y, d, dm, dv), None
+
+
+def _grad_y(shared: _Shared, y, d, dm=None, dv=None):
+    """∂L/∂y = d·scale + ∂L/∂m / P + 2(y − m)·∂L/∂v / P (absent terms zero)."""
+    zeros = torch.zeros_like(shared.scale)
+    d = torch.zeros_like(y) if d is None else d
+    dm = zeros if dm is None else dm
+    dv = zeros if dv is None else dv
+    m = zeros if shared.mean is None else shared.mean
+    p = y.shape[2] * y.shape[3]
+    q, r = (2 * dv / p).contiguous(), (dm / p).contiguous()
+    return cpu.ops().affine_grad(d, y, shared.scale, m, q, r)
+
+
+class _NormTail(torch.autograd.Function):
+    """(y, scale, shift, shortcut) → relu(y·scale + shift + shortcut); backward: the ReLU's
+    mask d (for the shortcut and the link), ∂L/∂scale = Σ_p d·y, ∂L/∂shift = Σ_p d, and ∂L/∂y
+    where no moments were taken."""
+
+    @staticmethod
+    def forward(ctx, y, scale, shift, shortcut, shared, *links):
+        ctx.set_materialize_grads(False)
+        out = cpu.ops().affine_relu(y, scale, shift, shortcut)
+        ctx.shared, ctx.alone = shared, not links
+        ctx.save_for_backward(y, out)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        y, out, scale_b = ctx.saved_tensors
-        scale, shift, leaves, params = ctx.graph
-        ops = cpu.ops()
-        d, s1, s2 = ops.relu_grad_sums(grad.contiguous(), out, y)
-        # ∂L/∂scale = Σ_p d·y, ∂L/∂shift = Σ_p d (B×C; summed over samples for a C-vector)
-        pairs = [(t, g.sum(0) if t.dim() == 1 else g) for t, g in ((scale, s2), (shift, s1))]
-        pairs = [(t, g) for t, g in pairs if t.requires_grad]
-        wanted = [*(leaves or ()), *params]
-        grads = [None] * len(wanted)
-        if pairs and wanted:
-            outputs, sums = zip(*pairs, strict=True)
-            # retain_graph: a retained outer graph may run this backward again (gradcheck does).
-            grads = list(
-                torch.autograd.grad(outputs, wanted, sums, allow_unused=True, retain_graph=True)
-            )
-        n = len(leaves or ())
-        dy = None
-        if ctx.needs_input_grad[0]:
-            zeros = torch.zeros_like(s1)
-            dm, dv = grads[:2] if n else [None, None]
-            dm = zeros if dm is None else dm
-            dv = zeros if dv is None else dv
-            m = leaves[0].detach() if n else zeros
-            p = y.shape[2] * y.shape[3]
-            dy = ops.affine_grad(d, y, scale_b, m, (2 * dv / p).contiguous(), (dm / p).contiguous())
-        dshortcut = d if ctx.needs_input_grad[1] else None
-        return (dy, dshortcut, None, None, None, None, None, *grads[n:])
+        needs = ctx.needs_input_grad
+        if grad is None:
+            return (None,) * len(needs)
+        y, out = ctx.saved_tensors
+        d, s1, s2 = cpu.ops().relu_grad_sums(grad.contiguous(), out, y)
+        dy = _grad_y(ctx.shared, y, d) if ctx.alone and needs[0] else None
+        keep = [dy, s2, s1, d, None] + [d] * (len(needs) - 5)
+        return tuple(t if n else None for t, n in zip(keep, needs, strict=True))
