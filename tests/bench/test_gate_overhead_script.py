@@ -1,20 +1,13 @@
 """benchmarks/gate_overhead.py's turn-by-turn timing (the script itself times networks for
 minutes; here only its bookkeeping, on a fake clock)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "gate_overhead.py"
+from _scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("gate_overhead_script", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gate_overhead")
 
 
 class FakeClock:

@@ -1,21 +1,14 @@
 """benchmarks/gate_parts.py: ResNet-50's block shapes and the floor's bookkeeping (tiny sizes)."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from _scripts import load_script
 
 from attnlab import kernels
-
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "gate_parts.py"
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("gate_parts_script", _PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gate_parts")
 
 
 def test_the_sixteen_bottleneck_outputs_of_resnet50(script):
